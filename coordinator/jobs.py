@@ -1,0 +1,558 @@
+"""Jobs: their state machine, their durable state, and the driver thread that moves them on.
+
+Phases: WAITING_FOR_PARTIES -> COLLECTING_STATS -> UPLOADING -> TRAINING -> DONE (or FAILED).
+
+- Parties join until ``expected_parties`` have; each submits an encrypted statistics vector.
+- The driver sums the statistics, has the key holder decrypt the *aggregate* only, publishes
+  (count, mean, std) and the packing layout, and opens uploads.
+- Parties upload their packed columns; every ciphertext is checked and written to the job
+  directory before it is acknowledged.
+- With every upload complete and the key holder connected, the driver trains
+  (:mod:`coordinator.training`), then asks the key holder to seal the model for each party.
+
+Every domain error names the job, party, block or column at fault.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tenseal as ts
+
+from coordinator.keyholder_link import KeyHolderLink
+from coordinator.store import JobStore, atomic_write, check_name
+from coordinator.training import GradientPool, TrainingInputs, train
+from hefl import wire
+from hefl.algorithm import choose_hyperparameters
+from hefl.codec import PackingLayout, unpack_stats
+from hefl.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from hefl.params import CkksParameters, check_public_context, get_parameter_set
+from hefl.v1 import hefl_pb2 as pb
+
+log = logging.getLogger("hefl.jobs")
+
+PoolFactory = Callable[[bytes, str, str, PackingLayout, int], GradientPool]
+
+
+@dataclass
+class PartyState:
+    name: str
+    seal_public_key: bytes
+    stats: bool = False
+    rows: int = 0
+    received: set[tuple[int, int]] = field(default_factory=set)
+    label_term: bool = False
+    upload_complete: bool = False
+    upload_bytes: int = 0
+
+
+class Job:
+    """One training job. All mutable state is guarded by ``_cond``."""
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        store: JobStore,
+        params: CkksParameters,
+        context_bytes: bytes,
+        features: list[str],
+        expected_parties: int,
+        options: pb.TrainingOptions,
+        key_holder: str,
+    ) -> None:
+        self.job_id = job_id
+        self.store = store
+        self.params = params
+        self.context_bytes = context_bytes
+        self.context = ts.context_from(context_bytes)
+        check_public_context(self.context, params.name)
+        self.features = features
+        self.expected_parties = expected_parties
+        self.options = options
+        self.key_holder = key_holder
+        self.parties: dict[str, PartyState] = {}
+        self.phase = pb.WAITING_FOR_PARTIES
+        self.message = ""
+        self.iteration = 0
+        self.standardization: pb.Standardization | None = None
+        self.layout: PackingLayout | None = None
+        self.link = KeyHolderLink()
+        self.report: dict[str, Any] = {}
+        self._cond = threading.Condition()
+        self._version = 0
+
+    @property
+    def columns(self) -> int:
+        return len(self.features) + 1
+
+    # ----- status -----------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        """Persist and wake watchers; call with ``_cond`` held."""
+        self._version += 1
+        self.store.write_state(self._state_dict())
+        self._cond.notify_all()
+
+    def status(self) -> pb.JobStatus:
+        with self._cond:
+            return self._status()
+
+    def _status(self) -> pb.JobStatus:
+        status = pb.JobStatus(
+            job_id=self.job_id,
+            phase=self.phase,
+            parties=list(self.parties),
+            expected_parties=self.expected_parties,
+            iteration=self.iteration,
+            iterations=self.options.iterations,
+            message=self.message,
+            options=self.options,
+        )
+        if self.standardization is not None:
+            status.standardization.CopyFrom(self.standardization)
+        if self.layout is not None:
+            status.layout.slots = self.layout.slots
+            for placed in self.layout.parties:
+                status.layout.parties.add(party=placed.name, rows=placed.rows, offset=placed.offset)
+        return status
+
+    def watch(self, is_active: Callable[[], bool]) -> Iterator[pb.JobStatus]:
+        """The current status, then every change, until the job ends or the caller leaves."""
+        seen = -1
+        while is_active():
+            with self._cond:
+                if self._version == seen:
+                    self._cond.wait(0.5)
+                    continue
+                seen = self._version
+                status = self._status()
+            yield status
+            if status.phase in (pb.DONE, pb.FAILED):
+                return
+
+    def wait_for(self, predicate: Callable[[], bool], stop: threading.Event) -> None:
+        with self._cond:
+            while not predicate():
+                if stop.is_set():
+                    raise FailedPrecondition(f"job {self.job_id}: coordinator shutting down")
+                self._cond.wait(0.5)
+
+    # ----- party requests ----------------------------------------------------------------
+
+    def _party(self, name: str) -> PartyState:
+        try:
+            return self.parties[name]
+        except KeyError:
+            raise NotFound(f"party {name!r} has not joined job {self.job_id}") from None
+
+    def join(self, name: str, features: list[str], seal_public_key: bytes) -> None:
+        check_name("party", name)
+        if len(seal_public_key) != 32:
+            raise InvalidArgument(f"party {name!r}: seal_public_key must be 32 bytes (X25519)")
+        with self._cond:
+            if name in self.parties:
+                raise AlreadyExists(f"party name {name!r} is already taken in job {self.job_id}")
+            if self.phase != pb.WAITING_FOR_PARTIES:
+                raise FailedPrecondition(
+                    f"job {self.job_id} already has its {self.expected_parties} parties"
+                )
+            if features != self.features:
+                raise InvalidArgument(_column_mismatch(name, features, self.features, self.job_id))
+            self.parties[name] = PartyState(name=name, seal_public_key=seal_public_key)
+            if len(self.parties) == self.expected_parties:
+                self.phase = pb.COLLECTING_STATS
+            self._changed()
+
+    def submit_stats(self, party: str, ciphertext: bytes, rows: int) -> None:
+        with self._cond:
+            state = self._party(party)
+            if self.phase not in (pb.WAITING_FOR_PARTIES, pb.COLLECTING_STATS):
+                raise FailedPrecondition(
+                    f"job {self.job_id} is past collecting statistics ({pb.Phase.Name(self.phase)})"
+                )
+            if state.stats:
+                raise AlreadyExists(f"party {party!r} already submitted statistics to {self.job_id}")
+        vector = wire.deserialize(self.context, ciphertext, what=f"statistics of party {party!r}")
+        expected = 1 + 2 * len(self.features)
+        if vector.size() != expected:
+            raise InvalidArgument(
+                f"statistics of party {party!r} have {vector.size()} values, expected {expected} "
+                "(count, sums, sums of squares)"
+            )
+        if rows <= 0:
+            raise InvalidArgument(f"party {party!r} declares {rows} rows")
+        atomic_write(self.store.stats_path(party), ciphertext)
+        with self._cond:
+            state.stats = True
+            state.rows = rows
+            self._changed()
+
+    def accept_upload(self, chunk: pb.UploadChunk, expected_seq: int) -> int:
+        """Check and persist one upload chunk; returns the bytes accepted."""
+        with self._cond:
+            state = self._party(chunk.party)
+            if self.phase != pb.UPLOADING:
+                raise FailedPrecondition(
+                    f"job {self.job_id} does not accept uploads now ({pb.Phase.Name(self.phase)})"
+                )
+            if state.upload_complete:
+                raise FailedPrecondition(f"party {chunk.party!r} already completed its upload")
+            layout = self.layout
+            assert layout is not None
+        if chunk.seq != expected_seq:
+            raise InvalidArgument(
+                f"upload chunk {chunk.seq} from party {chunk.party!r} is out of order; "
+                f"expected chunk {expected_seq}"
+            )
+        blocks = layout.blocks_of(chunk.party)
+        top_level = len(self.params.coeff_mod_bit_sizes) - 1
+        accepted = 0
+        checked: list[tuple[Path, bytes, tuple[int, int]]] = []
+        for column in chunk.columns:
+            where = f"party {chunk.party!r} block {column.block} column {column.feature}"
+            if column.block not in blocks:
+                raise InvalidArgument(
+                    f"{where}: block outside the party's blocks {blocks.start}..{blocks.stop - 1}"
+                )
+            if column.feature >= self.columns:
+                raise InvalidArgument(f"{where}: the job has {self.columns} columns")
+            vector = wire.deserialize(self.context, column.ciphertext, what=where)
+            if vector.size() != self.params.slots:
+                raise InvalidArgument(
+                    f"{where}: {vector.size()} slots, expected {self.params.slots}"
+                )
+            if vector.ciphertext()[0].coeff_modulus_size() != top_level:
+                raise InvalidArgument(f"{where}: not a fresh ciphertext at the top level")
+            path = self.store.column_path(chunk.party, column.block, column.feature)
+            checked.append((path, column.ciphertext, (column.block, column.feature)))
+        if chunk.label_term:
+            vector = wire.deserialize(
+                self.context, chunk.label_term, what=f"label term of party {chunk.party!r}"
+            )
+            if vector.size() != self.columns:
+                raise InvalidArgument(
+                    f"label term of party {chunk.party!r} has {vector.size()} values, "
+                    f"expected {self.columns}"
+                )
+            checked.append((self.store.label_term_path(chunk.party), chunk.label_term, (-1, -1)))
+        # Only a fully valid chunk is written: a rejected chunk leaves no trace.
+        for path, data, key in checked:
+            atomic_write(path, data)
+            accepted += len(data)
+        with self._cond:
+            for _, _, key in checked:
+                if key == (-1, -1):
+                    state.label_term = True
+                else:
+                    state.received.add(key)
+            state.upload_bytes += accepted
+            if chunk.last:
+                missing = self._missing(state)
+                if missing:
+                    raise FailedPrecondition(
+                        f"party {chunk.party!r} ended its upload with {missing} missing"
+                    )
+                state.upload_complete = True
+                log.info("job %s: party %s uploaded %d bytes", self.job_id, state.name, state.upload_bytes)
+            self._changed()
+        return accepted
+
+    def _missing(self, state: PartyState) -> str:
+        assert self.layout is not None
+        expected = {(b, j) for b in self.layout.blocks_of(state.name) for j in range(self.columns)}
+        parts = []
+        absent = expected - state.received
+        if absent:
+            parts.append(f"{len(absent)} of {len(expected)} column ciphertexts")
+        if not state.label_term:
+            parts.append("the label term")
+        return " and ".join(parts)
+
+    def sealed_model(self, party: str) -> pb.SealedModel:
+        with self._cond:
+            self._party(party)
+            if self.phase != pb.DONE:
+                raise FailedPrecondition(
+                    f"job {self.job_id} has no model yet ({pb.Phase.Name(self.phase)})"
+                )
+        model = pb.SealedModel()
+        model.ParseFromString(self.store.model_path(party).read_bytes())
+        return model
+
+    # ----- the driver --------------------------------------------------------------------
+
+    def drive(self, stop: threading.Event, pool_factory: PoolFactory) -> None:
+        """Move the job through its phases; runs on the job's own thread."""
+        try:
+            if self.phase in (pb.WAITING_FOR_PARTIES, pb.COLLECTING_STATS):
+                self.wait_for(
+                    lambda: len(self.parties) == self.expected_parties
+                    and all(p.stats for p in self.parties.values()),
+                    stop,
+                )
+                self._publish_standardization()
+            if self.phase == pb.UPLOADING:
+                self.wait_for(
+                    lambda: all(p.upload_complete for p in self.parties.values()), stop
+                )
+                with self._cond:
+                    self.phase = pb.TRAINING
+                    self._changed()
+            if self.phase == pb.TRAINING:
+                self._train(stop, pool_factory)
+        except Exception as err:  # a job's failure must not take the coordinator down
+            log.exception("job %s failed", self.job_id)
+            with self._cond:
+                self.phase = pb.FAILED
+                self.message = f"{type(err).__name__}: {err}"
+                self._changed()
+
+    def _publish_standardization(self) -> None:
+        total = None
+        for name in self.parties:
+            vector = wire.deserialize(
+                self.context, self.store.stats_path(name).read_bytes(), what="statistics"
+            )
+            total = vector if total is None else total + vector
+        assert total is not None
+        length = 1 + 2 * len(self.features)
+        result = self.link.call(
+            pb.KeyHolderTask(
+                decrypt_stats=pb.DecryptStatsTask(ciphertext=wire.serialize(total), length=length)
+            ),
+            timeout_s=600.0,
+        )
+        count, mean, std = unpack_stats(result.values.values, len(self.features))
+        party_rows = [(p.name, p.rows) for p in self.parties.values()]
+        declared = sum(rows for _, rows in party_rows)
+        if declared != count:
+            raise InvalidArgument(
+                f"job {self.job_id}: parties declare {declared} rows but their encrypted "
+                f"statistics count {count}"
+            )
+        hyper = choose_hyperparameters(
+            n_rows=count,
+            n_features=len(self.features),
+            iterations=self.options.iterations,
+            learning_rate=self.options.learning_rate,
+            l2=self.options.l2,
+            sigmoid_interval=self.options.sigmoid_interval,
+        )
+        with self._cond:
+            self.standardization = pb.Standardization(count=count, mean=mean, std=std)
+            self.options = pb.TrainingOptions(
+                iterations=hyper.iterations,
+                learning_rate=hyper.learning_rate,
+                l2=hyper.l2,
+                sigmoid_interval=hyper.sigmoid_interval,
+                reveal_intermediate=self.options.reveal_intermediate,
+            )
+            self.layout = PackingLayout.assign(slots=self.params.slots, party_rows=party_rows)
+            for name, rows in party_rows:
+                self.parties[name].rows = rows
+            self.phase = pb.UPLOADING
+            self._changed()
+        log.info("job %s: %d rows, %d blocks", self.job_id, count, self.layout.n_blocks)
+
+    def _train(self, stop: threading.Event, pool_factory: PoolFactory) -> None:
+        assert self.layout is not None and self.standardization is not None
+        label_term = None
+        for name in self.parties:
+            vector = wire.deserialize(
+                self.context, self.store.label_term_path(name).read_bytes(), what="label term"
+            )
+            label_term = vector if label_term is None else label_term + vector
+        assert label_term is not None
+        started = time.perf_counter()
+        pool = pool_factory(
+            self.context_bytes, self.params.name, str(self.store.root), self.layout, self.columns
+        )
+        load_s = time.perf_counter() - started
+        hyper = choose_hyperparameters(
+            n_rows=self.layout.total_rows,
+            n_features=len(self.features),
+            iterations=self.options.iterations,
+            learning_rate=self.options.learning_rate,
+            l2=self.options.l2,
+            sigmoid_interval=self.options.sigmoid_interval,
+        )
+
+        def on_iteration(done: int) -> None:
+            with self._cond:
+                self.iteration = done
+                self._changed()
+
+        try:
+            masker, report = train(
+                TrainingInputs(
+                    context=self.context,
+                    params=self.params,
+                    hyper=hyper,
+                    rows=self.layout.total_rows,
+                    columns=self.columns,
+                    label_term=label_term,
+                    reveal_intermediate=self.options.reveal_intermediate,
+                ),
+                pool=pool,
+                link=self.link,
+                on_iteration=on_iteration,
+            )
+            worker_rss = _peak_rss(pool)
+            workers = pool.size
+        finally:
+            shutdown = getattr(pool, "shutdown", None)
+            if shutdown is not None:
+                shutdown()
+        finalize = pb.FinalizeTask(
+            model_mask=masker.model_mask.tolist(),
+            features=self.features,
+            standardization=self.standardization,
+        )
+        for state in self.parties.values():
+            finalize.parties.add(name=state.name, seal_public_key=state.seal_public_key)
+        result = self.link.call(pb.KeyHolderTask(finalize=finalize), timeout_s=600.0)
+
+        for sealed in result.sealed.models:
+            atomic_write(self.store.model_path(sealed.party), sealed.SerializeToString())
+        self.report = {
+            "workers": workers,
+            "blocks": self.layout.n_blocks,
+            "load_s": load_s,
+            "train_s": report.train_s,
+            "gradient_s": report.gradient_s,
+            "refresh_s": report.refresh_s,
+            "iteration_s": report.iteration_s,
+            "iterations": report.iterations,
+            "refresh_bytes_per_iteration": report.refresh_bytes_per_iteration,
+            "worker_bytes_per_iteration": report.worker_bytes_per_iteration,
+            "upload_bytes": sum(p.upload_bytes for p in self.parties.values()),
+            "worker_peak_rss_mb": worker_rss,
+            "coordinator_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+            "intermediate_models": report.intermediate_models,
+            "hyperparameters": {
+                "iterations": hyper.iterations,
+                "learning_rate": hyper.learning_rate,
+                "l2": hyper.l2,
+                "sigmoid_interval": hyper.sigmoid_interval,
+            },
+        }
+        atomic_write(self.store.report_path(), json.dumps(self.report, indent=1).encode())
+        with self._cond:
+            self.phase = pb.DONE
+            self._changed()
+        log.info("job %s done in %.1f s of training", self.job_id, report.train_s)
+
+    # ----- durability --------------------------------------------------------------------
+
+    def _state_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "parameter_set": self.params.name,
+            "features": self.features,
+            "expected_parties": self.expected_parties,
+            "key_holder": self.key_holder,
+            "options": {
+                "iterations": self.options.iterations,
+                "learning_rate": self.options.learning_rate,
+                "l2": self.options.l2,
+                "sigmoid_interval": self.options.sigmoid_interval,
+                "reveal_intermediate": self.options.reveal_intermediate,
+            },
+            "phase": pb.Phase.Name(self.phase),
+            "message": self.message,
+            "parties": [
+                {
+                    "name": p.name,
+                    "seal_public_key": p.seal_public_key.hex(),
+                    "stats": p.stats,
+                    "rows": p.rows,
+                    "upload_complete": p.upload_complete,
+                }
+                for p in self.parties.values()
+            ],
+            "standardization": None
+            if self.standardization is None
+            else {
+                "count": self.standardization.count,
+                "mean": list(self.standardization.mean),
+                "std": list(self.standardization.std),
+            },
+            "layout_slots": None if self.layout is None else self.layout.slots,
+        }
+
+    @classmethod
+    def restore(cls, root: Path) -> Job:
+        """Rebuild a job from its directory after a coordinator restart.
+
+        Accepted statistics and ciphertexts are all on disk; a job that was training restarts
+        its training from the uploaded data when the key holder reconnects.
+        """
+        store = JobStore(root)
+        state = store.read_state()
+        job = cls(
+            job_id=state["job_id"],
+            store=store,
+            params=get_parameter_set(state["parameter_set"]),
+            context_bytes=store.context_path().read_bytes(),
+            features=list(state["features"]),
+            expected_parties=int(state["expected_parties"]),
+            options=pb.TrainingOptions(**state["options"]),
+            key_holder=state["key_holder"],
+        )
+        job.phase = pb.Phase.Value(state["phase"])
+        job.message = state["message"]
+        for entry in state["parties"]:
+            party = PartyState(
+                name=entry["name"],
+                seal_public_key=bytes.fromhex(entry["seal_public_key"]),
+                stats=entry["stats"],
+                rows=entry["rows"],
+                upload_complete=entry["upload_complete"],
+            )
+            job.parties[party.name] = party
+        if state["standardization"] is not None:
+            job.standardization = pb.Standardization(**state["standardization"])
+            job.layout = PackingLayout.assign(
+                slots=state["layout_slots"],
+                party_rows=[(p.name, p.rows) for p in job.parties.values()],
+            )
+            for party in job.parties.values():
+                _rescan_upload(job, party)
+        if job.phase == pb.TRAINING:
+            job.iteration = 0
+        return job
+
+
+def _rescan_upload(job: Job, party: PartyState) -> None:
+    assert job.layout is not None
+    for block in job.layout.blocks_of(party.name):
+        for column in range(job.columns):
+            if job.store.column_path(party.name, block, column).is_file():
+                party.received.add((block, column))
+    party.label_term = job.store.label_term_path(party.name).is_file()
+
+
+def _column_mismatch(party: str, got: list[str], expected: list[str], job_id: str) -> str:
+    missing = [c for c in expected if c not in got]
+    extra = [c for c in got if c not in expected]
+    if not missing and not extra:
+        return f"party {party!r}: columns of job {job_id} are in a different order; expected {expected}"
+    return (
+        f"party {party!r}: columns differ from job {job_id}: "
+        f"missing {missing or 'none'}, unexpected {extra or 'none'}"
+    )
+
+
+def _peak_rss(pool: GradientPool) -> list[float]:
+    peak = getattr(pool, "peak_rss_mb", None)
+    return list(peak()) if peak is not None else []

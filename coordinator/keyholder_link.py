@@ -1,0 +1,100 @@
+"""The coordinator's end of the key holder's task stream.
+
+The key holder dials out and opens ``KeyHolderTasks``; the coordinator queues tasks here and
+blocks in :meth:`KeyHolderLink.call` until the answer arrives through ``CompleteTask``. A task
+whose answer has not arrived is sent again when the key holder reconnects (it answers a repeated
+task id from its cache, so nothing is applied twice).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from hefl.errors import FailedPrecondition, ProtocolError
+from hefl.v1 import hefl_pb2 as pb
+
+
+class KeyHolderTimeout(FailedPrecondition):
+    """The key holder did not answer in time (is it connected?)."""
+
+
+class KeyHolderLink:
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, bytes] = {}
+        self._results: dict[int, pb.KeyHolderResult] = {}
+        self._streams = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    @property
+    def connected(self) -> bool:
+        with self._cond:
+            return self._streams > 0
+
+    def call(self, task: pb.KeyHolderTask, *, timeout_s: float) -> pb.KeyHolderResult:
+        """Send ``task`` to the key holder and wait for its result.
+
+        Raises:
+            KeyHolderTimeout: No answer within ``timeout_s``.
+            ProtocolError: The key holder answered with an error.
+        """
+        payload = task.SerializeToString()
+        with self._cond:
+            task_id = next(self._ids)
+            self._pending[task_id] = payload
+            self.bytes_sent += len(payload)
+            self._cond.notify_all()
+            deadline = time.monotonic() + timeout_s
+            while task_id not in self._results:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._pending.pop(task_id, None)
+                    kind = task.WhichOneof("task")
+                    raise KeyHolderTimeout(
+                        f"the key holder did not answer task {kind!r} within {timeout_s:.0f} s"
+                        + ("" if self._streams else " (it is not connected)")
+                    )
+                self._cond.wait(left)
+            result = self._results.pop(task_id)
+        if result.WhichOneof("result") == "error":
+            raise ProtocolError(f"key holder failed task {task.WhichOneof('task')!r}: {result.error}")
+        return result
+
+    def stream(self, is_active: Callable[[], bool]) -> Iterator[tuple[int, bytes]]:
+        """Tasks for one connected key-holder stream, until ``is_active()`` turns false."""
+        sent: set[int] = set()
+        with self._cond:
+            self._streams += 1
+        try:
+            while is_active():
+                with self._cond:
+                    ready = [(i, p) for i, p in self._pending.items() if i not in sent]
+                    if not ready:
+                        self._cond.wait(0.5)
+                        continue
+                for task_id, payload in ready:
+                    sent.add(task_id)
+                    yield task_id, payload
+        finally:
+            with self._cond:
+                self._streams -= 1
+
+    def complete(self, task_id: int, payload: bytes) -> None:
+        """Deliver the key holder's answer to ``task_id``.
+
+        Raises:
+            FailedPrecondition: No such task is waiting (already answered or timed out).
+        """
+        result = pb.KeyHolderResult()
+        result.ParseFromString(payload)
+        with self._cond:
+            if self._pending.pop(task_id, None) is None:
+                raise FailedPrecondition(f"no key holder task {task_id} is waiting for an answer")
+            self._results[task_id] = result
+            self.bytes_received += len(payload)
+            self._cond.notify_all()

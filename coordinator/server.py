@@ -1,0 +1,98 @@
+"""The coordinator process: gRPC server, job registry, Ray connection."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from coordinator import ray_pool
+from coordinator.jobs import PoolFactory
+from coordinator.registry import Registry
+from coordinator.servicer import CoordinatorServicer
+from hefl.codec import PackingLayout
+from hefl.v1 import hefl_pb2_grpc as pb_grpc
+from hefl.wire import CHANNEL_OPTIONS
+
+log = logging.getLogger("hefl.coordinator")
+
+GRACE_S = 10.0
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    listen: str = "127.0.0.1:50051"
+    workdir: Path = Path("hefl-work")
+    ray_address: str | None = None
+    # Ray actors per job; 0 = one per CPU of the cluster.
+    workers: int = 0
+    # CPUs of a Ray started locally (ignored when joining a cluster); None = all.
+    ray_num_cpus: int | None = None
+
+
+def ray_pool_factory(config: CoordinatorConfig) -> PoolFactory:
+    """Connects to Ray lazily, at the first job that trains."""
+
+    def make(
+        context_bytes: bytes, parameter_set: str, job_root: str, layout: PackingLayout, columns: int
+    ) -> ray_pool.WorkerPool:
+        ray_pool.connect(config.ray_address, num_cpus=config.ray_num_cpus)
+        workers = config.workers or ray_pool.cluster_cpus()
+        return ray_pool.WorkerPool(
+            context_bytes=context_bytes,
+            parameter_set=parameter_set,
+            job_root=job_root,
+            layout=layout,
+            columns=columns,
+            workers=workers,
+        )
+
+    return make
+
+
+def create_server(
+    address: str, registry: Registry, *, max_workers: int = 32
+) -> tuple[grpc.Server, int]:
+    """A started-later server bound to ``address`` (port 0 picks a free port)."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        options=CHANNEL_OPTIONS,
+    )
+    pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(registry), server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    return server, port
+
+
+def serve(config: CoordinatorConfig, *, ready_file: Path | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then stop with a grace period."""
+    config.workdir.mkdir(parents=True, exist_ok=True)
+    factory = ray_pool_factory(config)
+    registry = Registry(config.workdir, factory)
+    server, port = create_server(config.listen, registry)
+    server.start()
+    host = config.listen.rsplit(":", 1)[0]
+    log.info("coordinator listening on %s:%d, work directory %s", host, port, config.workdir)
+    if ready_file is not None:
+        ready_file.write_text(f"{host}:{port}\n")
+    # Connect to Ray on the main thread, while parties already register and upload: a local
+    # Ray's processes die with the thread that started them (PR_SET_PDEATHSIG), and it takes
+    # seconds to start. Jobs that need Ray earlier wait inside ray_pool.connect.
+    ray_pool.connect(config.ray_address, num_cpus=config.ray_num_cpus)
+    stopped = threading.Event()
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping with %.0f s grace", signum, GRACE_S)
+        stopped.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    stopped.wait()
+    registry.shutdown()
+    server.stop(GRACE_S).wait()

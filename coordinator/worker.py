@@ -1,0 +1,84 @@
+"""The work a Ray worker does, as a plain class: hold encrypted shards, compute gradients.
+
+:mod:`coordinator.ray_pool` wraps it with ``ray.remote``; tests use it directly. A worker
+loads its blocks from the job directory (summing the parties' contributions to each block), so
+a restarted worker rebuilds exactly the same shards; after that they stay in its memory for the
+whole training and only weights and gradient sums travel.
+
+Shards are kept serialized (SEAL's compressed form, about half the size of the in-memory
+ciphertext) and loaded afresh for every iteration: TenSEAL mod-switches a ciphertext operand in
+place when multiplying it with a lower-level one, so a kept object would sink one level per
+iteration, and ``CKKSVector.copy`` costs more than a load.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import tenseal as ts
+
+from coordinator.gradient import gradient_sums
+from coordinator.store import JobStore
+from hefl import wire
+from hefl.params import check_public_context
+
+log = logging.getLogger("hefl.worker")
+
+
+@dataclass(frozen=True)
+class BlockSource:
+    """Where block ``block`` comes from: the parties whose rows it holds."""
+
+    block: int
+    parties: tuple[str, ...]
+
+
+class ShardWorker:
+    """Holds some blocks of a job's encrypted data and computes their gradient sums."""
+
+    def __init__(
+        self,
+        *,
+        context_bytes: bytes,
+        parameter_set: str,
+        job_root: str,
+        blocks: Sequence[BlockSource],
+        columns: int,
+    ) -> None:
+        self._context = ts.context_from(context_bytes)
+        check_public_context(self._context, parameter_set)
+        store = JobStore(Path(job_root))
+        self._blocks: list[list[bytes]] = []
+        for source in blocks:
+            block_columns = []
+            for column in range(columns):
+                total = None
+                for party in source.parties:
+                    path = store.column_path(party, source.block, column)
+                    vector = wire.deserialize(self._context, path.read_bytes(), what=str(path))
+                    total = vector if total is None else total + vector
+                assert total is not None
+                block_columns.append(wire.serialize(total))
+            self._blocks.append(block_columns)
+        log.info("worker %s holds %d blocks", os.getpid(), len(self._blocks))
+
+    def ready(self) -> int:
+        return len(self._blocks)
+
+    def gradient(self, scaled_weights: Sequence[bytes], a: float, b: float) -> list[bytes]:
+        """Serialized per-column gradient sums over this worker's blocks."""
+        weights = [wire.deserialize(self._context, w, what="weights") for w in scaled_weights]
+        blocks = (
+            [wire.deserialize(self._context, column, what="shard") for column in block]
+            for block in self._blocks
+        )
+        sums = gradient_sums(self._context, weights, blocks, a=a, b=b)
+        return [wire.serialize(s) for s in sums]
+
+    def peak_rss_mb(self) -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -1,0 +1,217 @@
+"""The training maths: logistic regression by Nesterov's accelerated gradient with a
+polynomial sigmoid, written once in plaintext and shared by every role.
+
+Nothing here touches Ray, gRPC or TenSEAL. The encrypted kernel in
+:mod:`coordinator.gradient` evaluates :meth:`SigmoidPolynomial.encrypted_form` on ciphertexts;
+the key holder and the coordinator both apply :func:`nesterov_step` (the key holder to masked
+values, the coordinator to the masks; the step is linear, so the two stay in lock-step);
+:func:`train_replica` replays the whole algorithm in float64 as the accuracy ceiling.
+
+Notation: ``n`` rows, ``d`` features plus a bias column (always the last), features
+standardized with the job's aggregate mean and std. The logistic loss gradient is
+
+    grad_j = 1/n * sum_i (sigma(z_i) - y_i) x_ij + l2_j * w_j,       z_i = w . x_i.
+
+With sigma(z) ~ 1/2 + p(z), p odd of degree 5, the label enters only through the constant
+``C_j = sum_i (1/2 - y_i) x_ij`` which each party computes on its own rows, so labels are never
+encrypted row by row:
+
+    grad_j = 1/n * (S_j + C_j) + l2_j * w_j,                          S_j = sum_i p(z_i) x_ij.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+Array = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class SigmoidPolynomial:
+    """Odd least-squares fit p(z) of sigmoid(z) - 1/2 on [-interval, interval].
+
+    The fit has a positive leading coefficient, so outside the interval p keeps growing in the
+    right direction: a sample with |w.x| beyond the interval still pulls the weights the right
+    way (a degree-3 fit turns over there and diverges).
+
+    Attributes:
+        interval: Half-width R of the fitting range.
+        coefficients: (c1, c3, c5) of p(z) = c1 z + c3 z^3 + c5 z^5.
+    """
+
+    interval: float
+    coefficients: tuple[float, float, float]
+
+    @classmethod
+    def fit(cls, interval: float) -> SigmoidPolynomial:
+        z = np.linspace(-interval, interval, 4001)
+        target = 1.0 / (1.0 + np.exp(-z)) - 0.5
+        basis = np.stack([z, z**3, z**5], axis=1)
+        c1, c3, c5 = np.linalg.lstsq(basis, target, rcond=None)[0]
+        return cls(interval=float(interval), coefficients=(float(c1), float(c3), float(c5)))
+
+    def __call__(self, z: Array) -> Array:
+        """sigmoid(z) ~ 1/2 + p(z)."""
+        c1, c3, c5 = self.coefficients
+        return 0.5 + z * (c1 + z * z * (c3 + c5 * z * z))
+
+    def encrypted_form(self) -> tuple[float, float, float]:
+        """(k, a, b) such that p(z) = s ((s^2 + a)^2 + b) with s = k z.
+
+        This is the form the encrypted kernel evaluates in depth 3 from s, with no multiplication
+        by a constant (each would cost a level): the weights are encrypted pre-scaled by k, so
+        the kernel computes s = k z directly and p(z) x = s x ((s^2 + a)^2 + b).
+        """
+        c1, c3, c5 = self.coefficients
+        k = c5 ** (1.0 / 5.0)
+        # p(z) = c5 z (z^4 + (c3/c5) z^2 + c1/c5) = c5 z ((z^2 + A)^2 + B)
+        big_a = c3 / (2.0 * c5)
+        big_b = c1 / c5 - big_a * big_a
+        return k, big_a * k**2, big_b * k**4
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """Everything the optimizer needs; public to every role of a job."""
+
+    iterations: int
+    learning_rate: float
+    l2: float
+    sigmoid_interval: float
+
+    @property
+    def sigmoid(self) -> SigmoidPolynomial:
+        return SigmoidPolynomial.fit(self.sigmoid_interval)
+
+
+def choose_hyperparameters(
+    *,
+    n_rows: int,
+    n_features: int,
+    iterations: int = 0,
+    learning_rate: float = 0.0,
+    l2: float = 0.0,
+    sigmoid_interval: float = 0.0,
+) -> Hyperparameters:
+    """Fill unset (zero) hyperparameters from the data's shape.
+
+    Standardized features make w.x a sum of d roughly unit-variance terms; the interval grows
+    with sqrt(d) so that it covers the margins Nesterov reaches in 10-20 iterations, and a small
+    L2 term (shrinking with n) bounds them. The step size is 2 / (an upper bound on the
+    curvature of the logistic loss on standardized data, which is about d/4 in the worst case
+    of fully correlated features and about 1/4 when they are independent), clipped to [0.3, 1].
+    """
+    d = max(n_features, 1)
+    chosen_interval = sigmoid_interval or float(min(32.0, max(16.0, 4.0 * math.sqrt(d))))
+    chosen_lr = learning_rate or float(np.clip(8.0 / d, 0.3, 1.0))
+    chosen_l2 = l2 if l2 > 0 else float(min(1e-3, 1.0 / max(n_rows, 1)))
+    return Hyperparameters(
+        iterations=iterations or 12,
+        learning_rate=chosen_lr,
+        l2=chosen_l2,
+        sigmoid_interval=chosen_interval,
+    )
+
+
+def nesterov_momentum(iteration: int) -> float:
+    """gamma_t of Nesterov's accelerated gradient (lambda_0 = 1, so gamma_0 = 0)."""
+    lam = 1.0
+    for _ in range(iteration):
+        lam = (1.0 + math.sqrt(1.0 + 4.0 * lam * lam)) / 2.0
+    lam_next = (1.0 + math.sqrt(1.0 + 4.0 * lam * lam)) / 2.0
+    return (lam - 1.0) / lam_next
+
+
+def l2_vector(n_columns: int, l2: float) -> Array:
+    """Per-column L2 strength; the bias (last column) is not regularized."""
+    vec = np.full(n_columns, l2, dtype=np.float64)
+    vec[-1] = 0.0
+    return vec
+
+
+def nesterov_step(
+    *,
+    weights: Array,
+    velocity: Array,
+    gradient_sums: Array,
+    label_term: Array,
+    rows: int,
+    learning_rate: float,
+    l2: Array,
+    iteration: int,
+) -> tuple[Array, Array]:
+    """One accelerated step; returns (new weights, new velocity).
+
+    Linear in (weights, velocity, gradient_sums, label_term) with public coefficients, so
+    applying it to masked values gives the step of the true values plus the step of the masks.
+    """
+    gradient = (gradient_sums + label_term) / rows + l2 * weights
+    new_velocity = weights - learning_rate * gradient
+    gamma = nesterov_momentum(iteration)
+    new_weights = new_velocity + gamma * (new_velocity - velocity)
+    return new_weights, new_velocity
+
+
+def add_bias(features: Array) -> Array:
+    """Append the all-ones bias column."""
+    return np.hstack([features, np.ones((features.shape[0], 1))])
+
+
+def label_term(features_with_bias: Array, labels: Array) -> Array:
+    """C = sum_i (1/2 - y_i) x_i: a party's whole label contribution to every gradient."""
+    return (0.5 - labels) @ features_with_bias
+
+
+@dataclass(frozen=True)
+class ReplicaResult:
+    weights: Array
+    losses: tuple[float, ...]
+    max_margin: float
+
+
+def logistic_loss(weights: Array, features_with_bias: Array, labels: Array) -> float:
+    z = features_with_bias @ weights
+    return float(np.mean(np.logaddexp(0.0, z) - labels * z))
+
+
+def train_replica(
+    features_with_bias: Array, labels: Array, hyper: Hyperparameters
+) -> ReplicaResult:
+    """hefl's algorithm in float64: the same polynomial, optimizer and iterations.
+
+    Returns the final velocity (Nesterov's non-extrapolated iterate, which is the model hefl
+    delivers), the exact logistic loss after every iteration and the largest |w.x| reached.
+    """
+    rows, columns = features_with_bias.shape
+    sigmoid = hyper.sigmoid
+    l2 = l2_vector(columns, hyper.l2)
+    constant = label_term(features_with_bias, labels)
+    weights = np.zeros(columns)
+    velocity = np.zeros(columns)
+    losses = []
+    max_margin = 0.0
+    for t in range(hyper.iterations):
+        z = features_with_bias @ weights
+        max_margin = max(max_margin, float(np.max(np.abs(z))))
+        sums = (sigmoid(z) - 0.5) @ features_with_bias
+        weights, velocity = nesterov_step(
+            weights=weights,
+            velocity=velocity,
+            gradient_sums=sums,
+            label_term=constant,
+            rows=rows,
+            learning_rate=hyper.learning_rate,
+            l2=l2,
+            iteration=t,
+        )
+        losses.append(logistic_loss(velocity, features_with_bias, labels))
+    return ReplicaResult(weights=velocity, losses=tuple(losses), max_margin=max_margin)
+
+
+def decision_function(weights: Array, features: Array) -> Array:
+    """w.x for standardized features without the bias column."""
+    return features @ weights[:-1] + weights[-1]

@@ -1,0 +1,373 @@
+"""A party's whole run: join, encrypt, upload, (key holder: answer tasks), receive the model.
+
+Parties only dial out. The key holder's secret key stays in this process: the coordinator gets
+``serialize(save_secret_key=False)`` and nothing else derived from the key but what the
+protocols in :mod:`parties.keyholder` return.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import tenseal as ts
+
+from hefl import wire
+from hefl.algorithm import add_bias, decision_function, label_term
+from hefl.codec import PackingLayout, stats_vector
+from hefl.errors import HeflError, ProtocolError
+from hefl.params import DEFAULT_PARAMETER_SET, check_public_context, get_parameter_set
+from hefl.v1 import hefl_pb2 as pb
+from hefl.v1 import hefl_pb2_grpc as pb_grpc
+from parties.data import Dataset, load_csv, standardize
+from parties.keyholder import KeyHolder, associated_data
+from parties.sealing import SealedBox, SealingKey
+
+log = logging.getLogger("hefl.party")
+
+# Deadlines for unary calls; streams that wait for other parties have none.
+CALL_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class PartyConfig:
+    coordinator: str
+    name: str
+    data: Path
+    label: str
+    key_holder: bool = False
+    job: str = ""
+    # Key holder only: how many parties the job waits for, parameters and options.
+    parties: int = 1
+    parameter_set: str = DEFAULT_PARAMETER_SET
+    iterations: int = 0
+    learning_rate: float = 0.0
+    l2: float = 0.0
+    sigmoid_interval: float = 0.0
+    reveal_intermediate: bool = False
+    # Held-out rows to evaluate the model on; without it the party keeps no rows back.
+    test: Path | None = None
+    model_out: Path | None = None
+    # Keep retrying to join while the job does not exist yet (parties started together).
+    join_timeout_s: float = 0.0
+
+
+@dataclass
+class PartyResult:
+    job_id: str = ""
+    name: str = ""
+    rows: int = 0
+    test_rows: int = 0
+    accuracy: float | None = None
+    auc: float | None = None
+    weights: list[float] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    bytes: dict[str, int] = field(default_factory=dict)
+    peak_rss_mb: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class PartyFailed(HeflError):
+    """The job failed on the coordinator's side; the message says why."""
+
+
+def _call_error(err: grpc.RpcError) -> HeflError:
+    return PartyFailed(f"{err.code().name}: {err.details()}")  # type: ignore[attr-defined]
+
+
+def run_party(config: PartyConfig) -> PartyResult:
+    """Run one party to the end of its job and return what it measured.
+
+    Raises:
+        DataError: The CSV is unusable (nothing was sent).
+        PartyFailed: The coordinator rejected a request or the job failed.
+    """
+    started = time.perf_counter()
+    dataset = load_csv(config.data, label=config.label)
+    test = load_csv(config.test, label=config.label) if config.test else None
+    result = PartyResult(name=config.name, rows=dataset.rows, test_rows=test.rows if test else 0)
+    channel = grpc.insecure_channel(config.coordinator, options=wire.CHANNEL_OPTIONS)
+    try:
+        Party(config, dataset, test, pb_grpc.CoordinatorStub(channel), result).run()
+    except grpc.RpcError as err:
+        raise _call_error(err) from err
+    finally:
+        channel.close()
+    result.timings_s["total"] = time.perf_counter() - started
+    result.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return result
+
+
+class Party:
+    def __init__(
+        self,
+        config: PartyConfig,
+        dataset: Dataset,
+        test: Dataset | None,
+        stub: pb_grpc.CoordinatorStub,
+        result: PartyResult,
+    ) -> None:
+        self.config = config
+        self.dataset = dataset
+        self.test = test
+        self.stub = stub
+        self.result = result
+        self.sealing_key = SealingKey()
+        self.hello = pb.PartyHello(
+            name=config.name,
+            features=list(dataset.feature_names),
+            seal_public_key=self.sealing_key.public_bytes,
+        )
+
+    # ----- steps -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        timings = self.result.timings_s
+        if self.config.key_holder:
+            tick = time.perf_counter()
+            private = get_parameter_set(self.config.parameter_set).make_context()
+            timings["keygen"] = time.perf_counter() - tick
+            info = self._create_job(private)
+            context = private
+            tasks = KeyHolderSession(
+                self.stub,
+                KeyHolder(context=private, job_id=info.job_id),
+                job_id=info.job_id,
+                party=self.config.name,
+            )
+            tasks.start()
+        else:
+            info = self._join()
+            context = self._download_context(info)
+            tasks = None
+        self.result.job_id = info.job_id
+        log.info("party %s in job %s", self.config.name, info.job_id)
+        try:
+            self._submit_stats(info.job_id, context)
+            status = self._wait(info.job_id, {pb.UPLOADING})
+            self._upload(info.job_id, context, status)
+            tick = time.perf_counter()
+            self._wait(info.job_id, {pb.DONE})
+            timings["wait_for_training"] = time.perf_counter() - tick
+            self._receive_model(info.job_id)
+        finally:
+            if tasks is not None:
+                tasks.stop()
+                timings["refresh"] = tasks.refresh_s
+
+    def _create_job(self, private: ts.Context) -> pb.JobInfo:
+        public = private.serialize(save_secret_key=False, save_galois_keys=False)
+        options = pb.TrainingOptions(
+            iterations=self.config.iterations,
+            learning_rate=self.config.learning_rate,
+            l2=self.config.l2,
+            sigmoid_interval=self.config.sigmoid_interval,
+            reveal_intermediate=self.config.reveal_intermediate,
+        )
+        spec = pb.JobSpec(
+            job_id=self.config.job,
+            key_holder=self.hello,
+            expected_parties=self.config.parties,
+            parameter_set=self.config.parameter_set,
+            options=options,
+        )
+
+        def requests() -> Iterator[pb.CreateJobRequest]:
+            yield pb.CreateJobRequest(spec=spec)
+            for piece in wire.split_bytes(public):
+                yield pb.CreateJobRequest(context_chunk=piece)
+
+        self.result.bytes["context"] = len(public)
+        return self.stub.CreateJob(requests(), timeout=CALL_TIMEOUT_S)
+
+    def _join(self) -> pb.JobInfo:
+        request = pb.JoinJobRequest(job_id=self.config.job, party=self.hello)
+        deadline = time.monotonic() + self.config.join_timeout_s
+        while True:
+            try:
+                return self.stub.JoinJob(request, timeout=CALL_TIMEOUT_S)
+            except grpc.RpcError as err:
+                retry = err.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE)  # type: ignore[attr-defined]
+                if not retry or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def _download_context(self, info: pb.JobInfo) -> ts.Context:
+        data = b"".join(
+            blob.data
+            for blob in self.stub.GetContext(
+                pb.GetContextRequest(job_id=info.job_id), timeout=CALL_TIMEOUT_S
+            )
+        )
+        context = ts.context_from(data)
+        # Refuse to encrypt under anything but an allowed 128-bit parameter set.
+        check_public_context(context, info.parameter_set)
+        self.result.bytes["context"] = len(data)
+        return context
+
+    def _submit_stats(self, job_id: str, context: ts.Context) -> None:
+        vector = ts.ckks_vector(context, stats_vector(self.dataset.features))
+        self.stub.SubmitStats(
+            pb.SubmitStatsRequest(
+                job_id=job_id,
+                party=self.config.name,
+                ciphertext=wire.serialize(vector),
+                rows=self.dataset.rows,
+            ),
+            timeout=CALL_TIMEOUT_S,
+        )
+
+    def _wait(self, job_id: str, phases: set[int]) -> pb.JobStatus:
+        request = pb.WatchJobRequest(job_id=job_id, party=self.config.name)
+        for status in self.stub.WatchJob(request):
+            if status.phase == pb.FAILED:
+                raise PartyFailed(f"job {job_id} failed: {status.message}")
+            if status.phase in phases:
+                return status
+        raise PartyFailed(f"job {job_id}: the coordinator closed the status stream")
+
+    def _upload(self, job_id: str, context: ts.Context, status: pb.JobStatus) -> None:
+        layout = PackingLayout.assign(
+            slots=status.layout.slots,
+            party_rows=[(p.party, p.rows) for p in status.layout.parties],
+        )
+        mean = np.asarray(status.standardization.mean)
+        std = np.asarray(status.standardization.std)
+        columns = add_bias(standardize(self.dataset.features, mean, std))
+        label = ts.ckks_vector(context, label_term(columns, self.dataset.labels))
+        encrypt_s = 0.0
+
+        def chunks() -> Iterator[pb.UploadChunk]:
+            nonlocal encrypt_s
+            seq, pending, size = 0, [], 0
+            for block, column, vector in layout.pack(self.config.name, columns):
+                tick = time.perf_counter()
+                data = wire.serialize(ts.ckks_vector(context, vector))
+                encrypt_s += time.perf_counter() - tick
+                if pending and size + len(data) > wire.UPLOAD_CHUNK_BYTES:
+                    yield pb.UploadChunk(job_id=job_id, party=self.config.name, seq=seq, columns=pending)
+                    seq, pending, size = seq + 1, [], 0
+                pending.append(pb.EncryptedColumn(block=block, feature=column, ciphertext=data))
+                size += len(data)
+            yield pb.UploadChunk(
+                job_id=job_id,
+                party=self.config.name,
+                seq=seq,
+                columns=pending,
+                label_term=wire.serialize(label),
+                last=True,
+            )
+
+        tick = time.perf_counter()
+        summary = self.stub.Upload(chunks())
+        total = time.perf_counter() - tick
+        self.result.timings_s["encrypt"] = encrypt_s
+        self.result.timings_s["upload"] = total - encrypt_s
+        self.result.bytes["upload"] = summary.bytes_accepted
+
+    def _receive_model(self, job_id: str) -> None:
+        sealed = self.stub.GetModel(
+            pb.GetModelRequest(job_id=job_id, party=self.config.name), timeout=CALL_TIMEOUT_S
+        )
+        box = SealedBox(sealed.ephemeral_public_key, sealed.nonce, sealed.ciphertext)
+        model = json.loads(self.sealing_key.open(box, associated=associated_data(job_id, self.config.name)))
+        if model["features"] != list(self.dataset.feature_names):
+            raise ProtocolError("the delivered model is for other features")
+        self.result.weights = model["weights"]
+        if self.config.model_out is not None:
+            self.config.model_out.write_text(json.dumps(model, indent=1))
+        if self.test is not None:
+            self.result.accuracy, self.result.auc = evaluate(model, self.test)
+
+
+def evaluate(model: dict[str, Any], test: Dataset) -> tuple[float, float | None]:
+    """Accuracy and ROC AUC (None when the held-out rows have one class) of a delivered model."""
+    from sklearn.metrics import roc_auc_score
+
+    features = standardize(test.features, np.asarray(model["mean"]), np.asarray(model["std"]))
+    scores = decision_function(np.asarray(model["weights"]), features)
+    accuracy = float(np.mean((scores > 0) == (test.labels > 0.5)))
+    auc = float(roc_auc_score(test.labels, scores)) if len(set(test.labels)) == 2 else None
+    return accuracy, auc
+
+
+class KeyHolderSession:
+    """The key holder's task loop on its own thread: open the stream, answer, reconnect."""
+
+    def __init__(
+        self, stub: pb_grpc.CoordinatorStub, keyholder: KeyHolder, *, job_id: str, party: str
+    ) -> None:
+        self._stub = stub
+        self._keyholder = keyholder
+        self._party = party
+        self.job_id = job_id
+        self._stopped = threading.Event()
+        self._call: Any = None
+        self._answers: dict[int, bytes] = {}
+        self._thread = threading.Thread(target=self._loop, name="key-holder", daemon=True)
+        self.refresh_s = 0.0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._call is not None:
+            self._call.cancel()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                self._call = self._stub.KeyHolderTasks(
+                    pb.KeyHolderTasksRequest(job_id=self.job_id, party=self._party)
+                )
+                self._serve(self._call)
+            except grpc.RpcError as err:
+                if self._stopped.is_set():
+                    return
+                log.warning("key holder stream broke (%s); reconnecting", err.code())  # type: ignore[attr-defined]
+                time.sleep(0.5)
+
+    def _serve(self, call: Iterator[pb.TaskChunk]) -> None:
+        chunks: list[pb.TaskChunk] = []
+        for chunk in call:
+            chunks.append(chunk)
+            if len(chunks) < chunk.count:
+                continue
+            header, payload = wire.join_task_chunks(chunks)
+            chunks = []
+            answer = self._answers.get(header.task_id)
+            if answer is None:
+                answer = self._answer(payload)
+                self._answers = {header.task_id: answer}  # only the latest can be re-asked
+            self._stub.CompleteTask(
+                wire.task_chunks(
+                    job_id=self.job_id, party=self._party, task_id=header.task_id, payload=answer
+                ),
+                timeout=CALL_TIMEOUT_S,
+            )
+
+    def _answer(self, payload: bytes) -> bytes:
+        task = pb.KeyHolderTask()
+        task.ParseFromString(payload)
+        tick = time.perf_counter()
+        try:
+            result = self._keyholder.handle(task)
+        except HeflError as err:
+            log.error("key holder task failed: %s", err)
+            result = pb.KeyHolderResult(error=str(err))
+        if task.WhichOneof("task") == "refresh":
+            self.refresh_s += time.perf_counter() - tick
+        return result.SerializeToString()
