@@ -96,10 +96,12 @@ class WorkerPool:
     def size(self) -> int:
         return len(self._actors)
 
-    def gradient(self, scaled_weights: Sequence[bytes], *, a: float, b: float) -> list[list[bytes]]:
+    def gradient(
+        self, masked_weights: Sequence[bytes], unmask: Sequence[float], *, a: float, b: float
+    ) -> list[list[bytes]]:
         """Every worker's per-column gradient sums, computed in parallel."""
-        weights_ref = ray.put(list(scaled_weights))
-        futures = [actor.gradient.remote(weights_ref, a, b) for actor in self._actors]
+        weights_ref = ray.put(list(masked_weights))
+        futures = [actor.gradient.remote(weights_ref, list(unmask), a, b) for actor in self._actors]
         return ray.get(futures, timeout=CALL_TIMEOUT_S)
 
     def peak_rss_mb(self) -> list[float]:

@@ -96,12 +96,9 @@ class RefreshMasker:
         )
         return MaskedRound(masked, weights_offset, velocity_offset)
 
-    def unmask_weights(self, fresh: Sequence[ts.CKKSVector]) -> list[ts.CKKSVector]:
-        """k * W_j from the key holder's fresh k * (W_j + mask_j)."""
-        return [
-            ct - float(self._weight_scale * mask)
-            for ct, mask in zip(fresh, self._weights_mask, strict=True)
-        ]
+    def weights_unmask(self) -> np.ndarray:
+        """k * mask_j: subtract from the key holder's fresh k * (w_j + mask_j) to get k * w_j."""
+        return self._weight_scale * self._weights_mask
 
     @property
     def model_mask(self) -> np.ndarray:

@@ -73,6 +73,10 @@ def create_server(
 def serve(config: CoordinatorConfig, *, ready_file: Path | None = None) -> None:
     """Run until SIGTERM or SIGINT, then stop with a grace period."""
     config.workdir.mkdir(parents=True, exist_ok=True)
+    # Ray first: a local Ray forks its daemons, which must not happen while gRPC's threads run
+    # (gRPC skips its fork handlers then, and the GCS sometimes never comes up). Its processes
+    # also die with the thread that started them (PR_SET_PDEATHSIG): this is the main thread.
+    ray_pool.connect(config.ray_address, num_cpus=config.ray_num_cpus)
     factory = ray_pool_factory(config)
     registry = Registry(config.workdir, factory)
     server, port = create_server(config.listen, registry)
@@ -81,10 +85,6 @@ def serve(config: CoordinatorConfig, *, ready_file: Path | None = None) -> None:
     log.info("coordinator listening on %s:%d, work directory %s", host, port, config.workdir)
     if ready_file is not None:
         ready_file.write_text(f"{host}:{port}\n")
-    # Connect to Ray on the main thread, while parties already register and upload: a local
-    # Ray's processes die with the thread that started them (PR_SET_PDEATHSIG), and it takes
-    # seconds to start. Jobs that need Ray earlier wait inside ray_pool.connect.
-    ray_pool.connect(config.ray_address, num_cpus=config.ray_num_cpus)
     stopped = threading.Event()
 
     def stop(signum: int, _frame: object) -> None:

@@ -21,6 +21,7 @@ from coordinator.keyholder_link import KeyHolderLink
 from coordinator.refresh import RefreshMasker
 from hefl import wire
 from hefl.algorithm import Hyperparameters, l2_vector
+from hefl.errors import ProtocolError
 from hefl.params import CkksParameters
 from hefl.v1 import hefl_pb2 as pb
 
@@ -36,7 +37,7 @@ class GradientPool(Protocol):
     def size(self) -> int: ...
 
     def gradient(
-        self, scaled_weights: Sequence[bytes], *, a: float, b: float
+        self, masked_weights: Sequence[bytes], unmask: Sequence[float], *, a: float, b: float
     ) -> list[list[bytes]]: ...
 
 
@@ -105,9 +106,10 @@ def train(
     started = time.perf_counter()
     # w_0 = 0: the coordinator can encrypt zeros with the public key itself.
     weights = wire.encrypt_replicated(inputs.context, [0.0] * inputs.columns, inputs.params.slots)
+    unmask = [0.0] * inputs.columns
     for iteration in range(hyper.iterations):
         tick = time.perf_counter()
-        partials = pool.gradient(weights, a=a, b=b)
+        partials = pool.gradient(weights, unmask, a=a, b=b)
         report.worker_bytes_per_iteration = sum(map(len, weights)) * pool.size + sum(
             len(g) for worker in partials for g in worker
         )
@@ -129,11 +131,11 @@ def train(
         report.refresh_bytes_per_iteration = (link.bytes_sent - sent) + (
             link.bytes_received - received
         )
-        fresh = [
-            wire.deserialize(inputs.context, c, what="refreshed weights")
-            for c in result.ciphertexts.ciphertexts
-        ]
-        weights = [wire.serialize(w) for w in masker.unmask_weights(fresh)]
+        # The workers subtract the masks themselves: no need to load and re-serialize here.
+        weights = list(result.ciphertexts.ciphertexts)
+        if len(weights) != inputs.columns:
+            raise ProtocolError(f"key holder returned {len(weights)} weights, expected {inputs.columns}")
+        unmask = masker.weights_unmask().tolist()
         report.refresh_s += time.perf_counter() - tock
 
         if inputs.reveal_intermediate:

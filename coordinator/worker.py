@@ -70,9 +70,20 @@ class ShardWorker:
     def ready(self) -> int:
         return len(self._blocks)
 
-    def gradient(self, scaled_weights: Sequence[bytes], a: float, b: float) -> list[bytes]:
-        """Serialized per-column gradient sums over this worker's blocks."""
-        weights = [wire.deserialize(self._context, w, what="weights") for w in scaled_weights]
+    def gradient(
+        self, masked_weights: Sequence[bytes], unmask: Sequence[float], a: float, b: float
+    ) -> list[bytes]:
+        """Serialized per-column gradient sums over this worker's blocks.
+
+        Args:
+            masked_weights: The key holder's fresh ciphertexts of k * (w_j + mask_j).
+            unmask: k * mask_j, subtracted here (workers are on the coordinator's side).
+            a, b: The sigmoid's encrypted form (:meth:`SigmoidPolynomial.encrypted_form`).
+        """
+        weights = [
+            wire.deserialize(self._context, w, what="weights") - float(m)
+            for w, m in zip(masked_weights, unmask, strict=True)
+        ]
         blocks = (
             [wire.deserialize(self._context, column, what="shard") for column in block]
             for block in self._blocks

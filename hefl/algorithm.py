@@ -97,23 +97,25 @@ def choose_hyperparameters(
     l2: float = 0.0,
     sigmoid_interval: float = 0.0,
 ) -> Hyperparameters:
-    """Fill unset (zero) hyperparameters from the data's shape.
+    """Fill unset (zero) hyperparameters.
 
-    Standardized features make w.x a sum of d roughly unit-variance terms; the interval grows
-    with sqrt(d) so that it covers the margins Nesterov reaches in 10-20 iterations, and a small
-    L2 term (shrinking with n) bounds them. The step size is 2 / (an upper bound on the
-    curvature of the logistic loss on standardized data, which is about d/4 in the worst case
-    of fully correlated features and about 1/4 when they are independent), clipped to [0.3, 1].
+    The defaults come from a plaintext sweep of this exact algorithm (``bench/sweep.py``) over
+    breast cancer, wine, digits, iris and synthetic data, 5 stratified splits each: 15 Nesterov
+    iterations at step 1.0 with the degree-5 fit on [-16, 16] and no L2 term match sklearn's
+    ``LogisticRegression()`` best over all of them. Early stopping is the regularizer; margins
+    beyond 16 stay safe because the fit keeps rising there. The loss curvature on standardized
+    features grows up to (d + 1) / 4 when features are strongly correlated, so data wider than
+    the sweep covered (d > 64) gets a proportionally smaller step. ``n_rows`` is accepted for
+    rules that depend on it; none of the current defaults does.
     """
+    del n_rows
     d = max(n_features, 1)
-    chosen_interval = sigmoid_interval or float(min(32.0, max(16.0, 4.0 * math.sqrt(d))))
-    chosen_lr = learning_rate or float(np.clip(8.0 / d, 0.3, 1.0))
-    chosen_l2 = l2 if l2 > 0 else float(min(1e-3, 1.0 / max(n_rows, 1)))
+    chosen_lr = learning_rate or float(min(1.0, 65.0 / (d + 1)))
     return Hyperparameters(
-        iterations=iterations or 12,
+        iterations=iterations or 15,
         learning_rate=chosen_lr,
-        l2=chosen_l2,
-        sigmoid_interval=chosen_interval,
+        l2=max(l2, 0.0),
+        sigmoid_interval=sigmoid_interval or 16.0,
     )
 
 

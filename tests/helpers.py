@@ -1,0 +1,50 @@
+"""Test helpers that speak the real protocol through a real stub."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import tenseal as ts
+
+from hefl import wire
+from hefl.codec import stats_vector
+from hefl.v1 import hefl_pb2 as pb
+from hefl.v1 import hefl_pb2_grpc as pb_grpc
+from parties.sealing import SealingKey
+
+FEATURES = ["a", "b", "c"]
+
+
+def hello(name: str, features: list[str] | None = None) -> pb.PartyHello:
+    return pb.PartyHello(
+        name=name, features=features or FEATURES, seal_public_key=SealingKey().public_bytes
+    )
+
+
+def create_job(
+    stub: pb_grpc.CoordinatorStub,
+    context_bytes: bytes,
+    *,
+    job_id: str = "job-1",
+    parties: int = 2,
+    key_holder: str = "kh",
+) -> pb.JobInfo:
+    spec = pb.JobSpec(job_id=job_id, key_holder=hello(key_holder), expected_parties=parties)
+
+    def requests() -> Iterator[pb.CreateJobRequest]:
+        yield pb.CreateJobRequest(spec=spec)
+        for piece in wire.split_bytes(context_bytes):
+            yield pb.CreateJobRequest(context_chunk=piece)
+
+    return stub.CreateJob(requests(), timeout=30)
+
+
+def stats_request(
+    context: ts.Context, job_id: str, party: str, rows: int = 5, columns: int = 3
+) -> pb.SubmitStatsRequest:
+    features = np.arange(rows * columns, dtype=float).reshape(rows, columns)
+    vector = ts.ckks_vector(context, stats_vector(features))
+    return pb.SubmitStatsRequest(
+        job_id=job_id, party=party, ciphertext=wire.serialize(vector), rows=rows
+    )

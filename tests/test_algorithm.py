@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+
+from hefl.algorithm import (
+    SigmoidPolynomial,
+    add_bias,
+    choose_hyperparameters,
+    decision_function,
+    l2_vector,
+    nesterov_step,
+    train_replica,
+)
+
+
+@pytest.mark.parametrize("interval", [8.0, 16.0, 24.0])
+def test_encrypted_form_is_the_same_polynomial(interval):
+    sigmoid = SigmoidPolynomial.fit(interval)
+    k, a, b = sigmoid.encrypted_form()
+    z = np.linspace(-2 * interval, 2 * interval, 101)
+    s = k * z
+
+    np.testing.assert_allclose(s * ((s * s + a) ** 2 + b), sigmoid(z) - 0.5, atol=1e-9, rtol=1e-9)
+
+
+def test_fit_is_close_to_sigmoid_and_keeps_rising_outside_its_interval():
+    sigmoid = SigmoidPolynomial.fit(16.0)
+    z = np.linspace(-16, 16, 321)
+    # A degree-5 least-squares fit over so wide a range is loose (0.15 at worst).
+    assert np.max(np.abs(sigmoid(z) - 1 / (1 + np.exp(-z)))) < 0.16
+    outside = np.linspace(16, 60, 100)
+    assert np.all(np.diff(sigmoid(outside)) > 0)
+
+
+def test_nesterov_step_is_linear_so_masks_can_be_tracked_separately():
+    rng = np.random.default_rng(0)
+    values = [rng.normal(size=4) for _ in range(4)]
+    masks = [rng.uniform(-1e6, 1e6, size=4) for _ in range(4)]
+    kwargs = dict(rows=100, learning_rate=0.7, l2=l2_vector(4, 0.01), iteration=3)
+
+    def step(w, v, g, c):
+        return nesterov_step(weights=w, velocity=v, gradient_sums=g, label_term=c, **kwargs)
+
+    masked = step(*(x + m for x, m in zip(values, masks)))
+    true = step(*values)
+    mask_only = step(*masks)
+    for got, want, mask in zip(masked, true, mask_only):
+        np.testing.assert_allclose(got - mask, want, atol=1e-6)
+
+
+def test_replica_matches_sklearn_on_breast_cancer():
+    data = load_breast_cancer()
+    accuracies, baseline = [], []
+    for seed in range(3):
+        x_train, x_test, y_train, y_test = train_test_split(
+            data.data, data.target, test_size=0.2, stratify=data.target, random_state=seed
+        )
+        mean, std = x_train.mean(axis=0), x_train.std(axis=0)
+        x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+        hyper = choose_hyperparameters(n_rows=len(x_train), n_features=x_train.shape[1])
+        result = train_replica(add_bias(x_train), y_train.astype(float), hyper)
+        accuracies.append(np.mean((decision_function(result.weights, x_test) > 0) == y_test))
+        baseline.append(LogisticRegression().fit(x_train, y_train).score(x_test, y_test))
+        assert all(np.isfinite(result.losses))
+        assert result.losses[-1] < result.losses[0]
+    assert np.mean(accuracies) >= np.mean(baseline) - 0.01

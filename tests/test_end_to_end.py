@@ -1,0 +1,136 @@
+"""`hefl simulate` as a user runs it: separate processes, real gRPC, real Ray, real TenSEAL."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+import tenseal as ts
+
+from coordinator.registry import Registry
+from coordinator.server import CoordinatorConfig, create_server, ray_pool_factory
+from hefl import wire
+from hefl.v1 import hefl_pb2 as pb
+from hefl.v1 import hefl_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _simulate(workdir: Path, *args: str, env: dict[str, str] | None = None) -> dict:
+    report = workdir / "report.json"
+    command = [sys.executable, "-m", "hefl.cli", "simulate", "--workdir", str(workdir),
+               "--report", str(report), *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "accuracy  encrypted | plaintext" in result.stdout
+    return json.loads(report.read_text())
+
+
+@pytest.fixture(scope="module")
+def three_hospitals(tmp_path_factory) -> tuple[Path, dict]:
+    workdir = tmp_path_factory.mktemp("simulate")
+    return workdir, _simulate(workdir, "--parties", "3", "--dataset", "breast-cancer", "--seed", "0")
+
+
+def test_three_hospitals_match_plaintext_on_breast_cancer(three_hospitals):
+    _, report = three_hospitals
+    assert report["parties"] == 3
+    assert report["n_train"] == 455 and report["n_test"] == 114 and report["n_features"] == 30
+    assert report["encrypted"]["accuracy"] >= 0.93
+    assert report["encrypted"]["accuracy"] >= report["plaintext"]["accuracy"] - 0.03
+    assert report["encrypted"]["auc"] >= report["plaintext"]["auc"] - 0.01
+    assert report["encrypted"]["iterations"] >= 1
+    for key in ("total", "keygen", "encrypt", "upload", "train", "refresh"):
+        assert report["timings_s"][key] >= 0.0
+    assert report["bytes"]["upload"] > 0 and report["bytes"]["per_iteration"] > 0
+    # Every party evaluated the same delivered model on its own held-out rows.
+    assert all(a is not None and a > 0.8 for a in report["encrypted"]["party_accuracy"])
+
+
+def test_nothing_the_coordinator_stored_can_decrypt(three_hospitals):
+    workdir, _ = three_hospitals
+    (job_root,) = (workdir / "jobs").iterdir()
+    context = ts.context_from((job_root / "context.bin").read_bytes())
+    assert not context.has_secret_key() and not context.is_private()
+    ciphertexts = [p for p in job_root.rglob("*.bin") if p.parent.name not in ("models",)]
+    ciphertexts.remove(job_root / "context.bin")
+    assert len(ciphertexts) > 90
+    for path in ciphertexts[:20]:
+        vector = wire.deserialize(context, path.read_bytes(), what=str(path))
+        with pytest.raises(ValueError, match="secret_key"):
+            vector.decrypt()
+    state = (job_root / "job.json").read_text()
+    assert "secret" not in state.lower()
+
+
+def test_restarted_coordinator_still_serves_the_job(three_hospitals):
+    workdir, _ = three_hospitals
+    registry = Registry(workdir, ray_pool_factory(CoordinatorConfig(workdir=workdir)))
+    server, port = create_server("127.0.0.1:0", registry)
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=wire.CHANNEL_OPTIONS) as channel:
+            stub = pb_grpc.CoordinatorStub(channel)
+            (status,) = stub.ListJobs(pb.ListJobsRequest()).jobs
+            assert status.phase == pb.DONE
+            assert list(status.parties) == ["hospital-0", "hospital-1", "hospital-2"]
+            sealed = stub.GetModel(pb.GetModelRequest(job_id=status.job_id, party="hospital-1"))
+            assert sealed.party == "hospital-1" and len(sealed.ciphertext) > 100
+    finally:
+        registry.shutdown()
+        server.stop(0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_coordinator_joins_a_multi_node_ray_cluster_on_loopback(tmp_path):
+    """`ray start --head`, then a second `ray start --address` with its own temp dir, both on
+    127.0.0.1 with one CPU each; the coordinator joins with --ray-address and its two workers
+    can only fit one per node."""
+    port = _free_port()
+    # Ray's unix sockets live under the temp dir: keep it short (108-byte socket path limit).
+    short = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="token",
+               RAY_AUTH_TOKEN=secrets.token_hex(32))
+    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats", "--block"]
+    loopback_ray = [sys.executable, str(ROOT / "tests" / "ray_loopback.py"), "start"]
+    nodes = [
+        subprocess.Popen([*loopback_ray, "--head", "--port", str(port), "--include-dashboard", "false",
+                          "--temp-dir", str(short / "h"), *common],
+                         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ]
+    try:
+        time.sleep(6)
+        nodes.append(
+            subprocess.Popen([*loopback_ray, "--address", f"127.0.0.1:{port}",
+                              "--temp-dir", str(short / "n"), *common],
+                             env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        )
+        time.sleep(6)
+        report = _simulate(tmp_path / "work", "--parties", "2", "--synthetic", "12000x8",
+                           "--ray-address", f"127.0.0.1:{port}", "--workers", "2",
+                           "--iterations", "6", env=env)
+        assert report["workers"] == 2 and report["blocks"] == 3
+        assert report["encrypted"]["accuracy"] >= report["plaintext"]["accuracy"] - 0.03
+    finally:
+        for node in reversed(nodes):
+            os.killpg(node.pid, signal.SIGKILL)
+            node.wait(timeout=30)
+        shutil.rmtree(short, ignore_errors=True)

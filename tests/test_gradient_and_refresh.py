@@ -1,0 +1,102 @@
+"""The encrypted maths against plaintext, within stated tolerances."""
+
+import numpy as np
+import pytest
+import tenseal as ts
+
+from coordinator.gradient import gradient_sums
+from coordinator.refresh import RefreshMasker
+from hefl import wire
+from hefl.algorithm import SigmoidPolynomial, l2_vector, label_term, nesterov_step
+from hefl.params import PARAMETER_SETS
+from hefl.v1 import hefl_pb2 as pb
+from parties.keyholder import MaskedOptimizer
+
+
+def _blocks(context, data, slots):
+    blocks = []
+    for start in range(0, len(data), slots):
+        part = data[start : start + slots]
+        padded = np.zeros((slots, data.shape[1]))
+        padded[: len(part)] = part
+        blocks.append([ts.ckks_vector(context, padded[:, j]) for j in range(data.shape[1])])
+    return blocks
+
+
+@pytest.mark.parametrize("name", sorted(PARAMETER_SETS))
+def test_encrypted_gradient_sums_equal_plaintext(name):
+    params = PARAMETER_SETS[name]
+    context = params.make_context()
+    rng = np.random.default_rng(0)
+    rows = params.slots + 300  # two blocks, the second one partly padding
+    data = np.hstack([rng.normal(size=(rows, 5)) * 2.0, np.ones((rows, 1))])
+    weights = rng.normal(size=6)
+    sigmoid = SigmoidPolynomial.fit(16.0)
+    k, a, b = sigmoid.encrypted_form()
+    scaled = [ts.ckks_vector(context, np.full(params.slots, k * w)) for w in weights]
+
+    sums = gradient_sums(context, scaled, _blocks(context, data, params.slots), a=a, b=b)
+
+    expected = (sigmoid(data @ weights) - 0.5) @ data
+    got = np.array([np.sum(s.decrypt()) for s in sums])
+    # CKKS noise: about 1e-3 per slot at the 30-bit scale, summed over 2 blocks of slots.
+    np.testing.assert_allclose(got, expected, atol=0.05 * np.sqrt(rows / 455) + 1e-3 * np.abs(expected).max())
+
+
+def test_masked_refresh_rounds_follow_plaintext_nesterov(private_context):
+    """The key holder steps masked values, the coordinator steps the masks: the unmasked
+    weights after several rounds equal plain Nesterov on the same gradient sums."""
+    params = PARAMETER_SETS["n8192-depth4"]
+    columns, rows, lr = 4, 1000, 0.8
+    rng = np.random.default_rng(1)
+    l2 = l2_vector(columns, 0.01)
+    sigmoid = SigmoidPolynomial.fit(16.0)
+    k = sigmoid.encrypted_form()[0]
+    constant = rng.normal(size=columns) * 10
+    masker = RefreshMasker(
+        columns=columns, slots=params.slots, mask_bits=params.mask_bits, rows=rows,
+        learning_rate=lr, l2=l2, weight_scale=k, rng=np.random.default_rng(2),
+    )
+    weights0, velocity0 = masker.initial_state()
+    label_ct = ts.ckks_vector(private_context, constant)
+    setup = pb.TrainingSetup(
+        rows=rows, columns=columns, learning_rate=lr, l2=l2.tolist(),
+        sigmoid_coefficients=list(sigmoid.coefficients),
+        masked_label_term=wire.serialize(masker.mask_label_term(label_ct)),
+        weights=weights0.tolist(), velocity=velocity0.tolist(), slots=params.slots,
+    )
+    optimizer = MaskedOptimizer(private_context, setup)
+    w = np.zeros(columns)
+    v = np.zeros(columns)
+    for iteration in range(5):
+        slot_values = rng.normal(size=(columns, params.slots))
+        gradients = [ts.ckks_vector(private_context, row) for row in slot_values]
+        masked = masker.mask_round(gradients, iteration)
+        # What the key holder sees is far from the true sums.
+        seen = np.array([np.sum(g.decrypt()) for g in masked.masked_gradients])
+        assert np.min(np.abs(seen - slot_values.sum(axis=1))) > 1e3
+
+        fresh = optimizer.refresh(
+            pb.RefreshTask(
+                iteration=iteration,
+                masked_gradients=[wire.serialize(g) for g in masked.masked_gradients],
+                weights_offset=masked.weights_offset.tolist(),
+                velocity_offset=masked.velocity_offset.tolist(),
+            )
+        )
+        unmask = masker.weights_unmask()
+        got = np.array(
+            [np.mean(wire.deserialize(private_context, c, what="w").decrypt()) - u for c, u in zip(fresh, unmask)]
+        ) / k
+        w, v = nesterov_step(
+            weights=w, velocity=v, gradient_sums=slot_values.sum(axis=1), label_term=constant,
+            rows=rows, learning_rate=lr, l2=l2, iteration=iteration,
+        )
+        np.testing.assert_allclose(got, w, atol=1e-3)
+    np.testing.assert_allclose(optimizer.unmask_model(masker.model_mask), v, atol=1e-4)
+
+
+def test_label_term_matches_definition():
+    x = np.array([[1.0, 2.0, 1.0], [3.0, -1.0, 1.0]])
+    y = np.array([1.0, 0.0])
+    np.testing.assert_allclose(label_term(x, y), -0.5 * x[0] + 0.5 * x[1])

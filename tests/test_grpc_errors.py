@@ -1,0 +1,172 @@
+"""Bad input over real gRPC: precise status codes, named culprits, nothing accepted lost."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+import tenseal as ts
+
+from hefl import wire
+from hefl.params import PARAMETER_SETS
+from hefl.v1 import hefl_pb2 as pb
+from hefl.v1 import hefl_pb2_grpc as pb_grpc
+from parties.client import KeyHolderSession
+from parties.keyholder import KeyHolder
+from tests.helpers import FEATURES, create_job, hello, stats_request
+
+
+def _code(call) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code(), info.value.details()
+
+
+@pytest.fixture
+def job(coordinator, public_context_bytes):
+    create_job(coordinator.stub, public_context_bytes, job_id="job-1", parties=2)
+    return coordinator
+
+
+def _to_uploading(coordinator, private_context, public_context):
+    """Both parties joined and sent statistics; the real key holder publishes them."""
+    session = KeyHolderSession(
+        coordinator.stub, KeyHolder(context=private_context, job_id="job-1"), job_id="job-1", party="kh"
+    )
+    session.start()
+    coordinator.stub.JoinJob(pb.JoinJobRequest(job_id="job-1", party=hello("h2")))
+    for party, rows in (("kh", 5), ("h2", 7)):
+        coordinator.stub.SubmitStats(stats_request(public_context, "job-1", party, rows=rows))
+    for status in coordinator.stub.WatchJob(pb.WatchJobRequest(job_id="job-1", party="h2"), timeout=60):
+        if status.phase == pb.UPLOADING:
+            return session, status
+    raise AssertionError("job never reached UPLOADING")
+
+
+def _column(context, block=0, feature=0, slots=4096):
+    return pb.EncryptedColumn(
+        block=block, feature=feature, ciphertext=wire.serialize(ts.ckks_vector(context, np.zeros(slots)))
+    )
+
+
+def test_private_context_is_refused(coordinator, private_context):
+    code, details = _code(
+        lambda: create_job(coordinator.stub, private_context.serialize(save_secret_key=True))
+    )
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert "secret key" in details
+
+
+def test_garbage_context_is_refused(coordinator):
+    code, details = _code(lambda: create_job(coordinator.stub, b"not a context"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "does not deserialize" in details
+
+
+def test_duplicate_party_name(job):
+    code, details = _code(lambda: job.stub.JoinJob(pb.JoinJobRequest(job_id="job-1", party=hello("kh"))))
+    assert code == grpc.StatusCode.ALREADY_EXISTS
+    assert "'kh'" in details and "job-1" in details
+
+
+def test_party_with_other_columns(job):
+    request = pb.JoinJobRequest(job_id="job-1", party=hello("h2", ["a", "b", "zz"]))
+    code, details = _code(lambda: job.stub.JoinJob(request))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "missing ['c']" in details and "unexpected ['zz']" in details and "'h2'" in details
+
+
+def test_unknown_job(job):
+    code, details = _code(lambda: job.stub.JoinJob(pb.JoinJobRequest(job_id="nope", party=hello("x"))))
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert "'nope'" in details
+
+
+def test_undeserializable_and_foreign_ciphertexts(job):
+    bad = pb.SubmitStatsRequest(job_id="job-1", party="kh", ciphertext=b"\x00garbage", rows=3)
+    code, details = _code(lambda: job.stub.SubmitStats(bad))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "statistics of party 'kh'" in details
+
+    foreign = PARAMETER_SETS["n16384-depth4"].make_context()
+    other = stats_request(foreign, "job-1", "kh")
+    code, details = _code(lambda: job.stub.SubmitStats(other))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a CKKS ciphertext under the job's parameters" in details
+
+
+def test_statistics_of_wrong_length(job, public_context):
+    code, details = _code(lambda: job.stub.SubmitStats(stats_request(public_context, "job-1", "kh", columns=2)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "expected 7" in details
+
+
+def test_message_over_the_size_limit(job):
+    huge = pb.SubmitStatsRequest(job_id="job-1", party="kh", ciphertext=b"x" * (5 * 1024 * 1024))
+    channel = grpc.insecure_channel(job.address)  # client side without our send limit
+    stub = pb_grpc.CoordinatorStub(channel)
+    code, details = _code(lambda: stub.SubmitStats(huge))
+    channel.close()
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # The coordinator keeps serving.
+    assert job.stub.ListJobs(pb.ListJobsRequest()).jobs[0].job_id == "job-1"
+
+
+def test_uploads_out_of_order_and_bad_blocks_keep_what_was_accepted(job, private_context, public_context):
+    session, status = _to_uploading(job, private_context, public_context)
+    try:
+        good = pb.UploadChunk(job_id="job-1", party="h2", seq=0, columns=[_column(public_context)])
+        skipped = pb.UploadChunk(job_id="job-1", party="h2", seq=2, columns=[_column(public_context, feature=1)])
+        code, details = _code(lambda: job.stub.Upload(iter([good, skipped])))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "chunk 2 from party 'h2' is out of order; expected chunk 1" in details
+        store = job.registry.get("job-1").store
+        assert store.column_path("h2", 0, 0).is_file()  # the first chunk was kept
+
+        outside = pb.UploadChunk(job_id="job-1", party="h2", seq=0, columns=[_column(public_context, block=3)])
+        code, details = _code(lambda: job.stub.Upload(iter([outside])))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "block 3" in details
+
+        early_end = pb.UploadChunk(job_id="job-1", party="h2", seq=0, last=True)
+        code, details = _code(lambda: job.stub.Upload(iter([early_end])))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "3 of 4 column ciphertexts and the label term" in details
+
+        unknown = pb.UploadChunk(job_id="job-404", party="h2", seq=0)
+        code, _ = _code(lambda: job.stub.Upload(iter([unknown])))
+        assert code == grpc.StatusCode.NOT_FOUND
+        assert store.column_path("h2", 0, 0).is_file()
+    finally:
+        session.stop()
+
+
+def test_finished_job_refuses_uploads(job, private_context, public_context):
+    session, _ = _to_uploading(job, private_context, public_context)
+    session.stop()
+    state = job.registry.get("job-1")
+    with state._cond:  # the job fails for an unrelated reason: uploads close with it
+        state.phase = pb.FAILED
+        state._changed()
+    chunk = pb.UploadChunk(job_id="job-1", party="h2", seq=0, columns=[_column(public_context)])
+    code, details = _code(lambda: job.stub.Upload(iter([chunk])))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "job-1 does not accept uploads now (FAILED)" in details
+
+
+def test_model_before_training_and_foreign_key_holder(job):
+    code, _ = _code(lambda: job.stub.GetModel(pb.GetModelRequest(job_id="job-1", party="kh")))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    stream = job.stub.KeyHolderTasks(pb.KeyHolderTasksRequest(job_id="job-1", party="mallory"))
+    code, details = _code(lambda: next(iter(stream)))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert "'mallory' is not the key holder" in details
+
+
+def test_feature_names_are_checked_at_creation(coordinator, public_context_bytes):
+    spec_features = FEATURES + ["a"]
+    spec = pb.JobSpec(job_id="dup", key_holder=hello("kh", spec_features), expected_parties=1)
+    request = iter([pb.CreateJobRequest(spec=spec), pb.CreateJobRequest(context_chunk=public_context_bytes)])
+    code, details = _code(lambda: coordinator.stub.CreateJob(request))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "duplicate feature names" in details
