@@ -33,6 +33,37 @@ def _without_relinearization(context: ts.Context) -> Iterator[None]:
         context.auto_relin = previous
 
 
+def margin(
+    scaled_weights: Sequence[ts.CKKSVector], columns: Sequence[ts.CKKSVector]
+) -> ts.CKKSVector:
+    """s = sum_j (k W_j) * X_j over the given columns (all of them, or one worker's share)."""
+    s = scaled_weights[0] * columns[0]
+    for weight, column in zip(scaled_weights[1:], columns[1:], strict=True):
+        s += weight * column
+    return s
+
+
+def gradient_from_margin(
+    context: ts.Context,
+    s: ts.CKKSVector,
+    columns: Sequence[ts.CKKSVector],
+    *,
+    a: float,
+    b: float,
+) -> list[ts.CKKSVector]:
+    """G_j for the given columns of one block, from the block's full margin ``s``.
+
+    ``columns`` are consumed: TenSEAL mod-switches them in place.
+    """
+    inner = s.square()
+    inner += a
+    inner.square_()
+    inner += b
+    products = [s * column for column in columns]
+    with _without_relinearization(context):
+        return [product * inner for product in products]
+
+
 def block_gradient(
     context: ts.Context,
     scaled_weights: Sequence[ts.CKKSVector],
@@ -41,20 +72,17 @@ def block_gradient(
     a: float,
     b: float,
 ) -> list[ts.CKKSVector]:
-    """G_j for one block (see the module docstring).
+    """G_j for one block (see the module docstring). ``columns`` are consumed."""
+    return gradient_from_margin(context, margin(scaled_weights, columns), columns, a=a, b=b)
 
-    ``columns`` are consumed: TenSEAL mod-switches them in place.
-    """
-    s = scaled_weights[0] * columns[0]
-    for weight, column in zip(scaled_weights[1:], columns[1:], strict=True):
-        s += weight * column
-    inner = s.square()
-    inner += a
-    inner.square_()
-    inner += b
-    products = [s * column for column in columns]
-    with _without_relinearization(context):
-        return [product * inner for product in products]
+
+def add_into(total: list[ts.CKKSVector] | None, partial: list[ts.CKKSVector]) -> list[ts.CKKSVector]:
+    """Slot-wise running sum of per-column gradients."""
+    if total is None:
+        return partial
+    for acc, value in zip(total, partial, strict=True):
+        acc += value
+    return total
 
 
 def gradient_sums(
@@ -68,12 +96,7 @@ def gradient_sums(
     """Slot-wise sum of :func:`block_gradient` over ``blocks``; one ciphertext per column."""
     total: list[ts.CKKSVector] | None = None
     for columns in blocks:
-        partial = block_gradient(context, scaled_weights, columns, a=a, b=b)
-        if total is None:
-            total = partial
-        else:
-            for acc, value in zip(total, partial, strict=True):
-                acc += value
+        total = add_into(total, block_gradient(context, scaled_weights, columns, a=a, b=b))
     if total is None:
         raise ValueError("no blocks to compute a gradient on")
     return total

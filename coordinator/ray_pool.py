@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import ray
 
 from coordinator.worker import BlockSource, ShardWorker
+from hefl import wire
 from hefl.codec import PackingLayout
 
 log = logging.getLogger("hefl.ray")
@@ -49,9 +50,7 @@ def cluster_cpus() -> int:
 
 def assign_blocks(layout: PackingLayout, workers: int) -> list[list[BlockSource]]:
     """Contiguous, balanced runs of blocks per worker; never an empty worker."""
-    blocks = [
-        BlockSource(block, tuple(layout.parties_in_block(block))) for block in range(layout.n_blocks)
-    ]
+    blocks = all_blocks(layout)
     workers = max(1, min(workers, len(blocks)))
     share, extra = divmod(len(blocks), workers)
     runs, start = [], 0
@@ -62,8 +61,33 @@ def assign_blocks(layout: PackingLayout, workers: int) -> list[list[BlockSource]
     return runs
 
 
+def all_blocks(layout: PackingLayout) -> list[BlockSource]:
+    return [
+        BlockSource(block, tuple(layout.parties_in_block(block))) for block in range(layout.n_blocks)
+    ]
+
+
+def split_columns(columns: int, workers: int) -> list[tuple[int, int]]:
+    """Contiguous, balanced column ranges."""
+    workers = max(1, min(workers, columns))
+    share, extra = divmod(columns, workers)
+    ranges, start = [], 0
+    for i in range(workers):
+        stop = start + share + (1 if i < extra else 0)
+        ranges.append((start, stop))
+        start = stop
+    return ranges
+
+
 class WorkerPool:
-    """The job's Ray actors, each holding a run of blocks."""
+    """The job's Ray actors.
+
+    With at least as many blocks as workers, each worker holds a run of blocks and computes
+    their gradient in one call (block sharding). With fewer blocks (small jobs: breast cancer is
+    one block), every worker holds all blocks and a range of columns, and an iteration takes two
+    calls: partial margins over each worker's columns, summed here, then each worker's columns'
+    gradients from the full margins (column sharding). Either way all workers are busy.
+    """
 
     def __init__(
         self,
@@ -75,10 +99,19 @@ class WorkerPool:
         columns: int,
         workers: int,
     ) -> None:
+        import tenseal as ts
+
+        self._context = ts.context_from(context_bytes)
         context_ref = ray.put(context_bytes)
         remote = ray.remote(ShardWorker).options(  # type: ignore[attr-defined]
             num_cpus=1, max_restarts=3, max_task_retries=3
         )
+        self._column_ranges: list[tuple[int, int]] | None = None
+        if layout.n_blocks >= workers:
+            runs = assign_blocks(layout, workers)
+        else:
+            self._column_ranges = split_columns(columns, workers)
+            runs = [all_blocks(layout)] * len(self._column_ranges)
         self._actors = [
             remote.remote(
                 context_bytes=context_ref,
@@ -87,10 +120,11 @@ class WorkerPool:
                 blocks=run,
                 columns=columns,
             )
-            for run in assign_blocks(layout, workers)
+            for run in runs
         ]
         loaded = ray.get([a.ready.remote() for a in self._actors], timeout=LOAD_TIMEOUT_S)
-        log.info("%d workers hold %s blocks", len(self._actors), loaded)
+        mode = "column" if self._column_ranges else "block"
+        log.info("%d workers hold %s blocks (%s sharding)", len(self._actors), loaded, mode)
 
     @property
     def size(self) -> int:
@@ -99,10 +133,38 @@ class WorkerPool:
     def gradient(
         self, masked_weights: Sequence[bytes], unmask: Sequence[float], *, a: float, b: float
     ) -> list[list[bytes]]:
-        """Every worker's per-column gradient sums, computed in parallel."""
+        """Per-column gradient sums, as one list per worker to be added up (block sharding) or
+        a single list (column sharding)."""
         weights_ref = ray.put(list(masked_weights))
-        futures = [actor.gradient.remote(weights_ref, list(unmask), a, b) for actor in self._actors]
-        return ray.get(futures, timeout=CALL_TIMEOUT_S)
+        unmask = list(unmask)
+        if self._column_ranges is None:
+            futures = [actor.gradient.remote(weights_ref, unmask, a, b) for actor in self._actors]
+            return ray.get(futures, timeout=CALL_TIMEOUT_S)
+        partial = ray.get(
+            [
+                actor.margins.remote(weights_ref, unmask, columns)
+                for actor, columns in zip(self._actors, self._column_ranges, strict=True)
+            ],
+            timeout=CALL_TIMEOUT_S,
+        )
+        margins_ref = ray.put(self._sum_margins(partial))
+        parts = ray.get(
+            [
+                actor.gradient_from_margins.remote(margins_ref, columns, a, b)
+                for actor, columns in zip(self._actors, self._column_ranges, strict=True)
+            ],
+            timeout=CALL_TIMEOUT_S,
+        )
+        return [[g for part in parts for g in part]]
+
+    def _sum_margins(self, partial: list[list[bytes]]) -> list[bytes]:
+        sums = []
+        for per_worker in zip(*partial, strict=True):
+            total = wire.deserialize(self._context, per_worker[0], what="margin")
+            for data in per_worker[1:]:
+                total += wire.deserialize(self._context, data, what="margin")
+            sums.append(wire.serialize(total))
+        return sums
 
     def peak_rss_mb(self) -> list[float]:
         return ray.get([a.peak_rss_mb.remote() for a in self._actors], timeout=CALL_TIMEOUT_S)

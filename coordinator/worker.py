@@ -22,7 +22,7 @@ from pathlib import Path
 
 import tenseal as ts
 
-from coordinator.gradient import gradient_sums
+from coordinator.gradient import add_into, gradient_from_margin, gradient_sums, margin
 from coordinator.store import JobStore
 from hefl import wire
 from hefl.params import check_public_context
@@ -70,26 +70,52 @@ class ShardWorker:
     def ready(self) -> int:
         return len(self._blocks)
 
-    def gradient(
-        self, masked_weights: Sequence[bytes], unmask: Sequence[float], a: float, b: float
-    ) -> list[bytes]:
-        """Serialized per-column gradient sums over this worker's blocks.
-
-        Args:
-            masked_weights: The key holder's fresh ciphertexts of k * (w_j + mask_j).
-            unmask: k * mask_j, subtracted here (workers are on the coordinator's side).
-            a, b: The sigmoid's encrypted form (:meth:`SigmoidPolynomial.encrypted_form`).
-        """
-        weights = [
+    def _weights(self, masked_weights: Sequence[bytes], unmask: Sequence[float]) -> list[ts.CKKSVector]:
+        """k * W_j from the key holder's fresh k * (w_j + mask_j) and the masks k * mask_j
+        (workers are on the coordinator's side of the trust boundary)."""
+        return [
             wire.deserialize(self._context, w, what="weights") - float(m)
             for w, m in zip(masked_weights, unmask, strict=True)
         ]
-        blocks = (
-            [wire.deserialize(self._context, column, what="shard") for column in block]
-            for block in self._blocks
-        )
-        sums = gradient_sums(self._context, weights, blocks, a=a, b=b)
-        return [wire.serialize(s) for s in sums]
+
+    def _columns(self, block: Sequence[bytes]) -> list[ts.CKKSVector]:
+        return [wire.deserialize(self._context, column, what="shard") for column in block]
+
+    def gradient(
+        self, masked_weights: Sequence[bytes], unmask: Sequence[float], a: float, b: float
+    ) -> list[bytes]:
+        """Per-column gradient sums over this worker's blocks (block sharding).
+
+        Args:
+            masked_weights: The key holder's fresh ciphertexts of k * (w_j + mask_j).
+            unmask: k * mask_j.
+            a, b: The sigmoid's encrypted form (:meth:`SigmoidPolynomial.encrypted_form`).
+        """
+        weights = self._weights(masked_weights, unmask)
+        blocks = (self._columns(block) for block in self._blocks)
+        return [wire.serialize(g) for g in gradient_sums(self._context, weights, blocks, a=a, b=b)]
+
+    def margins(
+        self, masked_weights: Sequence[bytes], unmask: Sequence[float], columns: tuple[int, int]
+    ) -> list[bytes]:
+        """Column sharding, phase 1: each block's margin over columns [lo, hi)."""
+        lo, hi = columns
+        weights = self._weights(masked_weights[lo:hi], unmask[lo:hi])
+        return [wire.serialize(margin(weights, self._columns(block[lo:hi]))) for block in self._blocks]
+
+    def gradient_from_margins(
+        self, margins: Sequence[bytes], columns: tuple[int, int], a: float, b: float
+    ) -> list[bytes]:
+        """Column sharding, phase 2: gradient sums of columns [lo, hi) from full margins."""
+        lo, hi = columns
+        total = None
+        for block, data in zip(self._blocks, margins, strict=True):
+            s = wire.deserialize(self._context, data, what="margin")
+            total = add_into(
+                total, gradient_from_margin(self._context, s, self._columns(block[lo:hi]), a=a, b=b)
+            )
+        assert total is not None
+        return [wire.serialize(g) for g in total]
 
     def peak_rss_mb(self) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -152,6 +151,61 @@ def party(coordinator_address: str, result_out: Path | None, join_timeout: float
     if result.accuracy is not None:
         summary += f", held-out accuracy {result.accuracy:.4f} on {result.test_rows} rows"
     click.echo(summary)
+
+
+@main.command()
+@click.option("--dataset", type=click.Choice(["breast-cancer", "wine", "digits", "iris"]),
+              default="breast-cancer")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--label", default="label")
+@click.option("--synthetic", metavar="ROWSxCOLS", help="sklearn make_classification, fixed seed")
+@click.option("--parties", type=int, default=3)
+@click.option("--workers", type=int, default=0, help="Ray actors (0: one per CPU)")
+@click.option("--seed", type=int, default=0)
+@click.option("--iterations", type=int, default=0, help="0: chosen from the data")
+@click.option("--skip", type=click.Choice(["seed_style", "hefl"]), multiple=True)
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("hefl-bench"))
+@click.option("--ray-address", default=None)
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path))
+def bench(dataset: str, data: Path | None, label: str, synthetic: str | None, parties: int,
+          workers: int, seed: int, iterations: int, skip: tuple[str, ...], workdir: Path,
+          ray_address: str | None, report: Path | None) -> None:
+    """Benchmark sklearn, hefl's plaintext replica, the seed approach and hefl end to end."""
+    from bench.run import format_bench, run_bench
+    from hefl.simulate import SimulationConfig
+
+    config = SimulationConfig(
+        parties=parties,
+        dataset=None if (data or synthetic) else dataset,
+        data=data,
+        label=label,
+        synthetic=synthetic,
+        seed=seed,
+        iterations=iterations,
+        workdir=workdir,
+        ray_address=ray_address,
+        workers=workers,
+        report=report,
+    )
+    try:
+        result = run_bench(config, skip=set(skip))
+    except HeflError as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(format_bench(result))
+
+
+@main.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+def experiment(config: Path, no_progress: bool) -> None:
+    """Run a grid of simulations from CONFIG.toml; write results and plots."""
+    from hefl.experiment import run_experiment, summarize
+
+    try:
+        rows = run_experiment(config, progress=not no_progress)
+    except HeflError as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(summarize(rows))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -162,6 +163,8 @@ def simulate(config: SimulationConfig) -> dict[str, Any]:
         coordinator_args += ["--ray-num-cpus", str(config.ray_num_cpus)]
     processes: list[tuple[str, subprocess.Popen[bytes]]] = []
     coordinator = _spawn(_hefl_command(*coordinator_args), logs / "coordinator.log")
+    memory = MemorySampler([coordinator.pid])
+    memory.start()
     try:
         address = _wait_for_file(ready, coordinator, logs / "coordinator.log")
         for i, name in enumerate(names):
@@ -177,6 +180,7 @@ def simulate(config: SimulationConfig) -> dict[str, Any]:
             else:
                 args += ["--join-timeout", "120"]
             processes.append((name, _spawn(_hefl_command(*args), logs / f"{name}.log")))
+            memory.add(processes[-1][1].pid)
         for name, process in processes:
             code = process.wait(timeout=PROCESS_TIMEOUT_S)
             if code != 0:
@@ -186,6 +190,7 @@ def simulate(config: SimulationConfig) -> dict[str, Any]:
                 )
         total_s = time.perf_counter() - started
     finally:
+        memory.stop()
         for _, process in processes:
             if process.poll() is None:
                 process.kill()
@@ -195,6 +200,7 @@ def simulate(config: SimulationConfig) -> dict[str, Any]:
     job_report = json.loads((workdir / "jobs" / job_id / "report.json").read_text())
     model = json.loads((workdir / f"{names[0]}-model.json").read_text())
     report = build_report(config, parts, baseline, results, job_report, model, total_s)
+    report["peak_rss_mb"]["total"] = memory.peak_mb
     if config.report is not None:
         config.report.write_text(json.dumps(report, indent=1))
     return report
@@ -292,6 +298,7 @@ def format_report(report: dict[str, Any]) -> str:
         ("bytes uploaded", _mb(report["bytes"]["upload"])),
         ("bytes per iteration", f"{_mb(report['bytes']['per_iteration'])} (key holder {_mb(report['bytes']['key_holder_per_iteration'])})"),
         ("peak RSS coordinator / worker / party", "{coordinator:.0f} / {worker:.0f} / {party:.0f} MB".format(**report["peak_rss_mb"])),
+        ("peak memory of the whole run", f"{report['peak_rss_mb'].get('total', 0.0):.0f} MB"),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
@@ -299,6 +306,41 @@ def format_report(report: dict[str, Any]) -> str:
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
+
+
+class MemorySampler:
+    """Peak of the summed resident memory of some processes and all their descendants (a local
+    Ray's daemons and workers are the coordinator's descendants), sampled every 0.2 s."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self._pids = list(pids)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
+        self.peak_mb = 0.0
+
+    def add(self, pid: int) -> None:
+        self._pids.append(pid)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.wait(0.2):
+            total = 0
+            for pid in list(self._pids):
+                try:
+                    root = psutil.Process(pid)
+                    for process in [root, *root.children(recursive=True)]:
+                        total += process.memory_info().rss
+                except psutil.Error:
+                    continue
+            self.peak_mb = max(self.peak_mb, total / 2**20)
 
 
 def _spawn(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:

@@ -1,0 +1,167 @@
+"""`hefl bench`: one command, one machine, one split, four ways to train.
+
+(a) sklearn ``LogisticRegression()`` in plaintext;
+(b) hefl's own algorithm replayed in float64 (:func:`hefl.algorithm.train_replica`): the
+    ceiling for accuracy and the floor for time;
+(c) the starting-point approach (:mod:`bench.seed_style`): one CKKS vector per sample;
+(d) hefl end to end: the ``hefl simulate`` machinery (processes, gRPC, Ray).
+
+Ratios: (c)/(d) per pass over the data (one seed-style epoch vs one hefl iteration, both touch
+every training row once) and (d)/(b) per iteration.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hefl.algorithm import add_bias, choose_hyperparameters, decision_function, train_replica
+from hefl.simulate import SimulationConfig, load_dataset, partition, plaintext_baseline, simulate
+
+log = logging.getLogger("hefl.bench")
+
+# The seed-style approach costs ~0.15 s per row and epoch: beyond this many rows it runs on a
+# prefix and the epoch time is extrapolated linearly (reported as such).
+SEED_STYLE_MAX_ROWS = 1000
+
+
+def machine() -> dict[str, Any]:
+    import os
+
+    import psutil
+
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+    }
+
+
+def run_bench(config: SimulationConfig, *, skip: set[str]) -> dict[str, Any]:
+    """Run (a)-(d) on the same data and split; returns the report (also written if asked)."""
+    dataset = load_dataset(config)
+    parts = partition(dataset, config)
+    train, test = parts.train_union, parts.test
+    report: dict[str, Any] = {"machine": machine(), "rows": train.rows, "features": dataset.features.shape[1]}
+
+    report["sklearn"] = plaintext_baseline(train, test)
+
+    mean, std = train.features.mean(axis=0), train.features.std(axis=0)
+    std[std < 1e-8] = 1.0
+    x_train = add_bias((train.features - mean) / std)
+    x_test = (test.features - mean) / std
+    hyper = choose_hyperparameters(
+        n_rows=train.rows,
+        n_features=x_test.shape[1],
+        iterations=config.iterations,
+        learning_rate=config.learning_rate,
+        l2=config.l2,
+        sigmoid_interval=config.sigmoid_interval,
+    )
+    tick = time.perf_counter()
+    replica = train_replica(x_train, train.labels, hyper)
+    replica_s = time.perf_counter() - tick
+    scores = decision_function(replica.weights, x_test)
+    report["replica"] = {
+        "accuracy": float(np.mean((scores > 0) == (test.labels > 0.5))),
+        "auc": _auc(test.labels, scores),
+        "iteration_s": replica_s / hyper.iterations,
+        "iterations": hyper.iterations,
+        "max_margin": replica.max_margin,
+    }
+
+    if "seed_style" not in skip:
+        from bench.seed_style import run_seed_style
+
+        rows = min(train.rows, SEED_STYLE_MAX_ROWS)
+        seed = run_seed_style(
+            train.features, train.labels, test.features, test.labels, max_rows=rows, seed=config.seed
+        )
+        report["seed_style"] = {
+            "epoch_s": seed.epoch_s * train.rows / rows,
+            "measured_rows": rows,
+            "extrapolated": rows < train.rows,
+            "encrypt_s": seed.encrypt_s,
+            "accuracy": seed.accuracy,
+            "auc": seed.auc,
+        }
+
+    if "hefl" not in skip:
+        sim = simulate(config)
+        report["hefl"] = {
+            "total_s": sim["timings_s"]["total"],
+            "train_s": sim["timings_s"]["train"],
+            "iteration_s": sim["encrypted"]["iteration_s"],
+            "iterations": sim["encrypted"]["iterations"],
+            "accuracy": sim["encrypted"]["accuracy"],
+            "auc": sim["encrypted"]["auc"],
+            "timings_s": sim["timings_s"],
+            "bytes": sim["bytes"],
+            "peak_rss_mb": sim["peak_rss_mb"],
+            "workers": sim["workers"],
+            "blocks": sim["blocks"],
+        }
+        if "seed_style" in report:
+            report["ratios"] = {
+                "seed_style_epoch_over_hefl_iteration": report["seed_style"]["epoch_s"]
+                / report["hefl"]["iteration_s"],
+            }
+        report.setdefault("ratios", {})["hefl_iteration_over_replica_iteration"] = (
+            report["hefl"]["iteration_s"] / max(report["replica"]["iteration_s"], 1e-9)
+        )
+    if config.report is not None:
+        Path(config.report).write_text(json.dumps(report, indent=1))
+    return report
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores)) if len(set(labels)) == 2 else None
+
+
+def format_bench(report: dict[str, Any]) -> str:
+    """A side-by-side table of the four ways, with the ratios."""
+
+    def row(name: str, wall: float | None, per: str, acc: float | None, auc: float | None,
+            moved: str = "-", rss: str = "-") -> str:
+        wall_s = "-" if wall is None else f"{wall:.2f} s"
+        acc_s = "-" if acc is None else f"{acc:.4f}"
+        auc_s = "-" if auc is None else f"{auc:.4f}"
+        return f"{name:<26}{wall_s:>11}  {per:<22}{acc_s:>8}{auc_s:>8}  {moved:<20}{rss}"
+
+    m = report["machine"]
+    lines = [
+        f"{report['rows']} training rows x {report['features']} features; "
+        f"machine: {m['cpus']} CPUs, {m['memory_gb']} GB, {m['processor']}",
+        f"{'':<26}{'wall':>11}  {'per iteration/epoch':<22}{'acc':>8}{'AUC':>8}  "
+        f"{'bytes moved':<20}peak RSS",
+    ]
+    sk = report["sklearn"]
+    lines.append(row("(a) sklearn plaintext", sk["fit_s"], "-", sk["accuracy"], sk["auc"]))
+    rep = report["replica"]
+    lines.append(row("(b) hefl replica (numpy)", rep["iteration_s"] * rep["iterations"],
+                     f"{rep['iteration_s'] * 1e3:.3f} ms/it", rep["accuracy"], rep["auc"]))
+    if "seed_style" in report:
+        seed = report["seed_style"]
+        note = " (extrapolated)" if seed["extrapolated"] else ""
+        lines.append(row("(c) seed style (1 epoch)", seed["epoch_s"], f"{seed['epoch_s']:.1f} s/epoch{note}",
+                         seed["accuracy"], seed["auc"]))
+    if "hefl" in report:
+        h = report["hefl"]
+        moved = f"up {h['bytes']['upload'] / 1e6:.0f} MB, {h['bytes']['per_iteration'] / 1e6:.0f} MB/it"
+        rss = "coord {coordinator:.0f} / worker {worker:.0f} / party {party:.0f} / all {total:.0f} MB".format(
+            **h["peak_rss_mb"]
+        )
+        lines.append(row("(d) hefl end to end", h["total_s"], f"{h['iteration_s']:.3f} s/it (train {h['train_s']:.1f} s)",
+                         h["accuracy"], h["auc"], moved, rss))
+    for name, value in report.get("ratios", {}).items():
+        lines.append(f"ratio {name.replace('_', ' ')}: {value:.1f}x")
+    return "\n".join(lines)
