@@ -293,6 +293,7 @@ class Job:
 
     def drive(self, stop: threading.Event, pool_factory: PoolFactory) -> None:
         """Move the job through its phases; runs on the job's own thread."""
+        pool: GradientPool | None = None
         try:
             if self.phase in (pb.WAITING_FOR_PARTIES, pb.COLLECTING_STATS):
                 self.wait_for(
@@ -302,6 +303,8 @@ class Job:
                 )
                 self._publish_standardization()
             if self.phase == pb.UPLOADING:
+                # Start the workers while parties encrypt and upload: it takes seconds.
+                pool = self._make_pool(pool_factory)
                 self.wait_for(
                     lambda: all(p.upload_complete for p in self.parties.values()), stop
                 )
@@ -309,13 +312,17 @@ class Job:
                     self.phase = pb.TRAINING
                     self._changed()
             if self.phase == pb.TRAINING:
-                self._train(stop, pool_factory)
+                pool = pool or self._make_pool(pool_factory)
+                self._train(pool)
         except Exception as err:  # a job's failure must not take the coordinator down
             log.exception("job %s failed", self.job_id)
             with self._cond:
                 self.phase = pb.FAILED
                 self.message = f"{type(err).__name__}: {err}"
                 self._changed()
+        finally:
+            if pool is not None:
+                pool.shutdown()
 
     def _publish_standardization(self) -> None:
         total = None
@@ -364,7 +371,13 @@ class Job:
             self._changed()
         log.info("job %s: %d rows, %d blocks", self.job_id, count, self.layout.n_blocks)
 
-    def _train(self, stop: threading.Event, pool_factory: PoolFactory) -> None:
+    def _make_pool(self, pool_factory: PoolFactory) -> GradientPool:
+        assert self.layout is not None
+        return pool_factory(
+            self.context_bytes, self.params.name, str(self.store.root), self.layout, self.columns
+        )
+
+    def _train(self, pool: GradientPool) -> None:
         assert self.layout is not None and self.standardization is not None
         label_term = None
         for name in self.parties:
@@ -374,9 +387,7 @@ class Job:
             label_term = vector if label_term is None else label_term + vector
         assert label_term is not None
         started = time.perf_counter()
-        pool = pool_factory(
-            self.context_bytes, self.params.name, str(self.store.root), self.layout, self.columns
-        )
+        pool.load()
         load_s = time.perf_counter() - started
         hyper = choose_hyperparameters(
             n_rows=self.layout.total_rows,
@@ -392,8 +403,7 @@ class Job:
                 self.iteration = done
                 self._changed()
 
-        try:
-            masker, report = train(
+        masker, report = train(
                 TrainingInputs(
                     context=self.context,
                     params=self.params,
@@ -407,12 +417,6 @@ class Job:
                 link=self.link,
                 on_iteration=on_iteration,
             )
-            worker_rss = _peak_rss(pool)
-            workers = pool.size
-        finally:
-            shutdown = getattr(pool, "shutdown", None)
-            if shutdown is not None:
-                shutdown()
         finalize = pb.FinalizeTask(
             model_mask=masker.model_mask.tolist(),
             features=self.features,
@@ -425,7 +429,7 @@ class Job:
         for sealed in result.sealed.models:
             atomic_write(self.store.model_path(sealed.party), sealed.SerializeToString())
         self.report = {
-            "workers": workers,
+            "workers": pool.size,
             "blocks": self.layout.n_blocks,
             "load_s": load_s,
             "train_s": report.train_s,
@@ -436,7 +440,7 @@ class Job:
             "refresh_bytes_per_iteration": report.refresh_bytes_per_iteration,
             "worker_bytes_per_iteration": report.worker_bytes_per_iteration,
             "upload_bytes": sum(p.upload_bytes for p in self.parties.values()),
-            "worker_peak_rss_mb": worker_rss,
+            "worker_peak_rss_mb": pool.peak_rss_mb(),
             "coordinator_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
             "intermediate_models": report.intermediate_models,
             "hyperparameters": {
@@ -551,8 +555,3 @@ def _column_mismatch(party: str, got: list[str], expected: list[str], job_id: st
         f"party {party!r}: columns differ from job {job_id}: "
         f"missing {missing or 'none'}, unexpected {extra or 'none'}"
     )
-
-
-def _peak_rss(pool: GradientPool) -> list[float]:
-    peak = getattr(pool, "peak_rss_mb", None)
-    return list(peak()) if peak is not None else []

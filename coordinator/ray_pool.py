@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 
 import ray
@@ -17,6 +18,7 @@ log = logging.getLogger("hefl.ray")
 # Loading a million rows' shards takes a while; one gradient call far less.
 LOAD_TIMEOUT_S = 1800.0
 CALL_TIMEOUT_S = 600.0
+CONNECT_TIMEOUT_S = 120.0
 
 _connect_lock = threading.Lock()
 
@@ -32,7 +34,16 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> None:
 def _init(address: str | None, num_cpus: int | None) -> None:
     if address:
         log.info("joining Ray cluster at %s", address)
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        while True:
+            try:
+                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+                return
+            except ConnectionError:
+                # A cluster that is still starting (see coordinator.local_ray) refuses at first.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
     else:
         log.info("starting a local Ray on 127.0.0.1")
         ray.init(
@@ -102,7 +113,6 @@ class WorkerPool:
         import tenseal as ts
 
         self._context = ts.context_from(context_bytes)
-        context_ref = ray.put(context_bytes)
         remote = ray.remote(ShardWorker).options(  # type: ignore[attr-defined]
             num_cpus=1, max_restarts=3, max_task_retries=3
         )
@@ -114,7 +124,7 @@ class WorkerPool:
             runs = [all_blocks(layout)] * len(self._column_ranges)
         self._actors = [
             remote.remote(
-                context_bytes=context_ref,
+                context_bytes=context_bytes,
                 parameter_set=parameter_set,
                 job_root=job_root,
                 blocks=run,
@@ -122,7 +132,10 @@ class WorkerPool:
             )
             for run in runs
         ]
-        loaded = ray.get([a.ready.remote() for a in self._actors], timeout=LOAD_TIMEOUT_S)
+
+    def load(self) -> None:
+        """Have every worker read its shards (all uploads must be complete)."""
+        loaded = ray.get([a.load.remote() for a in self._actors], timeout=LOAD_TIMEOUT_S)
         mode = "column" if self._column_ranges else "block"
         log.info("%d workers hold %s blocks (%s sharding)", len(self._actors), loaded, mode)
 

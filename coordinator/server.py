@@ -71,12 +71,15 @@ def create_server(
 
 
 def serve(config: CoordinatorConfig, *, ready_file: Path | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then stop with a grace period."""
+    """Run until SIGTERM or SIGINT, then stop with a grace period.
+
+    Args:
+        config: Where to listen, the work directory, the Ray cluster to join (None: start Ray
+            inside this process, which `hefl coordinator` avoids, see
+            :class:`coordinator.local_ray.LocalRayCluster`).
+        ready_file: Gets ``HOST:PORT`` once the server listens.
+    """
     config.workdir.mkdir(parents=True, exist_ok=True)
-    # Ray first: a local Ray forks its daemons, which must not happen while gRPC's threads run
-    # (gRPC skips its fork handlers then, and the GCS sometimes never comes up). Its processes
-    # also die with the thread that started them (PR_SET_PDEATHSIG): this is the main thread.
-    ray_pool.connect(config.ray_address, num_cpus=config.ray_num_cpus)
     factory = ray_pool_factory(config)
     registry = Registry(config.workdir, factory)
     server, port = create_server(config.listen, registry)

@@ -50,25 +50,41 @@ class ShardWorker:
         blocks: Sequence[BlockSource],
         columns: int,
     ) -> None:
+        """Cheap: the shards are read by :meth:`load` (or the first call that needs them), so a
+        pool can be started while parties are still uploading."""
         self._context = ts.context_from(context_bytes)
         check_public_context(self._context, parameter_set)
-        store = JobStore(Path(job_root))
-        self._blocks: list[list[bytes]] = []
-        for source in blocks:
-            block_columns = []
-            for column in range(columns):
-                total = None
-                for party in source.parties:
-                    path = store.column_path(party, source.block, column)
-                    vector = wire.deserialize(self._context, path.read_bytes(), what=str(path))
-                    total = vector if total is None else total + vector
-                assert total is not None
-                block_columns.append(wire.serialize(total))
-            self._blocks.append(block_columns)
-        log.info("worker %s holds %d blocks", os.getpid(), len(self._blocks))
+        self._store = JobStore(Path(job_root))
+        self._sources = list(blocks)
+        self._columns = columns
+        self._loaded: list[list[bytes]] | None = None
 
-    def ready(self) -> int:
-        return len(self._blocks)
+    def load(self) -> int:
+        """Read this worker's blocks from the job directory; returns how many it holds."""
+        if self._loaded is None:
+            self._loaded = [
+                [self._read_column(source, column) for column in range(self._columns)]
+                for source in self._sources
+            ]
+            log.info("worker %s holds %d blocks", os.getpid(), len(self._loaded))
+        return len(self._loaded)
+
+    def _read_column(self, source: BlockSource, column: int) -> bytes:
+        paths = [self._store.column_path(party, source.block, column) for party in source.parties]
+        if len(paths) == 1:
+            return paths[0].read_bytes()
+        total = None
+        for path in paths:
+            vector = wire.deserialize(self._context, path.read_bytes(), what=str(path))
+            total = vector if total is None else total + vector
+        assert total is not None
+        return wire.serialize(total)
+
+    @property
+    def _blocks(self) -> list[list[bytes]]:
+        self.load()  # after a restart by Ray, the first call reloads from disk
+        assert self._loaded is not None
+        return self._loaded
 
     def _weights(self, masked_weights: Sequence[bytes], unmask: Sequence[float]) -> list[ts.CKKSVector]:
         """k * W_j from the key holder's fresh k * (w_j + mask_j) and the masks k * mask_j
@@ -78,7 +94,7 @@ class ShardWorker:
             for w, m in zip(masked_weights, unmask, strict=True)
         ]
 
-    def _columns(self, block: Sequence[bytes]) -> list[ts.CKKSVector]:
+    def _open_columns(self, block: Sequence[bytes]) -> list[ts.CKKSVector]:
         return [wire.deserialize(self._context, column, what="shard") for column in block]
 
     def gradient(
@@ -92,7 +108,7 @@ class ShardWorker:
             a, b: The sigmoid's encrypted form (:meth:`SigmoidPolynomial.encrypted_form`).
         """
         weights = self._weights(masked_weights, unmask)
-        blocks = (self._columns(block) for block in self._blocks)
+        blocks = (self._open_columns(block) for block in self._blocks)
         return [wire.serialize(g) for g in gradient_sums(self._context, weights, blocks, a=a, b=b)]
 
     def margins(
@@ -101,7 +117,7 @@ class ShardWorker:
         """Column sharding, phase 1: each block's margin over columns [lo, hi)."""
         lo, hi = columns
         weights = self._weights(masked_weights[lo:hi], unmask[lo:hi])
-        return [wire.serialize(margin(weights, self._columns(block[lo:hi]))) for block in self._blocks]
+        return [wire.serialize(margin(weights, self._open_columns(block[lo:hi]))) for block in self._blocks]
 
     def gradient_from_margins(
         self, margins: Sequence[bytes], columns: tuple[int, int], a: float, b: float
@@ -112,7 +128,7 @@ class ShardWorker:
         for block, data in zip(self._blocks, margins, strict=True):
             s = wire.deserialize(self._context, data, what="margin")
             total = add_into(
-                total, gradient_from_margin(self._context, s, self._columns(block[lo:hi]), a=a, b=b)
+                total, gradient_from_margin(self._context, s, self._open_columns(block[lo:hi]), a=a, b=b)
             )
         assert total is not None
         return [wire.serialize(g) for g in total]

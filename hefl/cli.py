@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -49,16 +48,6 @@ def _training_options(function):  # type: ignore[no-untyped-def]
     ):
         function = option(function)
     return function
-
-
-def _keep_local_ray_on_loopback() -> None:
-    """A Ray started here advertises 127.0.0.1, not the machine's address.
-
-    Ray replaces a loopback node address by the address of the default route unless this
-    switch (named for Windows and macOS, honoured everywhere) is off; it is read when ``ray``
-    is imported, so this must run before.
-    """
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 @click.group(context_settings={"auto_envvar_prefix": "HEFL", "show_default": True})
@@ -111,15 +100,25 @@ def simulate(**kwargs: object) -> None:
 def coordinator(listen: str, workdir: Path, ray_address: str | None, workers: int,
                 ray_num_cpus: int | None, ready_file: Path | None) -> None:
     """Run the (untrusted) coordinator until SIGTERM."""
-    if ray_address is None:
-        _keep_local_ray_on_loopback()
+    from coordinator.local_ray import LocalRayCluster
+
+    # Without a cluster, start a private one first (before `import ray`, see LocalRayCluster):
+    # it comes up in the background while parties register, encrypt and upload.
+    local_ray = None if ray_address else LocalRayCluster(num_cpus=ray_num_cpus)
     from coordinator.server import CoordinatorConfig, serve
 
-    serve(
-        CoordinatorConfig(listen=listen, workdir=workdir, ray_address=ray_address, workers=workers,
-                          ray_num_cpus=ray_num_cpus),
-        ready_file=ready_file,
+    config = CoordinatorConfig(
+        listen=listen,
+        workdir=workdir,
+        ray_address=local_ray.address if local_ray else ray_address,
+        workers=workers,
+        ray_num_cpus=ray_num_cpus,
     )
+    try:
+        serve(config, ready_file=ready_file)
+    finally:
+        if local_ray is not None:
+            local_ray.stop()
 
 
 @main.command()

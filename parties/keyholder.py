@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import tenseal as ts
@@ -20,6 +24,55 @@ from hefl.v1 import hefl_pb2 as pb
 from parties.sealing import seal
 
 log = logging.getLogger("hefl.keyholder")
+
+
+_worker_context: ts.Context | None = None
+
+
+def _load_public_context(data: bytes) -> None:
+    global _worker_context
+    _worker_context = ts.context_from(data)
+
+
+def _encrypt_replicated(values: list[float], slots: int) -> list[bytes]:
+    assert _worker_context is not None
+    return wire.encrypt_replicated(_worker_context, values, slots)
+
+
+class ReplicatedEncryptor:
+    """Encrypts one replicated ciphertext per value, in parallel worker processes.
+
+    Fresh encryption and serialization are most of a refresh (about 10 ms per ciphertext on one
+    core, and TenSEAL holds the GIL), while the Ray workers wait for the new weights. Encryption
+    needs only the public key, so the helper processes get the *public* context: the secret key
+    stays in the key holder's own process. They are spawned, not forked, because this process
+    already runs gRPC threads.
+    """
+
+    def __init__(self, context: ts.Context, *, processes: int | None = None) -> None:
+        self._context = context
+        count = processes if processes is not None else min(4, os.cpu_count() or 1)
+        self._pool: ProcessPoolExecutor | None = None
+        if count > 1:
+            public = context.serialize(save_secret_key=False, save_relin_keys=False)
+            self._pool = ProcessPoolExecutor(
+                count,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_load_public_context,
+                initargs=(public,),
+            )
+            self._processes = count
+
+    def encrypt(self, values: Sequence[float], slots: int) -> list[bytes]:
+        if self._pool is None:
+            return wire.encrypt_replicated(self._context, values, slots)
+        share = -(-len(values) // self._processes)
+        chunks = [list(values[i : i + share]) for i in range(0, len(values), share)]
+        return [c for part in self._pool.map(_encrypt_replicated, chunks, [slots] * len(chunks)) for c in part]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
 
 
 class MaskedOptimizer:
@@ -47,8 +100,11 @@ class MaskedOptimizer:
     masked slots in float64 costs about 2^-15 absolute on S_j, divided by the row count.
     """
 
-    def __init__(self, context: ts.Context, setup: pb.TrainingSetup) -> None:
+    def __init__(
+        self, context: ts.Context, setup: pb.TrainingSetup, encryptor: ReplicatedEncryptor
+    ) -> None:
         self._context = context
+        self._encryptor = encryptor
         self._setup = setup
         self._slots = setup.slots
         self._columns = setup.columns
@@ -86,7 +142,7 @@ class MaskedOptimizer:
             l2=self._l2,
             iteration=task.iteration,
         )
-        return wire.encrypt_replicated(self._context, self._weight_scale * self._weights, self._slots)
+        return self._encryptor.encrypt((self._weight_scale * self._weights).tolist(), self._slots)
 
     def unmask_model(self, mask: np.ndarray) -> np.ndarray:
         """The model (Nesterov's velocity) once the coordinator reveals its final mask."""
@@ -98,13 +154,21 @@ class MaskedOptimizer:
 class KeyHolder:
     """Executes the coordinator's tasks for one job with the private context."""
 
-    def __init__(self, *, context: ts.Context, job_id: str) -> None:
+    def __init__(
+        self, *, context: ts.Context, job_id: str, encrypt_processes: int | None = None
+    ) -> None:
         if not context.is_private():
             raise ProtocolError("the key holder needs the private context")
         self._context = context
         self._job_id = job_id
+        self._encrypt_processes = encrypt_processes
+        self._encryptor: ReplicatedEncryptor | None = None
         self._optimizer: MaskedOptimizer | None = None
         self.model: np.ndarray | None = None
+
+    def close(self) -> None:
+        if self._encryptor is not None:
+            self._encryptor.close()
 
     def handle(self, task: pb.KeyHolderTask) -> pb.KeyHolderResult:
         kind = task.WhichOneof("task")
@@ -114,7 +178,9 @@ class KeyHolder:
             values = vector.decrypt()[: task.decrypt_stats.length]
             return pb.KeyHolderResult(values=pb.Values(values=values))
         if kind == "setup":
-            self._optimizer = MaskedOptimizer(self._context, task.setup)
+            if self._encryptor is None:
+                self._encryptor = ReplicatedEncryptor(self._context, processes=self._encrypt_processes)
+            self._optimizer = MaskedOptimizer(self._context, task.setup, self._encryptor)
             return pb.KeyHolderResult(values=pb.Values())
         optimizer = self._require_optimizer(kind)
         if kind == "refresh":

@@ -10,7 +10,7 @@ from hefl import wire
 from hefl.algorithm import SigmoidPolynomial, l2_vector, label_term, nesterov_step
 from hefl.params import PARAMETER_SETS
 from hefl.v1 import hefl_pb2 as pb
-from parties.keyholder import MaskedOptimizer
+from parties.keyholder import MaskedOptimizer, ReplicatedEncryptor
 
 
 def _blocks(context, data, slots):
@@ -65,7 +65,7 @@ def test_masked_refresh_rounds_follow_plaintext_nesterov(private_context):
         masked_label_term=wire.serialize(masker.mask_label_term(label_ct)),
         weights=weights0.tolist(), velocity=velocity0.tolist(), slots=params.slots,
     )
-    optimizer = MaskedOptimizer(private_context, setup)
+    optimizer = MaskedOptimizer(private_context, setup, ReplicatedEncryptor(private_context, processes=1))
     w = np.zeros(columns)
     v = np.zeros(columns)
     for iteration in range(5):

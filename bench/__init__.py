@@ -1,0 +1,1 @@
+"""Benchmarks comparing hefl with the starting-point approach."""
