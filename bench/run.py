@@ -49,7 +49,11 @@ def run_bench(config: SimulationConfig, *, skip: set[str]) -> dict[str, Any]:
     dataset = load_dataset(config)
     parts = partition(dataset, config)
     train, test = parts.train_union, parts.test
-    report: dict[str, Any] = {"machine": machine(), "rows": train.rows, "features": dataset.features.shape[1]}
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "rows": train.rows,
+        "features": dataset.features.shape[1],
+    }
 
     report["sklearn"] = plaintext_baseline(train, test)
 
@@ -82,7 +86,12 @@ def run_bench(config: SimulationConfig, *, skip: set[str]) -> dict[str, Any]:
 
         rows = min(train.rows, SEED_STYLE_MAX_ROWS)
         seed = run_seed_style(
-            train.features, train.labels, test.features, test.labels, max_rows=rows, seed=config.seed
+            train.features,
+            train.labels,
+            test.features,
+            test.labels,
+            max_rows=rows,
+            seed=config.seed,
         )
         report["seed_style"] = {
             "epoch_s": seed.epoch_s * train.rows / rows,
@@ -113,9 +122,9 @@ def run_bench(config: SimulationConfig, *, skip: set[str]) -> dict[str, Any]:
                 "seed_style_epoch_over_hefl_iteration": report["seed_style"]["epoch_s"]
                 / report["hefl"]["iteration_s"],
             }
-        report.setdefault("ratios", {})["hefl_iteration_over_replica_iteration"] = (
-            report["hefl"]["iteration_s"] / max(report["replica"]["iteration_s"], 1e-9)
-        )
+        report.setdefault("ratios", {})["hefl_iteration_over_replica_iteration"] = report["hefl"][
+            "iteration_s"
+        ] / max(report["replica"]["iteration_s"], 1e-9)
     if config.report is not None:
         Path(config.report).write_text(json.dumps(report, indent=1))
     return report
@@ -130,8 +139,15 @@ def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
 def format_bench(report: dict[str, Any]) -> str:
     """A side-by-side table of the four ways, with the ratios."""
 
-    def row(name: str, wall: float | None, per: str, acc: float | None, auc: float | None,
-            moved: str = "-", rss: str = "-") -> str:
+    def row(
+        name: str,
+        wall: float | None,
+        per: str,
+        acc: float | None,
+        auc: float | None,
+        moved: str = "-",
+        rss: str = "-",
+    ) -> str:
         wall_s = "-" if wall is None else f"{wall:.2f} s"
         acc_s = "-" if acc is None else f"{acc:.4f}"
         auc_s = "-" if auc is None else f"{auc:.4f}"
@@ -147,21 +163,46 @@ def format_bench(report: dict[str, Any]) -> str:
     sk = report["sklearn"]
     lines.append(row("(a) sklearn plaintext", sk["fit_s"], "-", sk["accuracy"], sk["auc"]))
     rep = report["replica"]
-    lines.append(row("(b) hefl replica (numpy)", rep["iteration_s"] * rep["iterations"],
-                     f"{rep['iteration_s'] * 1e3:.3f} ms/it", rep["accuracy"], rep["auc"]))
+    lines.append(
+        row(
+            "(b) hefl replica (numpy)",
+            rep["iteration_s"] * rep["iterations"],
+            f"{rep['iteration_s'] * 1e3:.3f} ms/it",
+            rep["accuracy"],
+            rep["auc"],
+        )
+    )
     if "seed_style" in report:
         seed = report["seed_style"]
         note = " (extrapolated)" if seed["extrapolated"] else ""
-        lines.append(row("(c) seed style (1 epoch)", seed["epoch_s"], f"{seed['epoch_s']:.1f} s/epoch{note}",
-                         seed["accuracy"], seed["auc"]))
+        lines.append(
+            row(
+                "(c) seed style (1 epoch)",
+                seed["epoch_s"],
+                f"{seed['epoch_s']:.1f} s/epoch{note}",
+                seed["accuracy"],
+                seed["auc"],
+            )
+        )
     if "hefl" in report:
         h = report["hefl"]
-        moved = f"up {h['bytes']['upload'] / 1e6:.0f} MB, {h['bytes']['per_iteration'] / 1e6:.0f} MB/it"
+        moved = (
+            f"up {h['bytes']['upload'] / 1e6:.0f} MB, {h['bytes']['per_iteration'] / 1e6:.0f} MB/it"
+        )
         rss = "coord {coordinator:.0f} / worker {worker:.0f} / party {party:.0f} / all {total:.0f} MB".format(
             **h["peak_rss_mb"]
         )
-        lines.append(row("(d) hefl end to end", h["total_s"], f"{h['iteration_s']:.3f} s/it (train {h['train_s']:.1f} s)",
-                         h["accuracy"], h["auc"], moved, rss))
+        lines.append(
+            row(
+                "(d) hefl end to end",
+                h["total_s"],
+                f"{h['iteration_s']:.3f} s/it (train {h['train_s']:.1f} s)",
+                h["accuracy"],
+                h["auc"],
+                moved,
+                rss,
+            )
+        )
     for name, value in report.get("ratios", {}).items():
         lines.append(f"ratio {name.replace('_', ' ')}: {value:.1f}x")
     return "\n".join(lines)

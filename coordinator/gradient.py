@@ -16,9 +16,8 @@ added up and decrypted (by the key holder), and both work on size-3 ciphertexts.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator
 
 import tenseal as ts
 
@@ -76,7 +75,9 @@ def block_gradient(
     return gradient_from_margin(context, margin(scaled_weights, columns), columns, a=a, b=b)
 
 
-def add_into(total: list[ts.CKKSVector] | None, partial: list[ts.CKKSVector]) -> list[ts.CKKSVector]:
+def add_into(
+    total: list[ts.CKKSVector] | None, partial: list[ts.CKKSVector]
+) -> list[ts.CKKSVector]:
     """Slot-wise running sum of per-column gradients."""
     if total is None:
         return partial

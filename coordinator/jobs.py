@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import resource
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import tenseal as ts
 
 from coordinator.keyholder_link import KeyHolderLink
@@ -181,7 +179,9 @@ class Job:
                     f"job {self.job_id} is past collecting statistics ({pb.Phase.Name(self.phase)})"
                 )
             if state.stats:
-                raise AlreadyExists(f"party {party!r} already submitted statistics to {self.job_id}")
+                raise AlreadyExists(
+                    f"party {party!r} already submitted statistics to {self.job_id}"
+                )
         vector = wire.deserialize(self.context, ciphertext, what=f"statistics of party {party!r}")
         expected = 1 + 2 * len(self.features)
         if vector.size() != expected:
@@ -246,7 +246,7 @@ class Job:
                 )
             checked.append((self.store.label_term_path(chunk.party), chunk.label_term, (-1, -1)))
         # Only a fully valid chunk is written: a rejected chunk leaves no trace.
-        for path, data, key in checked:
+        for path, data, _ in checked:
             atomic_write(path, data)
             accepted += len(data)
         with self._cond:
@@ -263,7 +263,12 @@ class Job:
                         f"party {chunk.party!r} ended its upload with {missing} missing"
                     )
                 state.upload_complete = True
-                log.info("job %s: party %s uploaded %d bytes", self.job_id, state.name, state.upload_bytes)
+                log.info(
+                    "job %s: party %s uploaded %d bytes",
+                    self.job_id,
+                    state.name,
+                    state.upload_bytes,
+                )
             self._changed()
         return accepted
 
@@ -297,17 +302,17 @@ class Job:
         try:
             if self.phase in (pb.WAITING_FOR_PARTIES, pb.COLLECTING_STATS):
                 self.wait_for(
-                    lambda: len(self.parties) == self.expected_parties
-                    and all(p.stats for p in self.parties.values()),
+                    lambda: (
+                        len(self.parties) == self.expected_parties
+                        and all(p.stats for p in self.parties.values())
+                    ),
                     stop,
                 )
                 self._publish_standardization()
             if self.phase == pb.UPLOADING:
                 # Start the workers while parties encrypt and upload: it takes seconds.
                 pool = self._make_pool(pool_factory)
-                self.wait_for(
-                    lambda: all(p.upload_complete for p in self.parties.values()), stop
-                )
+                self.wait_for(lambda: all(p.upload_complete for p in self.parties.values()), stop)
                 with self._cond:
                     self.phase = pb.TRAINING
                     self._changed()
@@ -404,19 +409,19 @@ class Job:
                 self._changed()
 
         masker, report = train(
-                TrainingInputs(
-                    context=self.context,
-                    params=self.params,
-                    hyper=hyper,
-                    rows=self.layout.total_rows,
-                    columns=self.columns,
-                    label_term=label_term,
-                    reveal_intermediate=self.options.reveal_intermediate,
-                ),
-                pool=pool,
-                link=self.link,
-                on_iteration=on_iteration,
-            )
+            TrainingInputs(
+                context=self.context,
+                params=self.params,
+                hyper=hyper,
+                rows=self.layout.total_rows,
+                columns=self.columns,
+                label_term=label_term,
+                reveal_intermediate=self.options.reveal_intermediate,
+            ),
+            pool=pool,
+            link=self.link,
+            on_iteration=on_iteration,
+        )
         finalize = pb.FinalizeTask(
             model_mask=masker.model_mask.tolist(),
             features=self.features,
@@ -441,7 +446,6 @@ class Job:
             "worker_bytes_per_iteration": report.worker_bytes_per_iteration,
             "upload_bytes": sum(p.upload_bytes for p in self.parties.values()),
             "worker_peak_rss_mb": pool.peak_rss_mb(),
-            "coordinator_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
             "intermediate_models": report.intermediate_models,
             "hyperparameters": {
                 "iterations": hyper.iterations,

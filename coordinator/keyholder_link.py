@@ -62,7 +62,9 @@ class KeyHolderLink:
                 self._cond.wait(left)
             result = self._results.pop(task_id)
         if result.WhichOneof("result") == "error":
-            raise ProtocolError(f"key holder failed task {task.WhichOneof('task')!r}: {result.error}")
+            raise ProtocolError(
+                f"key holder failed task {task.WhichOneof('task')!r}: {result.error}"
+            )
         return result
 
     def stream(self, is_active: Callable[[], bool]) -> Iterator[tuple[int, bytes]]:

@@ -43,10 +43,21 @@ class LocalRayCluster:
         os.environ["RAY_AUTH_MODE"] = "token"
         os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
         command = [
-            sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
-            "--node-ip-address", "127.0.0.1", "--port", self.address.rsplit(":", 1)[1],
-            "--include-dashboard", "false", "--disable-usage-stats",
-            "--temp-dir", str(self._temp),
+            sys.executable,
+            "-m",
+            "ray.scripts.scripts",
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            self.address.rsplit(":", 1)[1],
+            "--include-dashboard",
+            "false",
+            "--disable-usage-stats",
+            "--temp-dir",
+            str(self._temp),
         ]
         if num_cpus:
             command += ["--num-cpus", str(num_cpus)]

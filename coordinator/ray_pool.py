@@ -74,7 +74,8 @@ def assign_blocks(layout: PackingLayout, workers: int) -> list[list[BlockSource]
 
 def all_blocks(layout: PackingLayout) -> list[BlockSource]:
     return [
-        BlockSource(block, tuple(layout.parties_in_block(block))) for block in range(layout.n_blocks)
+        BlockSource(block, tuple(layout.parties_in_block(block)))
+        for block in range(layout.n_blocks)
     ]
 
 

@@ -41,7 +41,10 @@ class Registry:
 
     def _start(self, job: Job) -> None:
         thread = threading.Thread(
-            target=job.drive, args=(self._stop, self._pool_factory), name=f"job-{job.job_id}", daemon=True
+            target=job.drive,
+            args=(self._stop, self._pool_factory),
+            name=f"job-{job.job_id}",
+            daemon=True,
         )
         thread.start()
         self._threads.append(thread)
@@ -73,7 +76,9 @@ class Registry:
         try:
             context = ts.context_from(context_bytes)
         except Exception as err:
-            raise InvalidArgument(f"the job context does not deserialize as TenSEAL ({err})") from err
+            raise InvalidArgument(
+                f"the job context does not deserialize as TenSEAL ({err})"
+            ) from err
         check_public_context(context, params.name)
         with self._lock:
             if job_id in self._jobs:

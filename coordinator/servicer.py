@@ -67,7 +67,9 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         self._registry = registry
 
     @domain_errors
-    def CreateJob(self, request_iterator: Iterator[pb.CreateJobRequest], context: Any) -> pb.JobInfo:
+    def CreateJob(
+        self, request_iterator: Iterator[pb.CreateJobRequest], context: Any
+    ) -> pb.JobInfo:
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("part") != "spec":
             raise errors.InvalidArgument("CreateJob must start with the job spec")

@@ -140,21 +140,27 @@ def train(
         # The workers subtract the masks themselves: no need to load and re-serialize here.
         weights = list(result.ciphertexts.ciphertexts)
         if len(weights) != inputs.columns:
-            raise ProtocolError(f"key holder returned {len(weights)} weights, expected {inputs.columns}")
+            raise ProtocolError(
+                f"key holder returned {len(weights)} weights, expected {inputs.columns}"
+            )
         unmask = masker.weights_unmask().tolist()
         report.refresh_s += time.perf_counter() - tock
 
         if inputs.reveal_intermediate:
             revealed = link.call(
                 pb.KeyHolderTask(
-                    reveal=pb.RevealTask(weights_mask=masker.model_mask.tolist(), iteration=iteration)
+                    reveal=pb.RevealTask(
+                        weights_mask=masker.model_mask.tolist(), iteration=iteration
+                    )
                 ),
                 timeout_s=KEY_HOLDER_TIMEOUT_S,
             )
             report.intermediate_models.append(list(revealed.values.values))
         report.iteration_s.append(time.perf_counter() - tick)
         report.iterations = iteration + 1
-        log.info("iteration %d/%d took %.2f s", iteration + 1, hyper.iterations, report.iteration_s[-1])
+        log.info(
+            "iteration %d/%d took %.2f s", iteration + 1, hyper.iterations, report.iteration_s[-1]
+        )
         on_iteration(iteration + 1)
     report.train_s = time.perf_counter() - started
     return masker, report

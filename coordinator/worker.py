@@ -58,6 +58,7 @@ class ShardWorker:
         self._sources = list(blocks)
         self._columns = columns
         self._loaded: list[list[bytes]] | None = None
+        self._opened: list[list[ts.CKKSVector]] | None = None
 
     def load(self) -> int:
         """Read this worker's blocks from the job directory; returns how many it holds."""
@@ -86,7 +87,9 @@ class ShardWorker:
         assert self._loaded is not None
         return self._loaded
 
-    def _weights(self, masked_weights: Sequence[bytes], unmask: Sequence[float]) -> list[ts.CKKSVector]:
+    def _weights(
+        self, masked_weights: Sequence[bytes], unmask: Sequence[float]
+    ) -> list[ts.CKKSVector]:
         """k * W_j from the key holder's fresh k * (w_j + mask_j) and the masks k * mask_j
         (workers are on the coordinator's side of the trust boundary)."""
         return [
@@ -117,19 +120,22 @@ class ShardWorker:
         """Column sharding, phase 1: each block's margin over columns [lo, hi)."""
         lo, hi = columns
         weights = self._weights(masked_weights[lo:hi], unmask[lo:hi])
-        return [wire.serialize(margin(weights, self._open_columns(block[lo:hi]))) for block in self._blocks]
+        # W * X leaves X at its level: phase 2 reuses these instead of loading them again.
+        self._opened = [self._open_columns(block[lo:hi]) for block in self._blocks]
+        return [wire.serialize(margin(weights, opened)) for opened in self._opened]
 
     def gradient_from_margins(
         self, margins: Sequence[bytes], columns: tuple[int, int], a: float, b: float
     ) -> list[bytes]:
         """Column sharding, phase 2: gradient sums of columns [lo, hi) from full margins."""
         lo, hi = columns
+        opened, self._opened = self._opened, None
+        if opened is None:  # restarted between the phases
+            opened = [self._open_columns(block[lo:hi]) for block in self._blocks]
         total = None
-        for block, data in zip(self._blocks, margins, strict=True):
+        for block_columns, data in zip(opened, margins, strict=True):
             s = wire.deserialize(self._context, data, what="margin")
-            total = add_into(
-                total, gradient_from_margin(self._context, s, self._open_columns(block[lo:hi]), a=a, b=b)
-            )
+            total = add_into(total, gradient_from_margin(self._context, s, block_columns, a=a, b=b))
         assert total is not None
         return [wire.serialize(g) for g in total]
 

@@ -30,9 +30,13 @@ def _training_options(function):  # type: ignore[no-untyped-def]
     for option in reversed(
         [
             click.option("--iterations", type=int, default=0, help="0: chosen from the data"),
-            click.option("--learning-rate", type=float, default=0.0, help="0: chosen from the data"),
+            click.option(
+                "--learning-rate", type=float, default=0.0, help="0: chosen from the data"
+            ),
             click.option("--l2", type=float, default=0.0, help="0: chosen from the data"),
-            click.option("--sigmoid-interval", type=float, default=0.0, help="0: chosen from the data"),
+            click.option(
+                "--sigmoid-interval", type=float, default=0.0, help="0: chosen from the data"
+            ),
             click.option(
                 "--reveal-intermediate",
                 is_flag=True,
@@ -59,23 +63,34 @@ def main(verbose: bool) -> None:
 
 @main.command()
 @click.option("--parties", type=int, default=3, help="simulated hospitals")
-@click.option("--dataset", type=click.Choice(["breast-cancer", "wine", "digits", "iris"]),
-              default="breast-cancer")
-@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="a CSV instead of a built-in dataset")
+@click.option(
+    "--dataset",
+    type=click.Choice(["breast-cancer", "wine", "digits", "iris"]),
+    default="breast-cancer",
+)
+@click.option(
+    "--data",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="a CSV instead of a built-in dataset",
+)
 @click.option("--label", default="label", help="label column of --data")
 @click.option("--synthetic", metavar="ROWSxCOLS", help="sklearn make_classification data")
 @click.option("--split", type=click.Choice(SPLITS), default="iid")
 @click.option("--alpha", type=float, default=0.5, help="Dirichlet alpha of skewed splits")
 @click.option("--seed", type=int, default=0)
 @_training_options
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("hefl-work"))
+@click.option(
+    "--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("hefl-work")
+)
 @click.option("--ray-address", default=None, help="join this Ray cluster instead of a local one")
 @click.option("--workers", type=int, default=0, help="Ray actors (0: one per CPU)")
-@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), help="write the report JSON here")
+@click.option(
+    "--report", type=click.Path(dir_okay=False, path_type=Path), help="write the report JSON here"
+)
 def simulate(**kwargs: object) -> None:
     """Simulate N hospitals on this machine: coordinator and parties as separate processes."""
-    from hefl.simulate import SimulationConfig, format_report, simulate as run
+    from hefl.simulate import SimulationConfig, format_report
+    from hefl.simulate import simulate as run
 
     if kwargs["data"] is not None or kwargs["synthetic"]:
         kwargs["dataset"] = None
@@ -91,14 +106,28 @@ def simulate(**kwargs: object) -> None:
 
 @main.command()
 @click.option("--listen", default="127.0.0.1:50051", help="HOST:PORT (port 0: any free port)")
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("hefl-work"))
-@click.option("--ray-address", default=None, help="e.g. auto or ray://host:10001; default: local Ray")
+@click.option(
+    "--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("hefl-work")
+)
+@click.option(
+    "--ray-address", default=None, help="e.g. auto or ray://host:10001; default: local Ray"
+)
 @click.option("--workers", type=int, default=0, help="Ray actors per job (0: one per CPU)")
 @click.option("--ray-num-cpus", type=int, default=None, help="CPUs of a locally started Ray")
-@click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="write HOST:PORT here once listening")
-def coordinator(listen: str, workdir: Path, ray_address: str | None, workers: int,
-                ray_num_cpus: int | None, ready_file: Path | None) -> None:
+@click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="write HOST:PORT here once listening",
+)
+def coordinator(
+    listen: str,
+    workdir: Path,
+    ray_address: str | None,
+    workers: int,
+    ray_num_cpus: int | None,
+    ready_file: Path | None,
+) -> None:
     """Run the (untrusted) coordinator until SIGTERM."""
     from coordinator.local_ray import LocalRayCluster
 
@@ -130,12 +159,17 @@ def coordinator(listen: str, workdir: Path, ray_address: str | None, workers: in
 @click.option("--job", default="", help="job id (key holder: choose it; others: join it)")
 @click.option("--parties", type=int, default=1, help="key holder: parties the job waits for")
 @_training_options
-@click.option("--test", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="held-out CSV to evaluate the delivered model on")
+@click.option(
+    "--test",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="held-out CSV to evaluate the delivered model on",
+)
 @click.option("--model-out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--result-out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--join-timeout", type=float, default=0.0, help="retry joining this long (s)")
-def party(coordinator_address: str, result_out: Path | None, join_timeout: float, **kwargs: object) -> None:
+def party(
+    coordinator_address: str, result_out: Path | None, join_timeout: float, **kwargs: object
+) -> None:
     """Run one data-owner party."""
     from parties.client import PartyConfig, run_party
 
@@ -153,8 +187,11 @@ def party(coordinator_address: str, result_out: Path | None, join_timeout: float
 
 
 @main.command()
-@click.option("--dataset", type=click.Choice(["breast-cancer", "wine", "digits", "iris"]),
-              default="breast-cancer")
+@click.option(
+    "--dataset",
+    type=click.Choice(["breast-cancer", "wine", "digits", "iris"]),
+    default="breast-cancer",
+)
 @click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--label", default="label")
 @click.option("--synthetic", metavar="ROWSxCOLS", help="sklearn make_classification, fixed seed")
@@ -163,12 +200,25 @@ def party(coordinator_address: str, result_out: Path | None, join_timeout: float
 @click.option("--seed", type=int, default=0)
 @click.option("--iterations", type=int, default=0, help="0: chosen from the data")
 @click.option("--skip", type=click.Choice(["seed_style", "hefl"]), multiple=True)
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("hefl-bench"))
+@click.option(
+    "--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("hefl-bench")
+)
 @click.option("--ray-address", default=None)
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path))
-def bench(dataset: str, data: Path | None, label: str, synthetic: str | None, parties: int,
-          workers: int, seed: int, iterations: int, skip: tuple[str, ...], workdir: Path,
-          ray_address: str | None, report: Path | None) -> None:
+def bench(
+    dataset: str,
+    data: Path | None,
+    label: str,
+    synthetic: str | None,
+    parties: int,
+    workers: int,
+    seed: int,
+    iterations: int,
+    skip: tuple[str, ...],
+    workdir: Path,
+    ray_address: str | None,
+    report: Path | None,
+) -> None:
     """Benchmark sklearn, hefl's plaintext replica, the seed approach and hefl end to end."""
     from bench.run import format_bench, run_bench
     from hefl.simulate import SimulationConfig

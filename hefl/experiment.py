@@ -60,7 +60,13 @@ class Cell:
     @property
     def name(self) -> str:
         hyper = "-".join(f"{k[:2]}{v:g}" for k, v in self.hyper if v)
-        parts = [_slug(self.dataset), f"p{self.parties}", self.split, f"a{self.alpha:g}", f"s{self.seed}"]
+        parts = [
+            _slug(self.dataset),
+            f"p{self.parties}",
+            self.split,
+            f"a{self.alpha:g}",
+            f"s{self.seed}",
+        ]
         return "_".join(parts + ([hyper] if hyper else []))
 
 
@@ -181,8 +187,13 @@ def run_experiment(config_path: Path, *, progress: bool = True) -> list[dict[str
         jsonl.write(json.dumps(row) + "\n")
         jsonl.flush()
         _write_csv(output / "results.csv", rows)
-        log.info("%s: accuracy %.4f vs %.4f in %.1f s", cell.name, row["accuracy"],
-                 row["plaintext_accuracy"], time.perf_counter() - tick)
+        log.info(
+            "%s: accuracy %.4f vs %.4f in %.1f s",
+            cell.name,
+            row["accuracy"],
+            row["plaintext_accuracy"],
+            time.perf_counter() - tick,
+        )
     jsonl.close()
     plot_accuracy(rows, output / "accuracy.png")
     plot_losses(todo, rows, intermediate, output / "loss.png", reveal=reveal)
@@ -202,8 +213,10 @@ def summarize(rows: list[dict[str, Any]]) -> str:
     groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["dataset"], row["parties"], row["split"]), []).append(row)
-    header = (f"{'dataset':<22}{'parties':>8}  {'split':<11}{'runs':>5}{'enc acc':>9}{'plain acc':>10}"
-              f"{'mean gap':>10}{'worst gap':>10}{'AUC gap':>9}{'NaN':>5}")
+    header = (
+        f"{'dataset':<22}{'parties':>8}  {'split':<11}{'runs':>5}{'enc acc':>9}{'plain acc':>10}"
+        f"{'mean gap':>10}{'worst gap':>10}{'AUC gap':>9}{'NaN':>5}"
+    )
     lines = [header]
     for (dataset, parties, split), group in groups.items():
         gaps = [r["accuracy_gap"] for r in group]
@@ -232,8 +245,14 @@ def plot_accuracy(rows: list[dict[str, Any]], path: Path) -> None:
         for split, marker in markers.items():
             picked = [r for r in rows if r["dataset"] == dataset and r["split"] == split]
             if picked:
-                ax.scatter([r["plaintext_accuracy"] for r in picked], [r["accuracy"] for r in picked],
-                           marker=marker, color=f"C{i}", alpha=0.7, label=f"{dataset} {split}")
+                ax.scatter(
+                    [r["plaintext_accuracy"] for r in picked],
+                    [r["accuracy"] for r in picked],
+                    marker=marker,
+                    color=f"C{i}",
+                    alpha=0.7,
+                    label=f"{dataset} {split}",
+                )
     low = min(min(r["accuracy"], r["plaintext_accuracy"]) for r in rows) - 0.01
     ax.plot([low, 1], [low, 1], "k--", linewidth=1, label="encrypted = plaintext")
     ax.set_xlabel("plaintext accuracy (sklearn LogisticRegression)")
@@ -274,14 +293,29 @@ def plot_losses(
             mean, std = train.features.mean(axis=0), train.features.std(axis=0)
             std[std < 1e-8] = 1.0
             x = add_bias((train.features - mean) / std)
-            hyper = Hyperparameters(int(row["iterations"]), row["learning_rate"], row["l2"], row["sigmoid_interval"])
+            hyper = Hyperparameters(
+                int(row["iterations"]), row["learning_rate"], row["l2"], row["sigmoid_interval"]
+            )
             losses = train_replica(x, train.labels, hyper).losses
-            ax.plot(range(1, len(losses) + 1), losses, color="C0", alpha=0.4,
-                    label="replica" if len(seen) == 1 else None)
+            ax.plot(
+                range(1, len(losses) + 1),
+                losses,
+                color="C0",
+                alpha=0.4,
+                label="replica" if len(seen) == 1 else None,
+            )
             if reveal and intermediate.get(cell.name):
-                enc = [logistic_loss(np.asarray(w), x, train.labels) for w in intermediate[cell.name]]
-                ax.plot(range(1, len(enc) + 1), enc, "--", color="C1", alpha=0.6,
-                        label="decrypted iterates" if len(seen) == 1 else None)
+                enc = [
+                    logistic_loss(np.asarray(w), x, train.labels) for w in intermediate[cell.name]
+                ]
+                ax.plot(
+                    range(1, len(enc) + 1),
+                    enc,
+                    "--",
+                    color="C1",
+                    alpha=0.6,
+                    label="decrypted iterates" if len(seen) == 1 else None,
+                )
     ax.set_xlabel("iteration")
     ax.set_ylabel("training logistic loss")
     ax.set_yscale("log")

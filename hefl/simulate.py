@@ -86,7 +86,10 @@ def partition(dataset: Dataset, config: SimulationConfig) -> Partition:
     )
     train_idx = np.sort(train_idx)
     shares = split_rows(
-        dataset.labels[train_idx], parties=config.parties, kind=config.split, seed=config.seed,
+        dataset.labels[train_idx],
+        parties=config.parties,
+        kind=config.split,
+        seed=config.seed,
         alpha=config.alpha,
     )
 
@@ -133,7 +136,9 @@ def simulate(config: SimulationConfig) -> dict[str, Any]:
         folder.mkdir(parents=True, exist_ok=True)
     dataset = load_dataset(config)
     parts = partition(dataset, config)
-    test_shares = split_rows(parts.test.labels, parties=config.parties, kind="iid", seed=config.seed, min_rows=1)
+    test_shares = split_rows(
+        parts.test.labels, parties=config.parties, kind="iid", seed=config.seed, min_rows=1
+    )
     names = [f"hospital-{i}" for i in range(config.parties)]
     for i, name in enumerate(names):
         write_csv(data_dir / f"{name}.csv", parts.train[i])
@@ -153,8 +158,15 @@ def simulate(config: SimulationConfig) -> dict[str, Any]:
     started = time.perf_counter()
     ready = workdir / "coordinator.addr"
     ready.unlink(missing_ok=True)
-    coordinator_args = ["coordinator", "--listen", "127.0.0.1:0", "--workdir", str(workdir),
-                        "--ready-file", str(ready)]
+    coordinator_args = [
+        "coordinator",
+        "--listen",
+        "127.0.0.1:0",
+        "--workdir",
+        str(workdir),
+        "--ready-file",
+        str(ready),
+    ]
     if config.ray_address:
         coordinator_args += ["--ray-address", config.ray_address]
     if config.workers:
@@ -163,24 +175,44 @@ def simulate(config: SimulationConfig) -> dict[str, Any]:
         coordinator_args += ["--ray-num-cpus", str(config.ray_num_cpus)]
     processes: list[tuple[str, subprocess.Popen[bytes]]] = []
     coordinator = _spawn(_hefl_command(*coordinator_args), logs / "coordinator.log")
-    memory = MemorySampler([coordinator.pid])
+    memory = MemorySampler()
+    memory.add("coordinator", coordinator.pid)
     memory.start()
     try:
         address = _wait_for_file(ready, coordinator, logs / "coordinator.log")
         for i, name in enumerate(names):
-            args = ["party", "--coordinator", address, "--name", name, "--job", job_id,
-                    "--data", str(data_dir / f"{name}.csv"), "--label", dataset.label_name,
-                    "--test", str(data_dir / f"{name}-test.csv"),
-                    "--model-out", str(workdir / f"{name}-model.json"),
-                    "--result-out", str(workdir / f"{name}-result.json")]
+            args = [
+                "party",
+                "--coordinator",
+                address,
+                "--name",
+                name,
+                "--job",
+                job_id,
+                "--data",
+                str(data_dir / f"{name}.csv"),
+                "--label",
+                dataset.label_name,
+                "--test",
+                str(data_dir / f"{name}-test.csv"),
+                "--model-out",
+                str(workdir / f"{name}-model.json"),
+                "--result-out",
+                str(workdir / f"{name}-result.json"),
+            ]
             if i == 0:
-                args += ["--key-holder", "--parties", str(config.parties),
-                         "--parameter-set", config.parameter_set]
+                args += [
+                    "--key-holder",
+                    "--parties",
+                    str(config.parties),
+                    "--parameter-set",
+                    config.parameter_set,
+                ]
                 args += _option_args(config)
             else:
                 args += ["--join-timeout", "120"]
             processes.append((name, _spawn(_hefl_command(*args), logs / f"{name}.log")))
-            memory.add(processes[-1][1].pid)
+            memory.add("party", processes[-1][1].pid)
         for name, process in processes:
             code = process.wait(timeout=PROCESS_TIMEOUT_S)
             if code != 0:
@@ -200,7 +232,11 @@ def simulate(config: SimulationConfig) -> dict[str, Any]:
     job_report = json.loads((workdir / "jobs" / job_id / "report.json").read_text())
     model = json.loads((workdir / f"{names[0]}-model.json").read_text())
     report = build_report(config, parts, baseline, results, job_report, model, total_s)
-    report["peak_rss_mb"]["total"] = memory.peak_mb
+    report["peak_rss_mb"] = {
+        **memory.peak_mb,
+        # Workers of an external cluster are not our descendants: they report their own peak.
+        "worker": memory.peak_mb["worker"] or report["peak_rss_mb"]["worker"],
+    }
     if config.report is not None:
         config.report.write_text(json.dumps(report, indent=1))
     return report
@@ -272,11 +308,7 @@ def build_report(
             "workers_per_iteration": job_report["worker_bytes_per_iteration"],
             "context": key_holder["bytes"].get("context", 0),
         },
-        "peak_rss_mb": {
-            "coordinator": job_report.get("coordinator_peak_rss_mb", 0.0),
-            "worker": max(job_report.get("worker_peak_rss_mb") or [0.0]),
-            "party": max(r["peak_rss_mb"] for r in results),
-        },
+        "peak_rss_mb": {"worker": max(job_report.get("worker_peak_rss_mb") or [0.0])},
         "workers": job_report["workers"],
         "blocks": job_report["blocks"],
         "intermediate_models": job_report.get("intermediate_models", []),
@@ -288,16 +320,34 @@ def format_report(report: dict[str, Any]) -> str:
     enc, plain, t = report["encrypted"], report["plaintext"], report["timings_s"]
     rows = [
         ("parties", f"{report['parties']} ({report['split']}), rows {report['party_rows']}"),
-        ("train / test rows", f"{report['n_train']} / {report['n_test']}, {report['n_features']} features"),
+        (
+            "train / test rows",
+            f"{report['n_train']} / {report['n_test']}, {report['n_features']} features",
+        ),
         ("accuracy  encrypted | plaintext", f"{enc['accuracy']:.4f} | {plain['accuracy']:.4f}"),
         ("ROC AUC   encrypted | plaintext", f"{enc['auc']:.4f} | {plain['auc']:.4f}"),
-        ("iterations", f"{enc['iterations']} ({enc['iteration_s']:.2f} s each, {report['workers']} Ray workers, {report['blocks']} blocks)"),
+        (
+            "iterations",
+            f"{enc['iterations']} ({enc['iteration_s']:.2f} s each, {report['workers']} Ray workers, {report['blocks']} blocks)",
+        ),
         ("time total", f"{t['total']:.1f} s"),
-        ("  keygen / encrypt / upload", f"{t['keygen']:.2f} / {t['encrypt']:.2f} / {t['upload']:.2f} s"),
-        ("  train (gradients + refresh)", f"{t['train']:.2f} s ({t['gradient']:.2f} + {t['refresh']:.2f})"),
+        (
+            "  keygen / encrypt / upload",
+            f"{t['keygen']:.2f} / {t['encrypt']:.2f} / {t['upload']:.2f} s",
+        ),
+        (
+            "  train (gradients + refresh)",
+            f"{t['train']:.2f} s ({t['gradient']:.2f} + {t['refresh']:.2f})",
+        ),
         ("bytes uploaded", _mb(report["bytes"]["upload"])),
-        ("bytes per iteration", f"{_mb(report['bytes']['per_iteration'])} (key holder {_mb(report['bytes']['key_holder_per_iteration'])})"),
-        ("peak RSS coordinator / worker / party", "{coordinator:.0f} / {worker:.0f} / {party:.0f} MB".format(**report["peak_rss_mb"])),
+        (
+            "bytes per iteration",
+            f"{_mb(report['bytes']['per_iteration'])} (key holder {_mb(report['bytes']['key_holder_per_iteration'])})",
+        ),
+        (
+            "peak RSS coordinator / worker / party",
+            "{coordinator:.0f} / {worker:.0f} / {party:.0f} MB".format(**report["peak_rss_mb"]),
+        ),
         ("peak memory of the whole run", f"{report['peak_rss_mb'].get('total', 0.0):.0f} MB"),
     ]
     width = max(len(k) for k, _ in rows)
@@ -309,17 +359,22 @@ def _mb(n: int) -> str:
 
 
 class MemorySampler:
-    """Peak of the summed resident memory of some processes and all their descendants (a local
-    Ray's daemons and workers are the coordinator's descendants), sampled every 0.2 s."""
+    """Peak resident memory per role, sampled every 0.2 s with psutil.
 
-    def __init__(self, pids: list[int]) -> None:
-        self._pids = list(pids)
+    ``coordinator`` is the coordinator process alone, ``worker`` the largest Ray worker holding
+    shards (a local Ray's processes descend from the coordinator), ``party`` the largest party
+    with its helper processes, ``total`` everything at once. (``ru_maxrss`` would not do: Linux
+    keeps it across ``exec``, so a child would report its parent's peak.)
+    """
+
+    def __init__(self) -> None:
+        self._roles: list[tuple[str, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
-        self.peak_mb = 0.0
+        self.peak_mb = {"coordinator": 0.0, "worker": 0.0, "party": 0.0, "total": 0.0}
 
-    def add(self, pid: int) -> None:
-        self._pids.append(pid)
+    def add(self, role: str, pid: int) -> None:
+        self._roles.append((role, pid))
 
     def start(self) -> None:
         self._thread.start()
@@ -329,18 +384,37 @@ class MemorySampler:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self._sample()
+
+    def _sample(self) -> None:
         import psutil
 
-        while not self._stop.wait(0.2):
-            total = 0
-            for pid in list(self._pids):
+        total = 0
+        for role, pid in list(self._roles):
+            try:
+                root = psutil.Process(pid)
+                tree = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                continue
+            sizes = {}
+            for process in tree:
                 try:
-                    root = psutil.Process(pid)
-                    for process in [root, *root.children(recursive=True)]:
-                        total += process.memory_info().rss
+                    sizes[process] = process.memory_info().rss / 2**20
+                    if role == "coordinator" and process is not root:
+                        if "ShardWorker" in " ".join(process.cmdline()):
+                            self._peak("worker", sizes[process])
                 except psutil.Error:
                     continue
-            self.peak_mb = max(self.peak_mb, total / 2**20)
+            total += sum(sizes.values())
+            if role == "coordinator":
+                self._peak("coordinator", sizes.get(root, 0.0))
+            else:
+                self._peak("party", sum(sizes.values()))
+        self._peak("total", total)
+
+    def _peak(self, role: str, value_mb: float) -> None:
+        self.peak_mb[role] = max(self.peak_mb[role], value_mb)
 
 
 def _spawn(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:

@@ -36,7 +36,9 @@ def split_rows(
     if parties < 1:
         raise InvalidArgument("need at least one party")
     if n < parties * min_rows:
-        raise InvalidArgument(f"{n} training rows cannot give {parties} parties {min_rows} rows each")
+        raise InvalidArgument(
+            f"{n} training rows cannot give {parties} parties {min_rows} rows each"
+        )
     rng = np.random.default_rng(seed)
     if kind == "iid":
         return [np.sort(p) for p in np.array_split(rng.permutation(n), parties)]

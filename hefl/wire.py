@@ -29,9 +29,7 @@ def split_bytes(data: bytes, size: int = CHUNK_BYTES) -> list[bytes]:
     return [data[i : i + size] for i in range(0, len(data), size)] or [b""]
 
 
-def task_chunks(
-    *, job_id: str, party: str, task_id: int, payload: bytes
-) -> Iterator[pb.TaskChunk]:
+def task_chunks(*, job_id: str, party: str, task_id: int, payload: bytes) -> Iterator[pb.TaskChunk]:
     pieces = split_bytes(payload)
     for index, piece in enumerate(pieces):
         yield pb.TaskChunk(
@@ -63,7 +61,9 @@ def join_task_chunks(chunks: Iterable[pb.TaskChunk]) -> tuple[pb.TaskChunk, byte
             break
     if header is None or len(parts) != header.count:
         got = len(parts)
-        raise InvalidArgument(f"incomplete task payload: {got} of {header.count if header else '?'}")
+        raise InvalidArgument(
+            f"incomplete task payload: {got} of {header.count if header else '?'}"
+        )
     return header, b"".join(parts)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import resource
 import threading
 import time
 from collections.abc import Iterator
@@ -72,7 +71,6 @@ class PartyResult:
     weights: list[float] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
     bytes: dict[str, int] = field(default_factory=dict)
-    peak_rss_mb: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -105,7 +103,6 @@ def run_party(config: PartyConfig) -> PartyResult:
     finally:
         channel.close()
     result.timings_s["total"] = time.perf_counter() - started
-    result.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     return result
 
 
@@ -256,7 +253,9 @@ class Party:
                 data = wire.serialize(ts.ckks_vector(context, vector))
                 encrypt_s += time.perf_counter() - tick
                 if pending and size + len(data) > wire.UPLOAD_CHUNK_BYTES:
-                    yield pb.UploadChunk(job_id=job_id, party=self.config.name, seq=seq, columns=pending)
+                    yield pb.UploadChunk(
+                        job_id=job_id, party=self.config.name, seq=seq, columns=pending
+                    )
                     seq, pending, size = seq + 1, [], 0
                 pending.append(pb.EncryptedColumn(block=block, feature=column, ciphertext=data))
                 size += len(data)
@@ -281,7 +280,9 @@ class Party:
             pb.GetModelRequest(job_id=job_id, party=self.config.name), timeout=CALL_TIMEOUT_S
         )
         box = SealedBox(sealed.ephemeral_public_key, sealed.nonce, sealed.ciphertext)
-        model = json.loads(self.sealing_key.open(box, associated=associated_data(job_id, self.config.name)))
+        model = json.loads(
+            self.sealing_key.open(box, associated=associated_data(job_id, self.config.name))
+        )
         if model["features"] != list(self.dataset.feature_names):
             raise ProtocolError("the delivered model is for other features")
         self.result.weights = model["weights"]

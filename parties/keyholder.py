@@ -62,13 +62,19 @@ class ReplicatedEncryptor:
                 initargs=(public,),
             )
             self._processes = count
+            # Spawning and importing TenSEAL takes a second: do it now, not at the first refresh.
+            self._pool.map(_encrypt_replicated, [[0.0]] * count, [8] * count)
 
     def encrypt(self, values: Sequence[float], slots: int) -> list[bytes]:
         if self._pool is None:
             return wire.encrypt_replicated(self._context, values, slots)
         share = -(-len(values) // self._processes)
         chunks = [list(values[i : i + share]) for i in range(0, len(values), share)]
-        return [c for part in self._pool.map(_encrypt_replicated, chunks, [slots] * len(chunks)) for c in part]
+        return [
+            c
+            for part in self._pool.map(_encrypt_replicated, chunks, [slots] * len(chunks))
+            for c in part
+        ]
 
     def close(self) -> None:
         if self._pool is not None:
@@ -126,7 +132,9 @@ class MaskedOptimizer:
             )
         sums = np.array(
             [
-                float(np.sum(wire.deserialize(self._context, data, what="masked gradient").decrypt()))
+                float(
+                    np.sum(wire.deserialize(self._context, data, what="masked gradient").decrypt())
+                )
                 for data in task.masked_gradients
             ]
         )
@@ -161,14 +169,12 @@ class KeyHolder:
             raise ProtocolError("the key holder needs the private context")
         self._context = context
         self._job_id = job_id
-        self._encrypt_processes = encrypt_processes
-        self._encryptor: ReplicatedEncryptor | None = None
+        self._encryptor = ReplicatedEncryptor(context, processes=encrypt_processes)
         self._optimizer: MaskedOptimizer | None = None
         self.model: np.ndarray | None = None
 
     def close(self) -> None:
-        if self._encryptor is not None:
-            self._encryptor.close()
+        self._encryptor.close()
 
     def handle(self, task: pb.KeyHolderTask) -> pb.KeyHolderResult:
         kind = task.WhichOneof("task")
@@ -178,8 +184,6 @@ class KeyHolder:
             values = vector.decrypt()[: task.decrypt_stats.length]
             return pb.KeyHolderResult(values=pb.Values(values=values))
         if kind == "setup":
-            if self._encryptor is None:
-                self._encryptor = ReplicatedEncryptor(self._context, processes=self._encrypt_processes)
             self._optimizer = MaskedOptimizer(self._context, task.setup, self._encryptor)
             return pb.KeyHolderResult(values=pb.Values())
         optimizer = self._require_optimizer(kind)
@@ -213,7 +217,9 @@ class KeyHolder:
         ).encode()
         sealed = []
         for party in task.parties:
-            box = seal(party.seal_public_key, payload, associated=associated_data(self._job_id, party.name))
+            box = seal(
+                party.seal_public_key, payload, associated=associated_data(self._job_id, party.name)
+            )
             sealed.append(
                 pb.SealedModel(
                     party=party.name,

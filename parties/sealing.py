@@ -31,9 +31,9 @@ def _raw(public_key: X25519PublicKey) -> bytes:
 
 
 def _derive(shared: bytes, associated: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"hefl model " + associated).derive(
-        shared
-    )
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"hefl model " + associated
+    ).derive(shared)
 
 
 class SealingKey:
@@ -53,8 +53,12 @@ class SealingKey:
             ProtocolError: The box was not sealed to this key or was tampered with.
         """
         try:
-            shared = self._private.exchange(X25519PublicKey.from_public_bytes(box.ephemeral_public_key))
-            return AESGCM(_derive(shared, associated)).decrypt(box.nonce, box.ciphertext, associated)
+            shared = self._private.exchange(
+                X25519PublicKey.from_public_bytes(box.ephemeral_public_key)
+            )
+            return AESGCM(_derive(shared, associated)).decrypt(
+                box.nonce, box.ciphertext, associated
+            )
         except Exception as err:
             raise ProtocolError("the sealed model does not open with this party's key") from err
 

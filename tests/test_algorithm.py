@@ -43,10 +43,10 @@ def test_nesterov_step_is_linear_so_masks_can_be_tracked_separately():
     def step(w, v, g, c):
         return nesterov_step(weights=w, velocity=v, gradient_sums=g, label_term=c, **kwargs)
 
-    masked = step(*(x + m for x, m in zip(values, masks)))
+    masked = step(*(x + m for x, m in zip(values, masks, strict=False)))
     true = step(*values)
     mask_only = step(*masks)
-    for got, want, mask in zip(masked, true, mask_only):
+    for got, want, mask in zip(masked, true, mask_only, strict=False):
         np.testing.assert_allclose(got - mask, want, atol=1e-6)
 
 

@@ -20,7 +20,11 @@ def test_layout_concatenates_parties_and_spans_blocks():
 
 def test_packed_vectors_of_all_parties_add_up_to_the_union():
     rng = np.random.default_rng(0)
-    rows = {"a": rng.normal(size=(5, 3)), "b": rng.normal(size=(6, 3)), "c": rng.normal(size=(2, 3))}
+    rows = {
+        "a": rng.normal(size=(5, 3)),
+        "b": rng.normal(size=(6, 3)),
+        "c": rng.normal(size=(2, 3)),
+    }
     layout = PackingLayout.assign(slots=8, party_rows=[(k, len(v)) for k, v in rows.items()])
     blocks = np.zeros((layout.n_blocks, 3, 8))
 

@@ -48,7 +48,9 @@ def test_single_class_partition_keeps_0_1_meaning(tmp_path):
 
 
 def test_written_csv_reads_back(tmp_path):
-    original = Dataset(np.array([[0.1, 2e-9], [3.0, -4.5]]), np.array([1.0, 0.0]), ("x", "y"), "label")
+    original = Dataset(
+        np.array([[0.1, 2e-9], [3.0, -4.5]]), np.array([1.0, 0.0]), ("x", "y"), "label"
+    )
     path = tmp_path / "out.csv"
     write_csv(path, original)
     again = load_csv(path, label="label")

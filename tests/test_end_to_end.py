@@ -30,8 +30,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _simulate(workdir: Path, *args: str, env: dict[str, str] | None = None) -> dict:
     report = workdir / "report.json"
-    command = [sys.executable, "-m", "hefl.cli", "simulate", "--workdir", str(workdir),
-               "--report", str(report), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "hefl.cli",
+        "simulate",
+        "--workdir",
+        str(workdir),
+        "--report",
+        str(report),
+        *args,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "accuracy  encrypted | plaintext" in result.stdout
@@ -41,7 +50,9 @@ def _simulate(workdir: Path, *args: str, env: dict[str, str] | None = None) -> d
 @pytest.fixture(scope="module")
 def three_hospitals(tmp_path_factory) -> tuple[Path, dict]:
     workdir = tmp_path_factory.mktemp("simulate")
-    return workdir, _simulate(workdir, "--parties", "3", "--dataset", "breast-cancer", "--seed", "0")
+    return workdir, _simulate(
+        workdir, "--parties", "3", "--dataset", "breast-cancer", "--seed", "0"
+    )
 
 
 def test_three_hospitals_match_plaintext_on_breast_cancer(three_hospitals):
@@ -106,27 +117,73 @@ def test_coordinator_joins_a_multi_node_ray_cluster_on_loopback(tmp_path):
     port = _free_port()
     # Ray's unix sockets live under the temp dir: keep it short (108-byte socket path limit).
     short = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="token",
-               RAY_AUTH_TOKEN=secrets.token_hex(32))
-    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats", "--block"]
+    env = dict(
+        os.environ,
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=secrets.token_hex(32),
+    )
+    common = [
+        "--node-ip-address",
+        "127.0.0.1",
+        "--num-cpus",
+        "1",
+        "--disable-usage-stats",
+        "--block",
+    ]
     loopback_ray = [sys.executable, str(ROOT / "tests" / "ray_loopback.py"), "start"]
     nodes = [
-        subprocess.Popen([*loopback_ray, "--head", "--port", str(port), "--include-dashboard", "false",
-                          "--temp-dir", str(short / "h"), *common],
-                         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.Popen(
+            [
+                *loopback_ray,
+                "--head",
+                "--port",
+                str(port),
+                "--include-dashboard",
+                "false",
+                "--temp-dir",
+                str(short / "h"),
+                *common,
+            ],
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     ]
     try:
         time.sleep(6)
         nodes.append(
-            subprocess.Popen([*loopback_ray, "--address", f"127.0.0.1:{port}",
-                              "--temp-dir", str(short / "n"), *common],
-                             env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+            subprocess.Popen(
+                [
+                    *loopback_ray,
+                    "--address",
+                    f"127.0.0.1:{port}",
+                    "--temp-dir",
+                    str(short / "n"),
+                    *common,
+                ],
+                env=env,
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         )
         time.sleep(6)
-        report = _simulate(tmp_path / "work", "--parties", "2", "--synthetic", "12000x8",
-                           "--ray-address", f"127.0.0.1:{port}", "--workers", "2",
-                           "--iterations", "6", env=env)
+        report = _simulate(
+            tmp_path / "work",
+            "--parties",
+            "2",
+            "--synthetic",
+            "12000x8",
+            "--ray-address",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "2",
+            "--iterations",
+            "6",
+            env=env,
+        )
         assert report["workers"] == 2 and report["blocks"] == 3
         assert report["encrypted"]["accuracy"] >= report["plaintext"]["accuracy"] - 0.03
     finally:

@@ -40,7 +40,9 @@ def test_encrypted_gradient_sums_equal_plaintext(name):
     expected = (sigmoid(data @ weights) - 0.5) @ data
     got = np.array([np.sum(s.decrypt()) for s in sums])
     # CKKS noise: about 1e-3 per slot at the 30-bit scale, summed over 2 blocks of slots.
-    np.testing.assert_allclose(got, expected, atol=0.05 * np.sqrt(rows / 455) + 1e-3 * np.abs(expected).max())
+    np.testing.assert_allclose(
+        got, expected, atol=0.05 * np.sqrt(rows / 455) + 1e-3 * np.abs(expected).max()
+    )
 
 
 def test_masked_refresh_rounds_follow_plaintext_nesterov(private_context):
@@ -54,18 +56,31 @@ def test_masked_refresh_rounds_follow_plaintext_nesterov(private_context):
     k = sigmoid.encrypted_form()[0]
     constant = rng.normal(size=columns) * 10
     masker = RefreshMasker(
-        columns=columns, slots=params.slots, mask_bits=params.mask_bits, rows=rows,
-        learning_rate=lr, l2=l2, weight_scale=k, rng=np.random.default_rng(2),
+        columns=columns,
+        slots=params.slots,
+        mask_bits=params.mask_bits,
+        rows=rows,
+        learning_rate=lr,
+        l2=l2,
+        weight_scale=k,
+        rng=np.random.default_rng(2),
     )
     weights0, velocity0 = masker.initial_state()
     label_ct = ts.ckks_vector(private_context, constant)
     setup = pb.TrainingSetup(
-        rows=rows, columns=columns, learning_rate=lr, l2=l2.tolist(),
+        rows=rows,
+        columns=columns,
+        learning_rate=lr,
+        l2=l2.tolist(),
         sigmoid_coefficients=list(sigmoid.coefficients),
         masked_label_term=wire.serialize(masker.mask_label_term(label_ct)),
-        weights=weights0.tolist(), velocity=velocity0.tolist(), slots=params.slots,
+        weights=weights0.tolist(),
+        velocity=velocity0.tolist(),
+        slots=params.slots,
     )
-    optimizer = MaskedOptimizer(private_context, setup, ReplicatedEncryptor(private_context, processes=1))
+    optimizer = MaskedOptimizer(
+        private_context, setup, ReplicatedEncryptor(private_context, processes=1)
+    )
     w = np.zeros(columns)
     v = np.zeros(columns)
     for iteration in range(5):
@@ -85,12 +100,24 @@ def test_masked_refresh_rounds_follow_plaintext_nesterov(private_context):
             )
         )
         unmask = masker.weights_unmask()
-        got = np.array(
-            [np.mean(wire.deserialize(private_context, c, what="w").decrypt()) - u for c, u in zip(fresh, unmask)]
-        ) / k
+        got = (
+            np.array(
+                [
+                    np.mean(wire.deserialize(private_context, c, what="w").decrypt()) - u
+                    for c, u in zip(fresh, unmask, strict=False)
+                ]
+            )
+            / k
+        )
         w, v = nesterov_step(
-            weights=w, velocity=v, gradient_sums=slot_values.sum(axis=1), label_term=constant,
-            rows=rows, learning_rate=lr, l2=l2, iteration=iteration,
+            weights=w,
+            velocity=v,
+            gradient_sums=slot_values.sum(axis=1),
+            label_term=constant,
+            rows=rows,
+            learning_rate=lr,
+            l2=l2,
+            iteration=iteration,
         )
         np.testing.assert_allclose(got, w, atol=1e-3)
     np.testing.assert_allclose(optimizer.unmask_model(masker.model_mask), v, atol=1e-4)

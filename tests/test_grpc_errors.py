@@ -31,13 +31,18 @@ def job(coordinator, public_context_bytes):
 def _to_uploading(coordinator, private_context, public_context):
     """Both parties joined and sent statistics; the real key holder publishes them."""
     session = KeyHolderSession(
-        coordinator.stub, KeyHolder(context=private_context, job_id="job-1"), job_id="job-1", party="kh"
+        coordinator.stub,
+        KeyHolder(context=private_context, job_id="job-1"),
+        job_id="job-1",
+        party="kh",
     )
     session.start()
     coordinator.stub.JoinJob(pb.JoinJobRequest(job_id="job-1", party=hello("h2")))
     for party, rows in (("kh", 5), ("h2", 7)):
         coordinator.stub.SubmitStats(stats_request(public_context, "job-1", party, rows=rows))
-    for status in coordinator.stub.WatchJob(pb.WatchJobRequest(job_id="job-1", party="h2"), timeout=60):
+    for status in coordinator.stub.WatchJob(
+        pb.WatchJobRequest(job_id="job-1", party="h2"), timeout=60
+    ):
         if status.phase == pb.UPLOADING:
             return session, status
     raise AssertionError("job never reached UPLOADING")
@@ -45,7 +50,9 @@ def _to_uploading(coordinator, private_context, public_context):
 
 def _column(context, block=0, feature=0, slots=4096):
     return pb.EncryptedColumn(
-        block=block, feature=feature, ciphertext=wire.serialize(ts.ckks_vector(context, np.zeros(slots)))
+        block=block,
+        feature=feature,
+        ciphertext=wire.serialize(ts.ckks_vector(context, np.zeros(slots))),
     )
 
 
@@ -64,7 +71,9 @@ def test_garbage_context_is_refused(coordinator):
 
 
 def test_duplicate_party_name(job):
-    code, details = _code(lambda: job.stub.JoinJob(pb.JoinJobRequest(job_id="job-1", party=hello("kh"))))
+    code, details = _code(
+        lambda: job.stub.JoinJob(pb.JoinJobRequest(job_id="job-1", party=hello("kh")))
+    )
     assert code == grpc.StatusCode.ALREADY_EXISTS
     assert "'kh'" in details and "job-1" in details
 
@@ -77,7 +86,9 @@ def test_party_with_other_columns(job):
 
 
 def test_unknown_job(job):
-    code, details = _code(lambda: job.stub.JoinJob(pb.JoinJobRequest(job_id="nope", party=hello("x"))))
+    code, details = _code(
+        lambda: job.stub.JoinJob(pb.JoinJobRequest(job_id="nope", party=hello("x")))
+    )
     assert code == grpc.StatusCode.NOT_FOUND
     assert "'nope'" in details
 
@@ -96,7 +107,9 @@ def test_undeserializable_and_foreign_ciphertexts(job):
 
 
 def test_statistics_of_wrong_length(job, public_context):
-    code, details = _code(lambda: job.stub.SubmitStats(stats_request(public_context, "job-1", "kh", columns=2)))
+    code, details = _code(
+        lambda: job.stub.SubmitStats(stats_request(public_context, "job-1", "kh", columns=2))
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "expected 7" in details
 
@@ -112,18 +125,24 @@ def test_message_over_the_size_limit(job):
     assert job.stub.ListJobs(pb.ListJobsRequest()).jobs[0].job_id == "job-1"
 
 
-def test_uploads_out_of_order_and_bad_blocks_keep_what_was_accepted(job, private_context, public_context):
+def test_uploads_out_of_order_and_bad_blocks_keep_what_was_accepted(
+    job, private_context, public_context
+):
     session, status = _to_uploading(job, private_context, public_context)
     try:
         good = pb.UploadChunk(job_id="job-1", party="h2", seq=0, columns=[_column(public_context)])
-        skipped = pb.UploadChunk(job_id="job-1", party="h2", seq=2, columns=[_column(public_context, feature=1)])
+        skipped = pb.UploadChunk(
+            job_id="job-1", party="h2", seq=2, columns=[_column(public_context, feature=1)]
+        )
         code, details = _code(lambda: job.stub.Upload(iter([good, skipped])))
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         assert "chunk 2 from party 'h2' is out of order; expected chunk 1" in details
         store = job.registry.get("job-1").store
         assert store.column_path("h2", 0, 0).is_file()  # the first chunk was kept
 
-        outside = pb.UploadChunk(job_id="job-1", party="h2", seq=0, columns=[_column(public_context, block=3)])
+        outside = pb.UploadChunk(
+            job_id="job-1", party="h2", seq=0, columns=[_column(public_context, block=3)]
+        )
         code, details = _code(lambda: job.stub.Upload(iter([outside])))
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         assert "block 3" in details
@@ -166,7 +185,9 @@ def test_model_before_training_and_foreign_key_holder(job):
 def test_feature_names_are_checked_at_creation(coordinator, public_context_bytes):
     spec_features = FEATURES + ["a"]
     spec = pb.JobSpec(job_id="dup", key_holder=hello("kh", spec_features), expected_parties=1)
-    request = iter([pb.CreateJobRequest(spec=spec), pb.CreateJobRequest(context_chunk=public_context_bytes)])
+    request = iter(
+        [pb.CreateJobRequest(spec=spec), pb.CreateJobRequest(context_chunk=public_context_bytes)]
+    )
     code, details = _code(lambda: coordinator.stub.CreateJob(request))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "duplicate feature names" in details

@@ -12,7 +12,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_generated_stubs_match_the_proto_sources():
     result = subprocess.run(
-        [sys.executable, str(ROOT / "proto" / "generate.py"), "--check"], capture_output=True, text=True
+        [sys.executable, str(ROOT / "proto" / "generate.py"), "--check"],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -36,7 +38,10 @@ def _filled(message_class):
         }.get(field.type, 7)
         if repeated:
             getattr(message, field.name).append(value)
-        elif field.containing_oneof is None or message.WhichOneof(field.containing_oneof.name) is None:
+        elif (
+            field.containing_oneof is None
+            or message.WhichOneof(field.containing_oneof.name) is None
+        ):
             setattr(message, field.name, value)
     return message
 
