@@ -44,8 +44,16 @@ def machine() -> dict[str, Any]:
     }
 
 
-def run_bench(config: SimulationConfig, *, skip: set[str]) -> dict[str, Any]:
-    """Run (a)-(d) on the same data and split; returns the report (also written if asked)."""
+def run_bench(
+    config: SimulationConfig, *, skip: set[str], seed_style_rows: int = SEED_STYLE_MAX_ROWS
+) -> dict[str, Any]:
+    """Run (a)-(d) on the same data and split; returns the report (also written if asked).
+
+    Args:
+        config: Data, split, parties and Ray settings shared by every way.
+        skip: Ways not to run: ``seed_style`` and/or ``hefl``.
+        seed_style_rows: Train (c) on at most this many rows and extrapolate its epoch time.
+    """
     dataset = load_dataset(config)
     parts = partition(dataset, config)
     train, test = parts.train_union, parts.test
@@ -84,7 +92,7 @@ def run_bench(config: SimulationConfig, *, skip: set[str]) -> dict[str, Any]:
     if "seed_style" not in skip:
         from bench.seed_style import run_seed_style
 
-        rows = min(train.rows, SEED_STYLE_MAX_ROWS)
+        rows = min(train.rows, seed_style_rows)
         seed = run_seed_style(
             train.features,
             train.labels,

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import ray
 
@@ -123,7 +124,8 @@ class WorkerPool:
         else:
             self._column_ranges = split_columns(columns, workers)
             runs = [all_blocks(layout)] * len(self._column_ranges)
-        self._actors = [
+        # Ray's actor handles are dynamically typed.
+        self._actors: list[Any] = [
             remote.remote(
                 context_bytes=context_bytes,
                 parameter_set=parameter_set,

@@ -200,6 +200,8 @@ def party(
 @click.option("--seed", type=int, default=0)
 @click.option("--iterations", type=int, default=0, help="0: chosen from the data")
 @click.option("--skip", type=click.Choice(["seed_style", "hefl"]), multiple=True)
+@click.option("--seed-style-rows", type=int, default=1000,
+              help="train the seed approach on at most this many rows, extrapolate the rest")
 @click.option(
     "--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("hefl-bench")
 )
@@ -215,6 +217,7 @@ def bench(
     seed: int,
     iterations: int,
     skip: tuple[str, ...],
+    seed_style_rows: int,
     workdir: Path,
     ray_address: str | None,
     report: Path | None,
@@ -237,7 +240,7 @@ def bench(
         report=report,
     )
     try:
-        result = run_bench(config, skip=set(skip))
+        result = run_bench(config, skip=set(skip), seed_style_rows=seed_style_rows)
     except HeflError as err:
         raise click.ClickException(str(err)) from err
     click.echo(format_bench(result))

@@ -105,12 +105,12 @@ def unpack_stats(values: Sequence[float], n_features: int) -> tuple[int, Array, 
 
     Constant features get std 1 so standardizing leaves them at zero instead of dividing by 0.
     """
-    values = np.asarray(values, dtype=np.float64)
-    count = int(round(values[0]))
+    totals = np.asarray(values, dtype=np.float64)
+    count = int(round(totals[0]))
     if count <= 0:
         raise InvalidArgument(f"aggregate row count is {count}")
-    mean = values[1 : 1 + n_features] / count
-    variance = values[1 + n_features : 1 + 2 * n_features] / count - mean**2
+    mean = totals[1 : 1 + n_features] / count
+    variance = totals[1 + n_features : 1 + 2 * n_features] / count - mean**2
     std = np.sqrt(np.clip(variance, 0.0, None))
     std[std < 1e-8 * np.maximum(1.0, np.abs(mean))] = 1.0
     return count, mean, std

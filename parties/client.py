@@ -247,7 +247,8 @@ class Party:
 
         def chunks() -> Iterator[pb.UploadChunk]:
             nonlocal encrypt_s
-            seq, pending, size = 0, [], 0
+            seq, size = 0, 0
+            pending: list[pb.EncryptedColumn] = []
             for block, column, vector in layout.pack(self.config.name, columns):
                 tick = time.perf_counter()
                 data = wire.serialize(ts.ckks_vector(context, vector))
