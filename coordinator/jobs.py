@@ -1,14 +1,14 @@
-"""Jobs: their state machine, their durable state, and the driver thread that moves them on.
+"""Jobs: their state machine and their durable state.
 
 Phases: WAITING_FOR_PARTIES -> COLLECTING_STATS -> UPLOADING -> TRAINING -> DONE (or FAILED).
 
 - Parties join until ``expected_parties`` have; each submits an encrypted statistics vector.
-- The driver sums the statistics, has the key holder decrypt the *aggregate* only, publishes
+- The driver (:mod:`coordinator.driver`) sums the statistics, has the key holder decrypt the *aggregate* only, publishes
   (count, mean, std) and the packing layout, and opens uploads.
 - Parties upload their packed columns; every ciphertext is checked and written to the job
   directory before it is acknowledged.
-- With every upload complete and the key holder connected, the driver trains
-  (:mod:`coordinator.training`), then asks the key holder to seal the model for each party.
+- With every upload complete and the key holder connected, the driver trains, then asks the
+  key holder to seal the model for each party.
 
 Every domain error names the job, party, block or column at fault.
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,17 +27,13 @@ import tenseal as ts
 
 from coordinator.keyholder_link import KeyHolderLink
 from coordinator.store import JobStore, atomic_write, check_name
-from coordinator.training import GradientPool, TrainingInputs, train
 from hefl import wire
-from hefl.algorithm import choose_hyperparameters
-from hefl.codec import PackingLayout, unpack_stats
+from hefl.codec import PackingLayout
 from hefl.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from hefl.params import CkksParameters, check_public_context, get_parameter_set
 from hefl.v1 import hefl_pb2 as pb
 
 log = logging.getLogger("hefl.jobs")
-
-PoolFactory = Callable[[bytes, str, str, PackingLayout, int], GradientPool]
 
 
 @dataclass
@@ -294,171 +289,53 @@ class Job:
         model.ParseFromString(self.store.model_path(party).read_bytes())
         return model
 
-    # ----- the driver --------------------------------------------------------------------
+    # ----- transitions (made by coordinator.driver) --------------------------------------
 
-    def drive(self, stop: threading.Event, pool_factory: PoolFactory) -> None:
-        """Move the job through its phases; runs on the job's own thread."""
-        pool: GradientPool | None = None
-        try:
-            if self.phase in (pb.WAITING_FOR_PARTIES, pb.COLLECTING_STATS):
-                self.wait_for(
-                    lambda: (
-                        len(self.parties) == self.expected_parties
-                        and all(p.stats for p in self.parties.values())
-                    ),
-                    stop,
-                )
-                self._publish_standardization()
-            if self.phase == pb.UPLOADING:
-                # Start the workers while parties encrypt and upload: it takes seconds.
-                pool = self._make_pool(pool_factory)
-                self.wait_for(lambda: all(p.upload_complete for p in self.parties.values()), stop)
-                with self._cond:
-                    self.phase = pb.TRAINING
-                    self._changed()
-            if self.phase == pb.TRAINING:
-                pool = pool or self._make_pool(pool_factory)
-                self._train(pool)
-        except Exception as err:  # a job's failure must not take the coordinator down
-            log.exception("job %s failed", self.job_id)
-            with self._cond:
-                self.phase = pb.FAILED
-                self.message = f"{type(err).__name__}: {err}"
-                self._changed()
-        finally:
-            if pool is not None:
-                pool.shutdown()
+    def all_stats_in(self) -> bool:
+        return len(self.parties) == self.expected_parties and all(
+            p.stats for p in self.parties.values()
+        )
 
-    def _publish_standardization(self) -> None:
-        total = None
-        for name in self.parties:
-            vector = wire.deserialize(
-                self.context, self.store.stats_path(name).read_bytes(), what="statistics"
-            )
-            total = vector if total is None else total + vector
-        assert total is not None
-        length = 1 + 2 * len(self.features)
-        result = self.link.call(
-            pb.KeyHolderTask(
-                decrypt_stats=pb.DecryptStatsTask(ciphertext=wire.serialize(total), length=length)
-            ),
-            timeout_s=600.0,
-        )
-        count, mean, std = unpack_stats(result.values.values, len(self.features))
-        party_rows = [(p.name, p.rows) for p in self.parties.values()]
-        declared = sum(rows for _, rows in party_rows)
-        if declared != count:
-            raise InvalidArgument(
-                f"job {self.job_id}: parties declare {declared} rows but their encrypted "
-                f"statistics count {count}"
-            )
-        hyper = choose_hyperparameters(
-            n_rows=count,
-            n_features=len(self.features),
-            iterations=self.options.iterations,
-            learning_rate=self.options.learning_rate,
-            l2=self.options.l2,
-            sigmoid_interval=self.options.sigmoid_interval,
-        )
+    def all_uploads_in(self) -> bool:
+        return all(p.upload_complete for p in self.parties.values())
+
+    def publish(
+        self,
+        *,
+        standardization: pb.Standardization,
+        options: pb.TrainingOptions,
+        layout: PackingLayout,
+    ) -> None:
+        """Publish the aggregate statistics, the resolved options and the layout; open uploads."""
         with self._cond:
-            self.standardization = pb.Standardization(count=count, mean=mean, std=std)
-            self.options = pb.TrainingOptions(
-                iterations=hyper.iterations,
-                learning_rate=hyper.learning_rate,
-                l2=hyper.l2,
-                sigmoid_interval=hyper.sigmoid_interval,
-                reveal_intermediate=self.options.reveal_intermediate,
-            )
-            self.layout = PackingLayout.assign(slots=self.params.slots, party_rows=party_rows)
-            for name, rows in party_rows:
-                self.parties[name].rows = rows
+            self.standardization = standardization
+            self.options = options
+            self.layout = layout
+            for placed in layout.parties:
+                self.parties[placed.name].rows = placed.rows
             self.phase = pb.UPLOADING
             self._changed()
-        log.info("job %s: %d rows, %d blocks", self.job_id, count, self.layout.n_blocks)
 
-    def _make_pool(self, pool_factory: PoolFactory) -> GradientPool:
-        assert self.layout is not None
-        return pool_factory(
-            self.context_bytes, self.params.name, str(self.store.root), self.layout, self.columns
-        )
-
-    def _train(self, pool: GradientPool) -> None:
-        assert self.layout is not None and self.standardization is not None
-        label_term = None
-        for name in self.parties:
-            vector = wire.deserialize(
-                self.context, self.store.label_term_path(name).read_bytes(), what="label term"
-            )
-            label_term = vector if label_term is None else label_term + vector
-        assert label_term is not None
-        started = time.perf_counter()
-        pool.load()
-        load_s = time.perf_counter() - started
-        hyper = choose_hyperparameters(
-            n_rows=self.layout.total_rows,
-            n_features=len(self.features),
-            iterations=self.options.iterations,
-            learning_rate=self.options.learning_rate,
-            l2=self.options.l2,
-            sigmoid_interval=self.options.sigmoid_interval,
-        )
-
-        def on_iteration(done: int) -> None:
-            with self._cond:
-                self.iteration = done
-                self._changed()
-
-        masker, report = train(
-            TrainingInputs(
-                context=self.context,
-                params=self.params,
-                hyper=hyper,
-                rows=self.layout.total_rows,
-                columns=self.columns,
-                label_term=label_term,
-                reveal_intermediate=self.options.reveal_intermediate,
-            ),
-            pool=pool,
-            link=self.link,
-            on_iteration=on_iteration,
-        )
-        finalize = pb.FinalizeTask(
-            model_mask=masker.model_mask.tolist(),
-            features=self.features,
-            standardization=self.standardization,
-        )
-        for state in self.parties.values():
-            finalize.parties.add(name=state.name, seal_public_key=state.seal_public_key)
-        result = self.link.call(pb.KeyHolderTask(finalize=finalize), timeout_s=600.0)
-
-        for sealed in result.sealed.models:
-            atomic_write(self.store.model_path(sealed.party), sealed.SerializeToString())
-        self.report = {
-            "workers": pool.size,
-            "blocks": self.layout.n_blocks,
-            "load_s": load_s,
-            "train_s": report.train_s,
-            "gradient_s": report.gradient_s,
-            "refresh_s": report.refresh_s,
-            "iteration_s": report.iteration_s,
-            "iterations": report.iterations,
-            "refresh_bytes_per_iteration": report.refresh_bytes_per_iteration,
-            "worker_bytes_per_iteration": report.worker_bytes_per_iteration,
-            "upload_bytes": sum(p.upload_bytes for p in self.parties.values()),
-            "worker_peak_rss_mb": pool.peak_rss_mb(),
-            "intermediate_models": report.intermediate_models,
-            "hyperparameters": {
-                "iterations": hyper.iterations,
-                "learning_rate": hyper.learning_rate,
-                "l2": hyper.l2,
-                "sigmoid_interval": hyper.sigmoid_interval,
-            },
-        }
-        atomic_write(self.store.report_path(), json.dumps(self.report, indent=1).encode())
+    def set_phase(self, phase: pb.Phase, message: str = "") -> None:
         with self._cond:
+            self.phase = phase
+            self.message = message
+            self._changed()
+
+    def set_iteration(self, done: int) -> None:
+        with self._cond:
+            self.iteration = done
+            self._changed()
+
+    def finish(self, sealed_models: list[pb.SealedModel], report: dict[str, Any]) -> None:
+        """Store the sealed models and the run's report; the job is done."""
+        for sealed in sealed_models:
+            atomic_write(self.store.model_path(sealed.party), sealed.SerializeToString())
+        atomic_write(self.store.report_path(), json.dumps(report, indent=1).encode())
+        with self._cond:
+            self.report = report
             self.phase = pb.DONE
             self._changed()
-        log.info("job %s done in %.1f s of training", self.job_id, report.train_s)
 
     # ----- durability --------------------------------------------------------------------
 

@@ -127,7 +127,6 @@ class WorkerPool:
         # Ray's actor handles are dynamically typed.
         self._actors: list[Any] = [
             remote.remote(
-                context_bytes=context_bytes,
                 parameter_set=parameter_set,
                 job_root=job_root,
                 blocks=run,

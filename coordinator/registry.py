@@ -9,7 +9,8 @@ from pathlib import Path
 
 import tenseal as ts
 
-from coordinator.jobs import Job, PoolFactory
+from coordinator.driver import JobDriver, PoolFactory
+from coordinator.jobs import Job
 from coordinator.store import JobStore, atomic_write, check_name, job_roots
 from hefl.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from hefl.params import DEFAULT_PARAMETER_SET, check_public_context, get_parameter_set
@@ -41,8 +42,8 @@ class Registry:
 
     def _start(self, job: Job) -> None:
         thread = threading.Thread(
-            target=job.drive,
-            args=(self._stop, self._pool_factory),
+            target=JobDriver(job, self._pool_factory).run,
+            args=(self._stop,),
             name=f"job-{job.job_id}",
             daemon=True,
         )

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 
 from coordinator import ray_pool
-from coordinator.jobs import PoolFactory
+from coordinator.driver import PoolFactory
 from coordinator.registry import Registry
 from coordinator.servicer import CoordinatorServicer
 from hefl.codec import PackingLayout

@@ -44,17 +44,18 @@ class ShardWorker:
     def __init__(
         self,
         *,
-        context_bytes: bytes,
         parameter_set: str,
         job_root: str,
         blocks: Sequence[BlockSource],
         columns: int,
     ) -> None:
         """Cheap: the shards are read by :meth:`load` (or the first call that needs them), so a
-        pool can be started while parties are still uploading."""
-        self._context = ts.context_from(context_bytes)
-        check_public_context(self._context, parameter_set)
+        pool can be started while parties are still uploading. Everything else comes from the
+        job directory too (the public context included), so Ray can restart a worker from its
+        arguments alone."""
         self._store = JobStore(Path(job_root))
+        self._context = ts.context_from(self._store.context_path().read_bytes())
+        check_public_context(self._context, parameter_set)
         self._sources = list(blocks)
         self._columns = columns
         self._loaded: list[list[bytes]] | None = None

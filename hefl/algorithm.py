@@ -214,6 +214,35 @@ def train_replica(
     return ReplicaResult(weights=velocity, losses=tuple(losses), max_margin=max_margin)
 
 
+@dataclass(frozen=True)
+class MarginCheck:
+    """How a model's margins w.x on some rows sit against the sigmoid's fitting interval.
+
+    Margins beyond the interval are expected and safe up to a point: the degree-5 fit keeps
+    rising there, so such rows still pull the right way, only harder. Far beyond it (more than
+    twice the interval) the z^5 term dominates and steps can overshoot: then train with a wider
+    ``sigmoid_interval`` or a smaller ``learning_rate``.
+    """
+
+    interval: float
+    max_margin: float
+    outside_fraction: float
+
+    @property
+    def risky(self) -> bool:
+        return self.max_margin > 2.0 * self.interval
+
+
+def check_margins(weights: Array, features: Array, interval: float) -> MarginCheck:
+    """Margins of ``weights`` on standardized ``features`` (no bias column) against ``interval``."""
+    margins = np.abs(decision_function(weights, features))
+    return MarginCheck(
+        interval=interval,
+        max_margin=float(margins.max(initial=0.0)),
+        outside_fraction=float(np.mean(margins > interval)) if len(margins) else 0.0,
+    )
+
+
 def decision_function(weights: Array, features: Array) -> Array:
     """w.x for standardized features without the bias column."""
     return features @ weights[:-1] + weights[-1]

@@ -200,8 +200,12 @@ def party(
 @click.option("--seed", type=int, default=0)
 @click.option("--iterations", type=int, default=0, help="0: chosen from the data")
 @click.option("--skip", type=click.Choice(["seed_style", "hefl"]), multiple=True)
-@click.option("--seed-style-rows", type=int, default=1000,
-              help="train the seed approach on at most this many rows, extrapolate the rest")
+@click.option(
+    "--seed-style-rows",
+    type=int,
+    default=1000,
+    help="train the seed approach on at most this many rows, extrapolate the rest",
+)
 @click.option(
     "--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("hefl-bench")
 )

@@ -296,6 +296,8 @@ def build_report(
             "iterations": iterations,
             "iteration_s": job_report["train_s"] / max(iterations, 1),
             "party_accuracy": [r["accuracy"] for r in results],
+            "max_margin": max(r["max_margin"] for r in results),
+            "margin_outside_fraction": max(r["margin_outside_fraction"] for r in results),
             "hyperparameters": job_report["hyperparameters"],
             "weights": model["weights"],
         },

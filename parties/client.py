@@ -21,7 +21,7 @@ import numpy as np
 import tenseal as ts
 
 from hefl import wire
-from hefl.algorithm import add_bias, decision_function, label_term
+from hefl.algorithm import add_bias, check_margins, decision_function, label_term
 from hefl.codec import PackingLayout, stats_vector
 from hefl.errors import HeflError, ProtocolError
 from hefl.params import DEFAULT_PARAMETER_SET, check_public_context, get_parameter_set
@@ -69,6 +69,9 @@ class PartyResult:
     accuracy: float | None = None
     auc: float | None = None
     weights: list[float] = field(default_factory=list)
+    # Margins of the delivered model on this party's own training rows (see MarginCheck).
+    max_margin: float = 0.0
+    margin_outside_fraction: float = 0.0
     timings_s: dict[str, float] = field(default_factory=dict)
     bytes: dict[str, int] = field(default_factory=dict)
 
@@ -121,6 +124,7 @@ class Party:
         self.stub = stub
         self.result = result
         self.sealing_key = SealingKey()
+        self.sigmoid_interval = 16.0
         self.hello = pb.PartyHello(
             name=config.name,
             features=list(dataset.feature_names),
@@ -241,6 +245,7 @@ class Party:
         )
         mean = np.asarray(status.standardization.mean)
         std = np.asarray(status.standardization.std)
+        self.sigmoid_interval = status.options.sigmoid_interval
         columns = add_bias(standardize(self.dataset.features, mean, std))
         label = ts.ckks_vector(context, label_term(columns, self.dataset.labels))
         encrypt_s = 0.0
@@ -287,10 +292,38 @@ class Party:
         if model["features"] != list(self.dataset.feature_names):
             raise ProtocolError("the delivered model is for other features")
         self.result.weights = model["weights"]
+        self._check_margins(model)
         if self.config.model_out is not None:
             self.config.model_out.write_text(json.dumps(model, indent=1))
         if self.test is not None:
             self.result.accuracy, self.result.auc = evaluate(model, self.test)
+
+    def _check_margins(self, model: dict[str, Any]) -> None:
+        """Warn when the model's margins on this party's rows left the sigmoid's safe range:
+        only the parties can see that, on their own data."""
+        features = standardize(
+            self.dataset.features, np.asarray(model["mean"]), np.asarray(model["std"])
+        )
+        check = check_margins(np.asarray(model["weights"]), features, self.sigmoid_interval)
+        self.result.max_margin = check.max_margin
+        self.result.margin_outside_fraction = check.outside_fraction
+        if check.risky:
+            log.warning(
+                "the model's margin reaches %.1f on this party's rows, more than twice the "
+                "sigmoid interval %.0f (%.1f%% of rows outside it): retrain with a wider "
+                "--sigmoid-interval or a smaller --learning-rate",
+                check.max_margin,
+                check.interval,
+                100 * check.outside_fraction,
+            )
+        elif check.outside_fraction > 0:
+            log.info(
+                "%.1f%% of this party's rows have margins beyond the sigmoid interval %.0f "
+                "(max %.1f): expected and safe, the fit keeps rising there",
+                100 * check.outside_fraction,
+                check.interval,
+                check.max_margin,
+            )
 
 
 def evaluate(model: dict[str, Any], test: Dataset) -> tuple[float, float | None]:

@@ -7,6 +7,7 @@ from sklearn.model_selection import train_test_split
 from hefl.algorithm import (
     SigmoidPolynomial,
     add_bias,
+    check_margins,
     choose_hyperparameters,
     decision_function,
     l2_vector,
@@ -66,3 +67,12 @@ def test_replica_matches_sklearn_on_breast_cancer():
         assert all(np.isfinite(result.losses))
         assert result.losses[-1] < result.losses[0]
     assert np.mean(accuracies) >= np.mean(baseline) - 0.01
+
+
+def test_margin_check_flags_margins_far_beyond_the_interval():
+    features = np.array([[1.0, 0.0], [0.0, 2.0], [-3.0, 1.0]])
+    calm = check_margins(np.array([1.0, 1.0, 0.5]), features, 16.0)
+    assert calm.max_margin == pytest.approx(2.5) and calm.outside_fraction == 0 and not calm.risky
+    wild = check_margins(np.array([12.0, 0.0, 0.0]), features, 16.0)
+    assert wild.max_margin == pytest.approx(36.0) and wild.outside_fraction == pytest.approx(1 / 3)
+    assert wild.risky

@@ -1,0 +1,179 @@
+"""The job driver: the phases that need the key holder and the Ray workers, on one thread per job.
+
+1. When every party has joined and sent statistics: sum them, have the key holder decrypt the
+   sum (and only the sum), choose the hyperparameters, publish (count, mean, std) and the
+   packing layout; start the Ray workers while the parties upload.
+2. When every upload is complete: load the shards into the workers, train
+   (:func:`coordinator.training.train`), have the key holder seal the model for every party.
+
+Any failure marks the job FAILED with the reason; the coordinator keeps serving other jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import tenseal as ts
+
+from coordinator.jobs import Job
+from coordinator.training import GradientPool, TrainingInputs, train
+from hefl import wire
+from hefl.algorithm import Hyperparameters, choose_hyperparameters
+from hefl.codec import PackingLayout, unpack_stats
+from hefl.errors import InvalidArgument
+from hefl.v1 import hefl_pb2 as pb
+
+log = logging.getLogger("hefl.driver")
+
+PoolFactory = Callable[[bytes, str, str, PackingLayout, int], GradientPool]
+KEY_HOLDER_TIMEOUT_S = 600.0
+
+
+class JobDriver:
+    def __init__(self, job: Job, pool_factory: PoolFactory) -> None:
+        self._job = job
+        self._pool_factory = pool_factory
+
+    def run(self, stop: threading.Event) -> None:
+        job = self._job
+        pool: GradientPool | None = None
+        try:
+            if job.phase in (pb.WAITING_FOR_PARTIES, pb.COLLECTING_STATS):
+                job.wait_for(job.all_stats_in, stop)
+                self._publish_standardization()
+            if job.phase == pb.UPLOADING:
+                # Start the workers while parties encrypt and upload: it takes seconds.
+                pool = self._make_pool()
+                job.wait_for(job.all_uploads_in, stop)
+                job.set_phase(pb.TRAINING)
+            if job.phase == pb.TRAINING:
+                pool = pool or self._make_pool()
+                self._train(pool)
+        except Exception as err:  # a job's failure must not take the coordinator down
+            log.exception("job %s failed", job.job_id)
+            job.set_phase(pb.FAILED, f"{type(err).__name__}: {err}")
+        finally:
+            if pool is not None:
+                pool.shutdown()
+
+    def _sum(self, paths: list[Path], what: str) -> ts.CKKSVector:
+        total = None
+        for path in paths:
+            vector = wire.deserialize(self._job.context, path.read_bytes(), what=what)
+            total = vector if total is None else total + vector
+        assert total is not None
+        return total
+
+    def _publish_standardization(self) -> None:
+        job = self._job
+        total = self._sum([job.store.stats_path(name) for name in job.parties], "statistics")
+        result = job.link.call(
+            pb.KeyHolderTask(
+                decrypt_stats=pb.DecryptStatsTask(
+                    ciphertext=wire.serialize(total), length=1 + 2 * len(job.features)
+                )
+            ),
+            timeout_s=KEY_HOLDER_TIMEOUT_S,
+        )
+        count, mean, std = unpack_stats(result.values.values, len(job.features))
+        party_rows = [(p.name, p.rows) for p in job.parties.values()]
+        declared = sum(rows for _, rows in party_rows)
+        if declared != count:
+            raise InvalidArgument(
+                f"job {job.job_id}: parties declare {declared} rows but their encrypted "
+                f"statistics count {count}"
+            )
+        hyper = choose_hyperparameters(
+            n_rows=count,
+            n_features=len(job.features),
+            iterations=job.options.iterations,
+            learning_rate=job.options.learning_rate,
+            l2=job.options.l2,
+            sigmoid_interval=job.options.sigmoid_interval,
+        )
+        layout = PackingLayout.assign(slots=job.params.slots, party_rows=party_rows)
+        job.publish(
+            standardization=pb.Standardization(count=count, mean=mean, std=std),
+            options=pb.TrainingOptions(
+                iterations=hyper.iterations,
+                learning_rate=hyper.learning_rate,
+                l2=hyper.l2,
+                sigmoid_interval=hyper.sigmoid_interval,
+                reveal_intermediate=job.options.reveal_intermediate,
+            ),
+            layout=layout,
+        )
+        log.info("job %s: %d rows, %d blocks", job.job_id, count, layout.n_blocks)
+
+    def _make_pool(self) -> GradientPool:
+        job = self._job
+        assert job.layout is not None
+        return self._pool_factory(
+            job.context_bytes, job.params.name, str(job.store.root), job.layout, job.columns
+        )
+
+    def _train(self, pool: GradientPool) -> None:
+        job = self._job
+        assert job.layout is not None and job.standardization is not None
+        label_term = self._sum([job.store.label_term_path(n) for n in job.parties], "label term")
+        started = time.perf_counter()
+        pool.load()
+        load_s = time.perf_counter() - started
+        options = job.options  # resolved when the standardization was published
+        hyper = Hyperparameters(
+            iterations=options.iterations,
+            learning_rate=options.learning_rate,
+            l2=options.l2,
+            sigmoid_interval=options.sigmoid_interval,
+        )
+        masker, report = train(
+            TrainingInputs(
+                context=job.context,
+                params=job.params,
+                hyper=hyper,
+                rows=job.layout.total_rows,
+                columns=job.columns,
+                label_term=label_term,
+                reveal_intermediate=options.reveal_intermediate,
+            ),
+            pool=pool,
+            link=job.link,
+            on_iteration=job.set_iteration,
+        )
+        finalize = pb.FinalizeTask(
+            model_mask=masker.model_mask.tolist(),
+            features=job.features,
+            standardization=job.standardization,
+        )
+        for state in job.parties.values():
+            finalize.parties.add(name=state.name, seal_public_key=state.seal_public_key)
+        result = job.link.call(pb.KeyHolderTask(finalize=finalize), timeout_s=KEY_HOLDER_TIMEOUT_S)
+        job.finish(
+            list(result.sealed.models),
+            {
+                "workers": pool.size,
+                "blocks": job.layout.n_blocks,
+                "load_s": load_s,
+                "train_s": report.train_s,
+                "gradient_s": report.gradient_s,
+                "refresh_s": report.refresh_s,
+                "iteration_s": report.iteration_s,
+                "iterations": report.iterations,
+                "refresh_bytes_per_iteration": report.refresh_bytes_per_iteration,
+                "worker_bytes_per_iteration": report.worker_bytes_per_iteration,
+                "upload_bytes": sum(p.upload_bytes for p in job.parties.values()),
+                "worker_peak_rss_mb": pool.peak_rss_mb(),
+                "intermediate_models": report.intermediate_models,
+                "hyperparameters": {
+                    "iterations": hyper.iterations,
+                    "learning_rate": hyper.learning_rate,
+                    "l2": hyper.l2,
+                    "sigmoid_interval": hyper.sigmoid_interval,
+                },
+            },
+        )
+        log.info("job %s done in %.1f s of training", job.job_id, report.train_s)
