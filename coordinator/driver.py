@@ -34,9 +34,19 @@ KEY_HOLDER_TIMEOUT_S = 600.0
 
 
 class JobDriver:
-    def __init__(self, job: Job, pool_factory: PoolFactory) -> None:
+    """Drives one job.
+
+    Args:
+        job: The job.
+        pool_factory: Makes the job's Ray workers.
+        restored: The job comes from disk after a restart: its parties may never come back, so
+            take Ray resources only once they do (the key holder is connected).
+    """
+
+    def __init__(self, job: Job, pool_factory: PoolFactory, *, restored: bool = False) -> None:
         self._job = job
         self._pool_factory = pool_factory
+        self._restored = restored
 
     def run(self, stop: threading.Event) -> None:
         job = self._job
@@ -46,11 +56,13 @@ class JobDriver:
                 job.wait_for(job.all_stats_in, stop)
                 self._publish_standardization()
             if job.phase == pb.UPLOADING:
-                # Start the workers while parties encrypt and upload: it takes seconds.
-                pool = self._make_pool()
+                if not self._restored:
+                    # Start the workers while parties encrypt and upload: it takes seconds.
+                    pool = self._make_pool()
                 job.wait_for(job.all_uploads_in, stop)
                 job.set_phase(pb.TRAINING)
             if job.phase == pb.TRAINING:
+                job.wait_for(lambda: job.link.connected, stop)
                 pool = pool or self._make_pool()
                 self._train(pool)
         except Exception as err:  # a job's failure must not take the coordinator down

@@ -38,11 +38,11 @@ class Registry:
             self._jobs[job.job_id] = job
             log.info("restored job %s in phase %s", job.job_id, pb.Phase.Name(job.phase))
             if job.phase not in (pb.DONE, pb.FAILED):
-                self._start(job)
+                self._start(job, restored=True)
 
-    def _start(self, job: Job) -> None:
+    def _start(self, job: Job, *, restored: bool = False) -> None:
         thread = threading.Thread(
-            target=JobDriver(job, self._pool_factory).run,
+            target=JobDriver(job, self._pool_factory, restored=restored).run,
             args=(self._stop,),
             name=f"job-{job.job_id}",
             daemon=True,
