@@ -22,9 +22,21 @@ def _hefl(*args: str) -> str:
 
 def test_bench_reports_all_four_ways(tmp_path):
     report_path = tmp_path / "bench.json"
-    out = _hefl("bench", "--synthetic", "600x5", "--parties", "2", "--iterations", "4",
-                "--seed-style-rows", "16", "--workdir", str(tmp_path / "work"),
-                "--report", str(report_path))
+    out = _hefl(
+        "bench",
+        "--synthetic",
+        "600x5",
+        "--parties",
+        "2",
+        "--iterations",
+        "4",
+        "--seed-style-rows",
+        "16",
+        "--workdir",
+        str(tmp_path / "work"),
+        "--report",
+        str(report_path),
+    )
 
     report = json.loads(report_path.read_text())
     for key in ("sklearn", "replica", "seed_style", "hefl", "ratios"):

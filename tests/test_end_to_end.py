@@ -123,52 +123,30 @@ def test_coordinator_joins_a_multi_node_ray_cluster_on_loopback(tmp_path):
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN=secrets.token_hex(32),
     )
-    common = [
-        "--node-ip-address",
-        "127.0.0.1",
-        "--num-cpus",
-        "1",
-        "--disable-usage-stats",
-        "--block",
-    ]
-    loopback_ray = [sys.executable, str(ROOT / "tests" / "ray_loopback.py"), "start"]
+
+    def start_node(*args: str) -> subprocess.Popen[bytes]:
+        command = [sys.executable, str(ROOT / "tests" / "ray_loopback.py"), "start", *args,
+                   "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
+                   "--disable-usage-stats", "--block"]  # fmt: skip
+        return subprocess.Popen(
+            command, env=env, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
     nodes = [
-        subprocess.Popen(
-            [
-                *loopback_ray,
-                "--head",
-                "--port",
-                str(port),
-                "--include-dashboard",
-                "false",
-                "--temp-dir",
-                str(short / "h"),
-                *common,
-            ],
-            env=env,
-            start_new_session=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        start_node(
+            "--head",
+            "--port",
+            str(port),
+            "--include-dashboard",
+            "false",
+            "--temp-dir",
+            str(short / "h"),
+        )  # fmt: skip
     ]
     try:
         time.sleep(6)
-        nodes.append(
-            subprocess.Popen(
-                [
-                    *loopback_ray,
-                    "--address",
-                    f"127.0.0.1:{port}",
-                    "--temp-dir",
-                    str(short / "n"),
-                    *common,
-                ],
-                env=env,
-                start_new_session=True,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
+        nodes.append(start_node("--address", f"127.0.0.1:{port}", "--temp-dir", str(short / "n")))
         time.sleep(6)
         report = _simulate(
             tmp_path / "work",
