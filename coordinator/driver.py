@@ -19,7 +19,7 @@ from pathlib import Path
 
 import tenseal as ts
 
-from coordinator.jobs import Job
+from coordinator.jobs import Job, ShuttingDown
 from coordinator.training import GradientPool, TrainingInputs, train
 from hefl import wire
 from hefl.algorithm import Hyperparameters, choose_hyperparameters
@@ -65,6 +65,10 @@ class JobDriver:
                 job.wait_for(lambda: job.link.connected, stop)
                 pool = pool or self._make_pool()
                 self._train(pool)
+        except ShuttingDown:
+            log.info(
+                "job %s paused for shutdown; it resumes when the coordinator restarts", job.job_id
+            )
         except Exception as err:  # a job's failure must not take the coordinator down
             log.exception("job %s failed", job.job_id)
             job.set_phase(pb.FAILED, f"{type(err).__name__}: {err}")

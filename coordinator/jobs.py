@@ -36,6 +36,10 @@ from hefl.v1 import hefl_pb2 as pb
 log = logging.getLogger("hefl.jobs")
 
 
+class ShuttingDown(FailedPrecondition):
+    """The coordinator stops; the job stays as it is on disk and resumes after a restart."""
+
+
 @dataclass
 class PartyState:
     name: str
@@ -137,7 +141,7 @@ class Job:
         with self._cond:
             while not predicate():
                 if stop.is_set():
-                    raise FailedPrecondition(f"job {self.job_id}: coordinator shutting down")
+                    raise ShuttingDown(f"job {self.job_id}: coordinator shutting down")
                 self._cond.wait(0.5)
 
     # ----- party requests ----------------------------------------------------------------

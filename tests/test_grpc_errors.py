@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import numpy as np
 import pytest
 import tenseal as ts
 
+from coordinator.registry import Registry
 from hefl import wire
 from hefl.params import PARAMETER_SETS
 from hefl.v1 import hefl_pb2 as pb
@@ -191,3 +194,29 @@ def test_feature_names_are_checked_at_creation(coordinator, public_context_bytes
     code, details = _code(lambda: coordinator.stub.CreateJob(request))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "duplicate feature names" in details
+
+
+def test_restored_job_keeps_its_uploads_and_takes_no_workers_until_parties_return(
+    job, private_context, public_context
+):
+    session, _ = _to_uploading(job, private_context, public_context)
+    chunk = pb.UploadChunk(job_id="job-1", party="h2", seq=0, columns=[_column(public_context)])
+    job.stub.Upload(iter([chunk]))
+    session.stop()
+    job.stop()
+    pools = []
+
+    def recording_factory(*args):
+        pools.append(args)
+        raise AssertionError("a restored job must not start workers before its parties return")
+
+    restored = Registry(job.workdir, recording_factory)
+    try:
+        state = restored.get("job-1")
+        assert state.phase == pb.UPLOADING
+        assert (0, 0) in state.parties["h2"].received
+        assert state.standardization.count == 12
+        time.sleep(1.0)
+        assert pools == []
+    finally:
+        restored.shutdown()
