@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from coordinator.jobs import Job
 from coordinator.keyholder_link import KeyHolderTimeout
 from coordinator.registry import MAX_CONTEXT_BYTES, Registry
 from hefl import errors, wire
@@ -151,7 +152,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         return pb.ListJobsResponse(jobs=[job.status() for job in self._registry.jobs()])
 
 
-def _job_info(job: Any) -> pb.JobInfo:
+def _job_info(job: Job) -> pb.JobInfo:
     return pb.JobInfo(
         job_id=job.job_id,
         features=job.features,
