@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import tenseal as ts
@@ -22,7 +23,7 @@ import tenseal as ts
 from coordinator.jobs import Job, ShuttingDown
 from coordinator.training import GradientPool, TrainingInputs, train
 from hefl import wire
-from hefl.algorithm import Hyperparameters, choose_hyperparameters
+from hefl.algorithm import choose_hyperparameters
 from hefl.codec import PackingLayout, unpack_stats
 from hefl.errors import InvalidArgument
 from hefl.v1 import hefl_pb2 as pb
@@ -114,12 +115,8 @@ class JobDriver:
         layout = PackingLayout.assign(slots=job.params.slots, party_rows=party_rows)
         job.publish(
             standardization=pb.Standardization(count=count, mean=mean, std=std),
-            options=pb.TrainingOptions(
-                iterations=hyper.iterations,
-                learning_rate=hyper.learning_rate,
-                l2=hyper.l2,
-                sigmoid_interval=hyper.sigmoid_interval,
-                reveal_intermediate=job.options.reveal_intermediate,
+            options=wire.training_options(
+                hyper, reveal_intermediate=job.options.reveal_intermediate
             ),
             layout=layout,
         )
@@ -140,12 +137,7 @@ class JobDriver:
         pool.load()
         load_s = time.perf_counter() - started
         options = job.options  # resolved when the standardization was published
-        hyper = Hyperparameters(
-            iterations=options.iterations,
-            learning_rate=options.learning_rate,
-            l2=options.l2,
-            sigmoid_interval=options.sigmoid_interval,
-        )
+        hyper = wire.hyperparameters_of(options)
         masker, report = train(
             TrainingInputs(
                 context=job.context,
@@ -184,12 +176,7 @@ class JobDriver:
                 "upload_bytes": sum(p.upload_bytes for p in job.parties.values()),
                 "worker_peak_rss_mb": pool.peak_rss_mb(),
                 "intermediate_models": report.intermediate_models,
-                "hyperparameters": {
-                    "iterations": hyper.iterations,
-                    "learning_rate": hyper.learning_rate,
-                    "l2": hyper.l2,
-                    "sigmoid_interval": hyper.sigmoid_interval,
-                },
+                "hyperparameters": asdict(hyper),
             },
         )
         log.info("job %s done in %.1f s of training", job.job_id, report.train_s)

@@ -71,7 +71,12 @@ class Job:
         self.store = store
         self.params = params
         self.context_bytes = context_bytes
-        self.context = ts.context_from(context_bytes)
+        try:
+            self.context = ts.context_from(context_bytes)
+        except Exception as err:  # TenSEAL raises bare C++ errors
+            raise InvalidArgument(
+                f"the job context does not deserialize as TenSEAL ({err})"
+            ) from err
         check_public_context(self.context, params.name)
         self.features = features
         self.expected_parties = expected_parties

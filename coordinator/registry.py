@@ -7,13 +7,11 @@ import threading
 import uuid
 from pathlib import Path
 
-import tenseal as ts
-
 from coordinator.driver import JobDriver, PoolFactory
 from coordinator.jobs import Job
 from coordinator.store import JobStore, atomic_write, check_name, job_roots
 from hefl.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from hefl.params import DEFAULT_PARAMETER_SET, check_public_context, get_parameter_set
+from hefl.params import DEFAULT_PARAMETER_SET, get_parameter_set
 from hefl.v1 import hefl_pb2 as pb
 
 log = logging.getLogger("hefl.registry")
@@ -74,18 +72,11 @@ class Registry:
             )
         if len(context_bytes) > MAX_CONTEXT_BYTES:
             raise InvalidArgument(f"context of {len(context_bytes)} bytes is too large")
-        try:
-            context = ts.context_from(context_bytes)
-        except Exception as err:
-            raise InvalidArgument(
-                f"the job context does not deserialize as TenSEAL ({err})"
-            ) from err
-        check_public_context(context, params.name)
         with self._lock:
             if job_id in self._jobs:
                 raise AlreadyExists(f"job {job_id!r} already exists")
             store = JobStore(self._workdir / "jobs" / job_id)
-            atomic_write(store.context_path(), context_bytes)
+            # Checks the context (public, allowed parameters) before anything is written.
             job = Job(
                 job_id=job_id,
                 store=store,
@@ -96,6 +87,7 @@ class Registry:
                 options=spec.options,
                 key_holder=key_holder,
             )
+            atomic_write(store.context_path(), context_bytes)
             job.join(key_holder, features, spec.key_holder.seal_public_key)
             self._jobs[job_id] = job
         self._start(job)

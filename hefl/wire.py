@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from hefl.algorithm import Hyperparameters
 from hefl.errors import InvalidArgument
 from hefl.v1 import hefl_pb2 as pb
 
@@ -93,3 +94,23 @@ def encrypt_replicated(context: ts.Context, values: Sequence[float], slots: int)
     import tenseal as ts
 
     return [serialize(ts.ckks_vector(context, np.full(slots, v))) for v in values]
+
+
+def hyperparameters_of(options: pb.TrainingOptions) -> Hyperparameters:
+    """The optimizer settings carried by resolved (non-zero) training options."""
+    return Hyperparameters(
+        iterations=options.iterations,
+        learning_rate=options.learning_rate,
+        l2=options.l2,
+        sigmoid_interval=options.sigmoid_interval,
+    )
+
+
+def training_options(hyper: Hyperparameters, *, reveal_intermediate: bool) -> pb.TrainingOptions:
+    return pb.TrainingOptions(
+        iterations=hyper.iterations,
+        learning_rate=hyper.learning_rate,
+        l2=hyper.l2,
+        sigmoid_interval=hyper.sigmoid_interval,
+        reveal_intermediate=reveal_intermediate,
+    )
