@@ -5,10 +5,8 @@ loads its blocks from the job directory (summing the parties' contributions to e
 a restarted worker rebuilds exactly the same shards; after that they stay in its memory for the
 whole training and only weights and gradient sums travel.
 
-Shards are kept serialized (SEAL's compressed form, about half the size of the in-memory
-ciphertext) and loaded afresh for every iteration: TenSEAL mod-switches a ciphertext operand in
-place when multiplying it with a lower-level one, so a kept object would sink one level per
-iteration, and ``CKKSVector.copy`` costs more than a load.
+Shards are loaded once and kept as SEAL ciphertexts at the top level; the kernel
+(:class:`coordinator.gradient.GradientKernel`) never modifies them.
 """
 
 from __future__ import annotations
@@ -22,10 +20,10 @@ from pathlib import Path
 
 import tenseal as ts
 
-from coordinator.gradient import add_into, gradient_from_margin, gradient_sums, margin
+from coordinator.gradient import Ciphertext, GradientKernel, to_vector_bytes
 from coordinator.store import JobStore
 from hefl import wire
-from hefl.params import check_public_context
+from hefl.params import PARAMETER_SETS, check_public_context
 
 log = logging.getLogger("hefl.worker")
 
@@ -56,10 +54,11 @@ class ShardWorker:
         self._store = JobStore(Path(job_root))
         self._context = ts.context_from(self._store.context_path().read_bytes())
         check_public_context(self._context, parameter_set)
+        self._kernel = GradientKernel(self._context)
+        self._slots = PARAMETER_SETS[parameter_set].slots
         self._sources = list(blocks)
         self._columns = columns
-        self._loaded: list[list[bytes]] | None = None
-        self._opened: list[list[ts.CKKSVector]] | None = None
+        self._loaded: list[list[Ciphertext]] | None = None
 
     def load(self) -> int:
         """Read this worker's blocks from the job directory; returns how many it holds."""
@@ -71,35 +70,33 @@ class ShardWorker:
             log.info("worker %s holds %d blocks", os.getpid(), len(self._loaded))
         return len(self._loaded)
 
-    def _read_column(self, source: BlockSource, column: int) -> bytes:
-        paths = [self._store.column_path(party, source.block, column) for party in source.parties]
-        if len(paths) == 1:
-            return paths[0].read_bytes()
+    def _read_column(self, source: BlockSource, column: int) -> Ciphertext:
         total = None
-        for path in paths:
+        for party in source.parties:
+            path = self._store.column_path(party, source.block, column)
             vector = wire.deserialize(self._context, path.read_bytes(), what=str(path))
             total = vector if total is None else total + vector
         assert total is not None
-        return wire.serialize(total)
+        return self._kernel.open(total)
 
     @property
-    def _blocks(self) -> list[list[bytes]]:
+    def _blocks(self) -> list[list[Ciphertext]]:
         self.load()  # after a restart by Ray, the first call reloads from disk
         assert self._loaded is not None
         return self._loaded
 
     def _weights(
         self, masked_weights: Sequence[bytes], unmask: Sequence[float]
-    ) -> list[ts.CKKSVector]:
+    ) -> list[Ciphertext]:
         """k * W_j from the key holder's fresh k * (w_j + mask_j) and the masks k * mask_j
         (workers are on the coordinator's side of the trust boundary)."""
         return [
-            wire.deserialize(self._context, w, what="weights") - float(m)
+            self._kernel.open(wire.deserialize(self._context, w, what="weights") - float(m))
             for w, m in zip(masked_weights, unmask, strict=True)
         ]
 
-    def _open_columns(self, block: Sequence[bytes]) -> list[ts.CKKSVector]:
-        return [wire.deserialize(self._context, column, what="shard") for column in block]
+    def _serialize(self, ciphertexts: Sequence[Ciphertext]) -> list[bytes]:
+        return [to_vector_bytes(c, size=self._slots) for c in ciphertexts]
 
     def gradient(
         self, masked_weights: Sequence[bytes], unmask: Sequence[float], a: float, b: float
@@ -112,8 +109,7 @@ class ShardWorker:
             a, b: The sigmoid's encrypted form (:meth:`SigmoidPolynomial.encrypted_form`).
         """
         weights = self._weights(masked_weights, unmask)
-        blocks = (self._open_columns(block) for block in self._blocks)
-        return [wire.serialize(g) for g in gradient_sums(self._context, weights, blocks, a=a, b=b)]
+        return self._serialize(self._kernel.gradient_sums(weights, self._blocks, a=a, b=b))
 
     def margins(
         self, masked_weights: Sequence[bytes], unmask: Sequence[float], columns: tuple[int, int]
@@ -121,24 +117,21 @@ class ShardWorker:
         """Column sharding, phase 1: each block's margin over columns [lo, hi)."""
         lo, hi = columns
         weights = self._weights(masked_weights[lo:hi], unmask[lo:hi])
-        # W * X leaves X at its level: phase 2 reuses these instead of loading them again.
-        self._opened = [self._open_columns(block[lo:hi]) for block in self._blocks]
-        return [wire.serialize(margin(weights, opened)) for opened in self._opened]
+        return self._serialize(
+            [self._kernel.margin(weights, block[lo:hi]) for block in self._blocks]
+        )
 
     def gradient_from_margins(
         self, margins: Sequence[bytes], columns: tuple[int, int], a: float, b: float
     ) -> list[bytes]:
         """Column sharding, phase 2: gradient sums of columns [lo, hi) from full margins."""
         lo, hi = columns
-        opened, self._opened = self._opened, None
-        if opened is None:  # restarted between the phases
-            opened = [self._open_columns(block[lo:hi]) for block in self._blocks]
-        total = None
-        for block_columns, data in zip(opened, margins, strict=True):
-            s = wire.deserialize(self._context, data, what="margin")
-            total = add_into(total, gradient_from_margin(self._context, s, block_columns, a=a, b=b))
-        assert total is not None
-        return [wire.serialize(g) for g in total]
+        totals = None
+        for block, data in zip(self._blocks, margins, strict=True):
+            s = self._kernel.open(wire.deserialize(self._context, data, what="margin"))
+            totals = self._kernel.accumulate(totals, s, block[lo:hi], a=a, b=b)
+        assert totals is not None
+        return self._serialize(self._kernel.finish(totals))
 
     def peak_rss_mb(self) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

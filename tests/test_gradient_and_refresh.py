@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tenseal as ts
 
-from coordinator.gradient import gradient_sums
+from coordinator.gradient import GradientKernel, to_vector_bytes
 from coordinator.refresh import RefreshMasker
 from hefl import wire
 from hefl.algorithm import SigmoidPolynomial, l2_vector, label_term, nesterov_step
@@ -19,7 +19,12 @@ def _blocks(context, data, slots):
         part = data[start : start + slots]
         padded = np.zeros((slots, data.shape[1]))
         padded[: len(part)] = part
-        blocks.append([ts.ckks_vector(context, padded[:, j]) for j in range(data.shape[1])])
+        blocks.append(
+            [
+                GradientKernel.open(ts.ckks_vector(context, padded[:, j]))
+                for j in range(data.shape[1])
+            ]
+        )
     return blocks
 
 
@@ -33,16 +38,25 @@ def test_encrypted_gradient_sums_equal_plaintext(name):
     weights = rng.normal(size=6)
     sigmoid = SigmoidPolynomial.fit(16.0)
     k, a, b = sigmoid.encrypted_form()
-    scaled = [ts.ckks_vector(context, np.full(params.slots, k * w)) for w in weights]
-
-    sums = gradient_sums(context, scaled, _blocks(context, data, params.slots), a=a, b=b)
-
+    scaled = [
+        GradientKernel.open(ts.ckks_vector(context, np.full(params.slots, k * w))) for w in weights
+    ]
+    kernel = GradientKernel(context)
+    blocks = _blocks(context, data, params.slots)
     expected = (sigmoid(data @ weights) - 0.5) @ data
-    got = np.array([np.sum(s.decrypt()) for s in sums])
-    # CKKS noise: about 1e-3 per slot at the 30-bit scale, summed over 2 blocks of slots.
-    np.testing.assert_allclose(
-        got, expected, atol=0.05 * np.sqrt(rows / 455) + 1e-3 * np.abs(expected).max()
-    )
+
+    # Twice: the kernel must leave the shards (and weights) as they were.
+    for _ in range(2):
+        sums = kernel.gradient_sums(scaled, blocks, a=a, b=b)
+        vectors = [
+            wire.deserialize(context, to_vector_bytes(s, size=params.slots), what="gradient")
+            for s in sums
+        ]
+        got = np.array([np.sum(v.decrypt()) for v in vectors])
+        # CKKS noise: about 1e-3 per slot at the 30-bit scale, summed over 2 blocks of slots.
+        np.testing.assert_allclose(
+            got, expected, atol=0.05 * np.sqrt(rows / 455) + 1e-3 * np.abs(expected).max()
+        )
 
 
 def test_masked_refresh_rounds_follow_plaintext_nesterov(private_context):
