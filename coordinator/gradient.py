@@ -84,7 +84,8 @@ class GradientKernel:
         self._evaluator.mod_switch_to(ciphertext, self._levels[level], out)
         return out
 
-    def _add_constant(self, ciphertext: Ciphertext, value: float) -> None:
+    def add_constant(self, ciphertext: Ciphertext, value: float) -> None:
+        """Add ``value`` to every slot, in place."""
         plain = seal.Plaintext()
         self._encoder.encode(value, ciphertext.parms_id(), ciphertext.scale, plain)
         self._evaluator.add_plain_inplace(ciphertext, plain)
@@ -115,9 +116,9 @@ class GradientKernel:
         """Add G_j of one block (given its full margin ``s``) to the running per-column sums
         ``totals`` (None for the first block); returns the sums (level 3, unrescaled)."""
         inner = self._settle(self._product(s, s))
-        self._add_constant(inner, a)
+        self.add_constant(inner, a)
         inner = self._settle(self._product(inner, inner))
-        self._add_constant(inner, b)
+        self.add_constant(inner, b)
         s2 = self._at_level(s, 2)
         gradients = []
         for column in columns:

@@ -90,10 +90,12 @@ class ShardWorker:
     ) -> list[Ciphertext]:
         """k * W_j from the key holder's fresh k * (w_j + mask_j) and the masks k * mask_j
         (workers are on the coordinator's side of the trust boundary)."""
-        return [
-            self._kernel.open(wire.deserialize(self._context, w, what="weights") - float(m))
-            for w, m in zip(masked_weights, unmask, strict=True)
-        ]
+        weights = []
+        for data, mask in zip(masked_weights, unmask, strict=True):
+            weight = self._kernel.open(wire.deserialize(self._context, data, what="weights"))
+            self._kernel.add_constant(weight, -float(mask))
+            weights.append(weight)
+        return weights
 
     def _serialize(self, ciphertexts: Sequence[Ciphertext]) -> list[bytes]:
         return [to_vector_bytes(c, size=self._slots) for c in ciphertexts]
