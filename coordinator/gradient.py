@@ -50,7 +50,6 @@ class GradientKernel:
     """The per-block gradient maths under one public context (relinearization keys needed)."""
 
     def __init__(self, context: ts.Context) -> None:
-        self._context = context
         seal_context = context.seal_context().data
         self._evaluator = seal.Evaluator(seal_context)
         self._encoder = seal.CKKSEncoder(seal_context)
@@ -99,10 +98,6 @@ class GradientKernel:
         for weight, column in zip(scaled_weights[1:], columns[1:], strict=True):
             self._evaluator.add_inplace(total, self._product(weight, column))
         return self._settle(total)
-
-    def add(self, total: Ciphertext, other: Ciphertext) -> Ciphertext:
-        self._evaluator.add_inplace(total, other)
-        return total
 
     def accumulate(
         self,

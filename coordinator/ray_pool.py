@@ -162,7 +162,8 @@ class WorkerPool:
             ],
             timeout=CALL_TIMEOUT_S,
         )
-        margins_ref = ray.put(self._sum_margins(partial))
+        margins = wire.add_up(self._context, partial, what="margin")
+        margins_ref = ray.put([wire.serialize(m) for m in margins])
         parts = ray.get(
             [
                 actor.gradient_from_margins.remote(margins_ref, columns, a, b)
@@ -171,15 +172,6 @@ class WorkerPool:
             timeout=CALL_TIMEOUT_S,
         )
         return [[g for part in parts for g in part]]
-
-    def _sum_margins(self, partial: list[list[bytes]]) -> list[bytes]:
-        sums = []
-        for per_worker in zip(*partial, strict=True):
-            total = wire.deserialize(self._context, per_worker[0], what="margin")
-            for data in per_worker[1:]:
-                total += wire.deserialize(self._context, data, what="margin")
-            sums.append(wire.serialize(total))
-        return sums
 
     def peak_rss_mb(self) -> list[float]:
         return ray.get([a.peak_rss_mb.remote() for a in self._actors], timeout=CALL_TIMEOUT_S)

@@ -119,7 +119,7 @@ def train(
         report.worker_bytes_per_iteration = sum(map(len, weights)) * pool.size + sum(
             len(g) for worker in partials for g in worker
         )
-        gradients = _sum_partials(inputs.context, partials)
+        gradients = wire.add_up(inputs.context, partials, what="worker gradient")
         tock = time.perf_counter()
         report.gradient_s += tock - tick
 
@@ -164,11 +164,3 @@ def train(
         on_iteration(iteration + 1)
     report.train_s = time.perf_counter() - started
     return masker, report
-
-
-def _sum_partials(context: ts.Context, partials: list[list[bytes]]) -> list[ts.CKKSVector]:
-    totals = [wire.deserialize(context, g, what="worker gradient") for g in partials[0]]
-    for worker in partials[1:]:
-        for total, data in zip(totals, worker, strict=True):
-            total += wire.deserialize(context, data, what="worker gradient")
-    return totals

@@ -89,6 +89,17 @@ def deserialize(context: ts.Context, data: bytes, *, what: str) -> ts.CKKSVector
         ) from err
 
 
+def add_up(
+    context: ts.Context, per_source: Sequence[Sequence[bytes]], *, what: str
+) -> list[ts.CKKSVector]:
+    """Element-wise sum of equally long lists of serialized vectors (one list per source)."""
+    totals = [deserialize(context, data, what=what) for data in per_source[0]]
+    for source in per_source[1:]:
+        for total, data in zip(totals, source, strict=True):
+            total += deserialize(context, data, what=what)
+    return totals
+
+
 def encrypt_replicated(context: ts.Context, values: Sequence[float], slots: int) -> list[bytes]:
     """One ciphertext per value, the value in every slot (the weights' layout)."""
     import tenseal as ts
