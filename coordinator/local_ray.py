@@ -56,6 +56,12 @@ class LocalRayCluster:
             "--include-dashboard",
             "false",
             "--disable-usage-stats",
+            # A private fixed-size node needs no autoscaler and no log forwarding (the
+            # coordinator joins with log_to_driver=False); each is a Python process that would
+            # compete with the parties for the CPU while Ray starts.
+            "--no-monitor",
+            "--include-log-monitor",
+            "false",
             "--temp-dir",
             str(self._temp),
         ]

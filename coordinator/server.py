@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ class CoordinatorConfig:
 
 
 def ray_pool_factory(config: CoordinatorConfig) -> PoolFactory:
-    """Connects to Ray lazily, at the first job that trains."""
+    """Makes a job's workers, joining Ray first if :func:`join_ray_early` has not yet."""
 
     def make(
         context_bytes: bytes, parameter_set: str, job_root: str, layout: PackingLayout, columns: int
@@ -53,6 +54,29 @@ def ray_pool_factory(config: CoordinatorConfig) -> PoolFactory:
         )
 
     return make
+
+
+def join_ray_early(config: CoordinatorConfig) -> threading.Thread:
+    """Join Ray in the background, before any job needs it.
+
+    Joining takes seconds (a local cluster may still be starting), and Ray prestarts worker
+    processes once a driver has joined, so the first job's actors start on warm processes instead
+    of making the parties wait. A failure here is only logged: the first job joins again and
+    reports it.
+    """
+
+    def join() -> None:
+        started = time.perf_counter()
+        try:
+            ray_pool.connect(config.ray_address, num_cpus=config.ray_num_cpus)
+        except Exception:
+            log.warning("could not join Ray yet; retrying when a job needs it", exc_info=True)
+            return
+        log.info("joined Ray in %.1f s", time.perf_counter() - started)
+
+    thread = threading.Thread(target=join, name="ray-join", daemon=True)
+    thread.start()
+    return thread
 
 
 def create_server(
@@ -80,6 +104,7 @@ def serve(config: CoordinatorConfig, *, ready_file: Path | None = None) -> None:
         ready_file: Gets ``HOST:PORT`` once the server listens.
     """
     config.workdir.mkdir(parents=True, exist_ok=True)
+    join_ray_early(config)
     factory = ray_pool_factory(config)
     registry = Registry(config.workdir, factory)
     server, port = create_server(config.listen, registry)
