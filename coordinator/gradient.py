@@ -26,17 +26,13 @@ level 0, 3.8 at 1, 2.2 at 2; a product 0.2-0.8 ms; a rescale 0.5-2.3 ms. So the 
   and :meth:`GradientKernel.finish` relinearizes and rescales each column's sum once.
 
 Scales follow TenSEAL's convention (a rescaled ciphertext is labelled with the context's
-global scale), so results are interchangeable with TenSEAL vectors; :func:`to_vector_bytes`
+global scale), so results are interchangeable with TenSEAL vectors; :func:`hefl.wire.vector_bytes`
 wraps a ciphertext into TenSEAL's serialized vector format.
 """
 
 from __future__ import annotations
 
-import os
-import struct
-import tempfile
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any, TypeAlias
 
 import tenseal as ts
@@ -146,42 +142,3 @@ class GradientKernel:
         if totals is None:
             raise ValueError("no blocks to compute a gradient on")
         return self.finish(totals)
-
-
-def to_vector_bytes(ciphertext: Ciphertext, *, size: int) -> bytes:
-    """``ciphertext`` in TenSEAL's serialized CKKSVector format (``ts.ckks_vector_from`` loads it).
-
-    That format is the protobuf message ``CKKSVectorProto {uint32 size = 1 (sent packed);
-    bytes ciphertext = 2; double scale = 3}`` around SEAL's own (compressed) serialization, which
-    the SEAL binding only writes to a file.
-    """
-    handle, name = tempfile.mkstemp(prefix="hefl-ct-", dir=_scratch_dir())
-    os.close(handle)
-    path = Path(name)
-    try:
-        ciphertext.save(name)
-        sealed = path.read_bytes()
-    finally:
-        path.unlink(missing_ok=True)
-    size_field = _varint(size)
-    return (
-        b"\x0a" + _varint(len(size_field)) + size_field
-        + b"\x12" + _varint(len(sealed)) + sealed
-        + b"\x19" + struct.pack("<d", ciphertext.scale)
-    )  # fmt: skip
-
-
-def _scratch_dir() -> str | None:
-    """RAM-backed when the system has it."""
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)

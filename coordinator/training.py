@@ -84,6 +84,7 @@ def train(
     weight_scale, a, b = sigmoid.encrypted_form()
     l2 = l2_vector(inputs.columns, hyper.l2)
     masker = RefreshMasker(
+        context=inputs.context,
         columns=inputs.columns,
         slots=inputs.params.slots,
         mask_bits=inputs.params.mask_bits,
@@ -127,7 +128,7 @@ def train(
         task = pb.KeyHolderTask(
             refresh=pb.RefreshTask(
                 iteration=iteration,
-                masked_gradients=[wire.serialize(g) for g in masked.masked_gradients],
+                masked_gradients=masked.masked_gradients,
                 weights_offset=masked.weights_offset.tolist(),
                 velocity_offset=masked.velocity_offset.tolist(),
             )

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import tenseal as ts
 
-from coordinator.gradient import Ciphertext, GradientKernel, to_vector_bytes
+from coordinator.gradient import Ciphertext, GradientKernel
 from coordinator.store import JobStore
 from hefl import wire
 from hefl.params import PARAMETER_SETS, check_public_context
@@ -98,7 +98,7 @@ class ShardWorker:
         return weights
 
     def _serialize(self, ciphertexts: Sequence[Ciphertext]) -> list[bytes]:
-        return [to_vector_bytes(c, size=self._slots) for c in ciphertexts]
+        return [wire.vector_bytes(c, size=self._slots, scale=c.scale) for c in ciphertexts]
 
     def gradient(
         self, masked_weights: Sequence[bytes], unmask: Sequence[float], a: float, b: float

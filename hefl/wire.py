@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import struct
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -87,6 +91,51 @@ def deserialize(context: ts.Context, data: bytes, *, what: str) -> ts.CKKSVector
         raise InvalidArgument(
             f"{what} is not a CKKS ciphertext under the job's parameters ({err})"
         ) from err
+
+
+class SealSaveable(Protocol):
+    """A SEAL ciphertext, or the seeded form SEAL's symmetric encryption returns."""
+
+    def save(self, path: str) -> None: ...
+
+
+def vector_bytes(ciphertext: SealSaveable, *, size: int, scale: float) -> bytes:
+    """A SEAL ciphertext in TenSEAL's serialized CKKSVector format (:func:`deserialize` loads it).
+
+    That format is the protobuf message ``CKKSVectorProto {uint32 size = 1 (sent packed);
+    bytes ciphertext = 2; double scale = 3}`` around SEAL's own (compressed) serialization, which
+    the SEAL binding only writes to a file. ``size`` is the number of slots in use.
+    """
+    handle, name = tempfile.mkstemp(prefix="hefl-ct-", dir=_scratch_dir())
+    os.close(handle)
+    path = Path(name)
+    try:
+        ciphertext.save(name)
+        sealed = path.read_bytes()
+    finally:
+        path.unlink(missing_ok=True)
+    size_field = _varint(size)
+    return (
+        b"\x0a" + _varint(len(size_field)) + size_field
+        + b"\x12" + _varint(len(sealed)) + sealed
+        + b"\x19" + struct.pack("<d", scale)
+    )  # fmt: skip
+
+
+def _scratch_dir() -> str | None:
+    """RAM-backed when the system has it."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
 
 
 def add_up(

@@ -361,7 +361,6 @@ class KeyHolderSession:
         if self._call is not None:
             self._call.cancel()
         self._thread.join(timeout=10)
-        self._keyholder.close()
 
     def _loop(self) -> None:
         while not self._stopped.is_set():

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import tenseal as ts
 
-from coordinator.gradient import GradientKernel, to_vector_bytes
+from coordinator.gradient import GradientKernel
 from coordinator.refresh import RefreshMasker
 from hefl import wire
 from hefl.algorithm import SigmoidPolynomial, l2_vector, label_term, nesterov_step
 from hefl.params import PARAMETER_SETS
 from hefl.v1 import hefl_pb2 as pb
-from parties.keyholder import MaskedOptimizer, ReplicatedEncryptor
+from parties.keyholder import MaskedOptimizer, WeightEncryptor
 
 
 def _blocks(context, data, slots):
@@ -49,7 +49,11 @@ def test_encrypted_gradient_sums_equal_plaintext(name):
     for _ in range(2):
         sums = kernel.gradient_sums(scaled, blocks, a=a, b=b)
         vectors = [
-            wire.deserialize(context, to_vector_bytes(s, size=params.slots), what="gradient")
+            wire.deserialize(
+                context,
+                wire.vector_bytes(s, size=params.slots, scale=s.scale),
+                what="gradient",
+            )
             for s in sums
         ]
         got = np.array([np.sum(v.decrypt()) for v in vectors])
@@ -70,6 +74,7 @@ def test_masked_refresh_rounds_follow_plaintext_nesterov(private_context):
     k = sigmoid.encrypted_form()[0]
     constant = rng.normal(size=columns) * 10
     masker = RefreshMasker(
+        context=private_context,
         columns=columns,
         slots=params.slots,
         mask_bits=params.mask_bits,
@@ -92,9 +97,7 @@ def test_masked_refresh_rounds_follow_plaintext_nesterov(private_context):
         velocity=velocity0.tolist(),
         slots=params.slots,
     )
-    optimizer = MaskedOptimizer(
-        private_context, setup, ReplicatedEncryptor(private_context, processes=1)
-    )
+    optimizer = MaskedOptimizer(private_context, setup, WeightEncryptor(private_context))
     w = np.zeros(columns)
     v = np.zeros(columns)
     for iteration in range(5):
@@ -102,13 +105,18 @@ def test_masked_refresh_rounds_follow_plaintext_nesterov(private_context):
         gradients = [ts.ckks_vector(private_context, row) for row in slot_values]
         masked = masker.mask_round(gradients, iteration)
         # What the key holder sees is far from the true sums.
-        seen = np.array([np.sum(g.decrypt()) for g in masked.masked_gradients])
+        seen = np.array(
+            [
+                np.sum(wire.deserialize(private_context, g, what="masked").decrypt())
+                for g in masked.masked_gradients
+            ]
+        )
         assert np.min(np.abs(seen - slot_values.sum(axis=1))) > 1e3
 
         fresh = optimizer.refresh(
             pb.RefreshTask(
                 iteration=iteration,
-                masked_gradients=[wire.serialize(g) for g in masked.masked_gradients],
+                masked_gradients=masked.masked_gradients,
                 weights_offset=masked.weights_offset.tolist(),
                 velocity_offset=masked.velocity_offset.tolist(),
             )
