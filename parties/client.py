@@ -73,6 +73,9 @@ class PartyResult:
     max_margin: float = 0.0
     margin_outside_fraction: float = 0.0
     timings_s: dict[str, float] = field(default_factory=dict)
+    # Wall-clock times (time.time()) of milestones, to line parties up with each other:
+    # "keygen" (key holder: key generation starts), "model" (the model is opened here).
+    clock: dict[str, float] = field(default_factory=dict)
     bytes: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -136,6 +139,7 @@ class Party:
     def run(self) -> None:
         timings = self.result.timings_s
         if self.config.key_holder:
+            self.result.clock["keygen"] = time.time()
             tick = time.perf_counter()
             private = get_parameter_set(self.config.parameter_set).make_context()
             timings["keygen"] = time.perf_counter() - tick
@@ -291,6 +295,7 @@ class Party:
         )
         if model["features"] != list(self.dataset.feature_names):
             raise ProtocolError("the delivered model is for other features")
+        self.result.clock["model"] = time.time()
         self.result.weights = model["weights"]
         self._check_margins(model)
         if self.config.model_out is not None:

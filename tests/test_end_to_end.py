@@ -65,6 +65,8 @@ def test_three_hospitals_match_plaintext_on_breast_cancer(three_hospitals):
     assert report["encrypted"]["iterations"] >= 1
     for key in ("total", "keygen", "encrypt", "upload", "train", "refresh"):
         assert report["timings_s"][key] >= 0.0
+    # The job proper fits in the whole run and contains the training.
+    assert report["timings_s"]["train"] < report["timings_s"]["job"] < report["timings_s"]["total"]
     assert report["bytes"]["upload"] > 0 and report["bytes"]["per_iteration"] > 0
     # Every party evaluated the same delivered model on its own held-out rows.
     assert all(a is not None and a > 0.8 for a in report["encrypted"]["party_accuracy"])
