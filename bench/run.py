@@ -160,14 +160,14 @@ def format_bench(report: dict[str, Any]) -> str:
         wall_s = "-" if wall is None else f"{wall:.2f} s"
         acc_s = "-" if acc is None else f"{acc:.4f}"
         auc_s = "-" if auc is None else f"{auc:.4f}"
-        return f"{name:<26}{wall_s:>11}  {per:<22}{acc_s:>8}{auc_s:>8}  {moved:<20}{rss}"
+        return f"{name:<26}{wall_s:>11}  {per:<30}{acc_s:>8}{auc_s:>8}  {moved:<24}{rss}"
 
     m = report["machine"]
     lines = [
         f"{report['rows']} training rows x {report['features']} features; "
         f"machine: {m['cpus']} CPUs, {m['memory_gb']} GB, {m['processor']}",
-        f"{'':<26}{'wall':>11}  {'per iteration/epoch':<22}{'acc':>8}{'AUC':>8}  "
-        f"{'bytes moved':<20}peak RSS",
+        f"{'':<26}{'wall':>11}  {'per iteration/epoch':<30}{'acc':>8}{'AUC':>8}  "
+        f"{'bytes moved':<24}peak RSS",
     ]
     sk = report["sklearn"]
     lines.append(row("(a) sklearn plaintext", sk["fit_s"], "-", sk["accuracy"], sk["auc"]))

@@ -44,7 +44,7 @@ def _init(address: str | None, num_cpus: int | None) -> None:
                 # A cluster that is still starting (see coordinator.local_ray) refuses at first.
                 if time.monotonic() > deadline:
                     raise
-                time.sleep(0.5)
+                time.sleep(0.1)
     else:
         log.info("starting a local Ray on 127.0.0.1")
         ray.init(
