@@ -123,23 +123,16 @@ def plaintext_baseline(train: Dataset, test: Dataset) -> dict[str, float]:
     }
 
 
-def _hefl_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "hefl.cli", *args]
-
-
-def simulate(config: SimulationConfig) -> dict[str, Any]:
-    """Run the whole simulation; returns the report (also written to ``config.report``)."""
-    workdir = config.workdir.resolve()
-    data_dir = workdir / "data"
-    logs = workdir / "logs"
-    for folder in (data_dir, logs):
-        folder.mkdir(parents=True, exist_ok=True)
+def write_party_data(
+    config: SimulationConfig, data_dir: Path, names: list[str]
+) -> tuple[Partition, str]:
+    """Split the dataset and write each party's training and held-out CSVs; returns the
+    partition and the label column's name."""
     dataset = load_dataset(config)
     parts = partition(dataset, config)
     test_shares = split_rows(
         parts.test.labels, parties=config.parties, kind="iid", seed=config.seed, min_rows=1
     )
-    names = [f"hospital-{i}" for i in range(config.parties)]
     for i, name in enumerate(names):
         write_csv(data_dir / f"{name}.csv", parts.train[i])
         held_out = parts.test
@@ -152,7 +145,21 @@ def simulate(config: SimulationConfig) -> dict[str, Any]:
                 held_out.label_name,
             ),
         )
-    baseline = plaintext_baseline(parts.train_union, parts.test)
+    return parts, dataset.label_name
+
+
+def _hefl_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hefl.cli", *args]
+
+
+def simulate(config: SimulationConfig) -> dict[str, Any]:
+    """Run the whole simulation; returns the report (also written to ``config.report``)."""
+    workdir = config.workdir.resolve()
+    data_dir = workdir / "data"
+    logs = workdir / "logs"
+    for folder in (data_dir, logs):
+        folder.mkdir(parents=True, exist_ok=True)
+    names = [f"hospital-{i}" for i in range(config.parties)]
     job_id = f"sim-{os.getpid()}-{int(time.time())}"
 
     started = time.perf_counter()
@@ -179,6 +186,9 @@ def simulate(config: SimulationConfig) -> dict[str, Any]:
     memory.add("coordinator", coordinator.pid)
     memory.start()
     try:
+        # The coordinator's Ray takes seconds to start: prepare the parties' data meanwhile.
+        parts, label_name = write_party_data(config, data_dir, names)
+        baseline = plaintext_baseline(parts.train_union, parts.test)
         address = _wait_for_file(ready, coordinator, logs / "coordinator.log")
         for i, name in enumerate(names):
             args = [
@@ -192,7 +202,7 @@ def simulate(config: SimulationConfig) -> dict[str, Any]:
                 "--data",
                 str(data_dir / f"{name}.csv"),
                 "--label",
-                dataset.label_name,
+                label_name,
                 "--test",
                 str(data_dir / f"{name}-test.csv"),
                 "--model-out",
