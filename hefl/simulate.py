@@ -379,7 +379,7 @@ class MemorySampler:
 
     ``coordinator`` is the coordinator process alone, ``worker`` the largest Ray worker holding
     shards (a local Ray's processes descend from the coordinator), ``party`` the largest party
-    with its helper processes, ``total`` everything at once. (``ru_maxrss`` would not do: Linux
+    with any children, ``total`` everything at once. (``ru_maxrss`` would not do: Linux
     keeps it across ``exec``, so a child would report its parent's peak.)
 
     Reading a process's memory is cheap; finding descendants means reading every process of the

@@ -8,7 +8,7 @@ from coordinator.gradient import GradientKernel
 from coordinator.refresh import RefreshMasker
 from hefl import wire
 from hefl.algorithm import SigmoidPolynomial, l2_vector, label_term, nesterov_step
-from hefl.params import PARAMETER_SETS
+from hefl.params import DEFAULT_PARAMETER_SET, PARAMETER_SETS
 from hefl.v1 import hefl_pb2 as pb
 from parties.keyholder import MaskedOptimizer, WeightEncryptor
 
@@ -143,6 +143,22 @@ def test_masked_refresh_rounds_follow_plaintext_nesterov(private_context):
         )
         np.testing.assert_allclose(got, w, atol=1e-3)
     np.testing.assert_allclose(optimizer.unmask_model(masker.model_mask), v, atol=1e-4)
+
+
+def test_fresh_weights_are_seeded_and_load_under_the_public_context(
+    private_context, public_context
+):
+    """The key holder's secret-key ciphertexts: half the bytes of public-key ones, usable by
+    workers that hold only the public context, and they decrypt to the value in every slot."""
+    slots = PARAMETER_SETS[DEFAULT_PARAMETER_SET].slots
+    (fresh,) = WeightEncryptor(private_context).encrypt([0.375])
+    (public,) = wire.encrypt_replicated(public_context, [0.375], slots)
+    assert len(fresh) < 0.6 * len(public)
+    vector = wire.deserialize(public_context, fresh, what="weights")
+    vector += vector  # computable without the secret key
+    values = np.array(vector.decrypt(private_context.secret_key()))
+    assert values.shape == (slots,)
+    np.testing.assert_allclose(values, 0.75, atol=1e-4)
 
 
 def test_label_term_matches_definition():
