@@ -17,9 +17,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 log = logging.getLogger("hefl.ray")
+
+# What `ray start` prints once the node is up (every Ray since 1.0).
+READY_MARKER = "Ray runtime started."
 
 
 def _free_port() -> int:
@@ -67,7 +71,8 @@ class LocalRayCluster:
         ]
         if num_cpus:
             command += ["--num-cpus", str(num_cpus)]
-        self._log = (self._temp / "ray-start.log").open("wb")
+        self._log_path = self._temp / "ray-start.log"
+        self._log = self._log_path.open("wb")
         self._process = subprocess.Popen(
             command, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -76,8 +81,28 @@ class LocalRayCluster:
     def check(self) -> None:
         """Raise if ``ray start`` has already exited."""
         if self._process.poll() is not None:
-            text = (self._temp / "ray-start.log").read_text(errors="replace")[-2000:]
+            text = self._log_path.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"local Ray exited with code {self._process.returncode}:\n{text}")
+
+    def wait_until_up(self, timeout_s: float = 120.0) -> None:
+        """Block until ``ray start`` reports the node up, so that joining cannot hang on a
+        cluster that died while starting (Ray's own client then retries for minutes).
+
+        Raises:
+            RuntimeError: ``ray start`` exited; the message ends with its log.
+            TimeoutError: Not up within ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.check()
+            if READY_MARKER in self._log_path.read_text(errors="replace"):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"local Ray at {self.address} not up after {timeout_s:.0f} s "
+                    f"(see {self._log_path})"
+                )
+            time.sleep(0.05)
 
     def stop(self) -> None:
         if self._process.poll() is None:

@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +37,20 @@ class CoordinatorConfig:
     ray_num_cpus: int | None = None
 
 
-def ray_pool_factory(config: CoordinatorConfig) -> PoolFactory:
+# Raises when the cluster cannot come up (see LocalRayCluster.wait_until_up).
+RayReadyCheck = Callable[[], None]
+
+
+def ray_pool_factory(
+    config: CoordinatorConfig, ray_ready: RayReadyCheck | None = None
+) -> PoolFactory:
     """Makes a job's workers, joining Ray first if :func:`join_ray_early` has not yet."""
 
     def make(
         context_bytes: bytes, parameter_set: str, job_root: str, layout: PackingLayout, columns: int
     ) -> ray_pool.WorkerPool:
+        if ray_ready is not None:
+            ray_ready()
         ray_pool.connect(config.ray_address, num_cpus=config.ray_num_cpus)
         workers = config.workers or ray_pool.cluster_cpus()
         return ray_pool.WorkerPool(
@@ -56,7 +65,9 @@ def ray_pool_factory(config: CoordinatorConfig) -> PoolFactory:
     return make
 
 
-def join_ray_early(config: CoordinatorConfig) -> threading.Thread:
+def join_ray_early(
+    config: CoordinatorConfig, ray_ready: RayReadyCheck | None = None
+) -> threading.Thread:
     """Join Ray in the background, before any job needs it.
 
     Joining takes seconds (a local cluster may still be starting), and Ray prestarts worker
@@ -68,6 +79,8 @@ def join_ray_early(config: CoordinatorConfig) -> threading.Thread:
     def join() -> None:
         started = time.perf_counter()
         try:
+            if ray_ready is not None:
+                ray_ready()
             ray_pool.connect(config.ray_address, num_cpus=config.ray_num_cpus)
         except Exception:
             log.warning("could not join Ray yet; retrying when a job needs it", exc_info=True)
@@ -94,7 +107,12 @@ def create_server(
     return server, port
 
 
-def serve(config: CoordinatorConfig, *, ready_file: Path | None = None) -> None:
+def serve(
+    config: CoordinatorConfig,
+    *,
+    ready_file: Path | None = None,
+    ray_ready: RayReadyCheck | None = None,
+) -> None:
     """Run until SIGTERM or SIGINT, then stop with a grace period.
 
     Args:
@@ -102,10 +120,12 @@ def serve(config: CoordinatorConfig, *, ready_file: Path | None = None) -> None:
             inside this process, which `hefl coordinator` avoids, see
             :class:`coordinator.local_ray.LocalRayCluster`).
         ready_file: Gets ``HOST:PORT`` once the server listens.
+        ray_ready: Called before joining Ray; raises if the cluster cannot come up, which then
+            fails the jobs that need it with the reason instead of leaving them waiting.
     """
     config.workdir.mkdir(parents=True, exist_ok=True)
-    join_ray_early(config)
-    factory = ray_pool_factory(config)
+    join_ray_early(config, ray_ready)
+    factory = ray_pool_factory(config, ray_ready)
     registry = Registry(config.workdir, factory)
     server, port = create_server(config.listen, registry)
     server.start()

@@ -113,7 +113,12 @@ def simulate(**kwargs: object) -> None:
     "--ray-address", default=None, help="e.g. auto or ray://host:10001; default: local Ray"
 )
 @click.option("--workers", type=int, default=0, help="Ray actors per job (0: one per CPU)")
-@click.option("--ray-num-cpus", type=int, default=None, help="CPUs of a locally started Ray")
+@click.option(
+    "--ray-num-cpus",
+    type=click.IntRange(min=1),
+    default=None,
+    help="CPUs of a locally started Ray",
+)
 @click.option(
     "--ready-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -144,7 +149,11 @@ def coordinator(
         ray_num_cpus=ray_num_cpus,
     )
     try:
-        serve(config, ready_file=ready_file)
+        serve(
+            config,
+            ready_file=ready_file,
+            ray_ready=local_ray.wait_until_up if local_ray is not None else None,
+        )
     finally:
         if local_ray is not None:
             local_ray.stop()
