@@ -214,8 +214,8 @@ def format_bench(report: dict[str, Any]) -> str:
         )
     if "hefl" in report:
         lines.append(
-            f"(d) wall {report['hefl']['total_s']:.1f} s = processes up and down + key generation "
-            f"to models delivered {report['hefl']['job_s']:.1f} s"
+            f"(d) wall {report['hefl']['total_s']:.1f} s = data preparation, processes up and "
+            f"down, and key generation to models delivered {report['hefl']['job_s']:.1f} s"
         )
     for name, value in report.get("ratios", {}).items():
         lines.append(f"ratio {name.replace('_', ' ')}: {value:.1f}x")

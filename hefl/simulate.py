@@ -283,7 +283,7 @@ def build_report(
     timings = {
         "total": total_s,
         # The job proper, as the parties see it: key generation to the last model delivered
-        # (the rest of "total" is starting and stopping processes).
+        # (the rest of "total" starts and stops processes and prepares the data).
         "job": max(r["clock"]["model"] for r in results) - key_holder["clock"]["keygen"],
         "keygen": key_holder["timings_s"].get("keygen", 0.0),
         "encrypt": max(r["timings_s"].get("encrypt", 0.0) for r in results),
