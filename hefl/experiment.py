@@ -156,6 +156,7 @@ def row_of(cell: Cell, report: dict[str, Any]) -> dict[str, Any]:
         "auc_gap": enc["auc"] - plain["auc"],
         "finite": bool(np.all(np.isfinite(enc["weights"]))),
         "total_s": report["timings_s"]["total"],
+        "job_s": report["timings_s"]["job"],
         "train_s": report["timings_s"]["train"],
         "iteration_s": enc["iteration_s"],
         "upload_bytes": report["bytes"]["upload"],

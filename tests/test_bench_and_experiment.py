@@ -64,6 +64,7 @@ def test_experiment_writes_rows_and_plots(tmp_path):
     assert [r["split"] for r in rows] == ["iid", "size-skew"]
     assert all(r["finite"] == "True" for r in rows)
     assert all(abs(float(r["accuracy_gap"])) < 0.1 for r in rows)
+    assert all(0 < float(r["train_s"]) < float(r["job_s"]) < float(r["total_s"]) for r in rows)
     for plot in ("accuracy.png", "loss.png"):
         assert (tmp_path / "out" / plot).stat().st_size > 5000
     assert "synthetic:500x4" in out
