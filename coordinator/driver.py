@@ -78,12 +78,7 @@ class JobDriver:
                 pool.shutdown()
 
     def _sum(self, paths: list[Path], what: str) -> ts.CKKSVector:
-        total = None
-        for path in paths:
-            vector = wire.deserialize(self._job.context, path.read_bytes(), what=what)
-            total = vector if total is None else total + vector
-        assert total is not None
-        return total
+        return wire.add_vectors(self._job.context, (p.read_bytes() for p in paths), what=what)
 
     def _publish_standardization(self) -> None:
         job = self._job

@@ -63,14 +63,7 @@ def cluster_cpus() -> int:
 def assign_blocks(layout: PackingLayout, workers: int) -> list[list[BlockSource]]:
     """Contiguous, balanced runs of blocks per worker; never an empty worker."""
     blocks = all_blocks(layout)
-    workers = max(1, min(workers, len(blocks)))
-    share, extra = divmod(len(blocks), workers)
-    runs, start = [], 0
-    for i in range(workers):
-        stop = start + share + (1 if i < extra else 0)
-        runs.append(blocks[start:stop])
-        start = stop
-    return runs
+    return [blocks[lo:hi] for lo, hi in balanced_ranges(len(blocks), workers)]
 
 
 def all_blocks(layout: PackingLayout) -> list[BlockSource]:
@@ -80,12 +73,13 @@ def all_blocks(layout: PackingLayout) -> list[BlockSource]:
     ]
 
 
-def split_columns(columns: int, workers: int) -> list[tuple[int, int]]:
-    """Contiguous, balanced column ranges."""
-    workers = max(1, min(workers, columns))
-    share, extra = divmod(columns, workers)
+def balanced_ranges(count: int, parts: int) -> list[tuple[int, int]]:
+    """[lo, hi) ranges cutting ``count`` items into at most ``parts`` contiguous runs whose
+    sizes differ by at most one; never an empty run (``count`` >= 1)."""
+    parts = max(1, min(parts, count))
+    share, extra = divmod(count, parts)
     ranges, start = [], 0
-    for i in range(workers):
+    for i in range(parts):
         stop = start + share + (1 if i < extra else 0)
         ranges.append((start, stop))
         start = stop
@@ -122,7 +116,7 @@ class WorkerPool:
         if layout.n_blocks >= workers:
             runs = assign_blocks(layout, workers)
         else:
-            self._column_ranges = split_columns(columns, workers)
+            self._column_ranges = balanced_ranges(columns, workers)
             runs = [all_blocks(layout)] * len(self._column_ranges)
         # Ray's actor handles are dynamically typed.
         self._actors: list[Any] = [

@@ -71,12 +71,13 @@ class ShardWorker:
         return len(self._loaded)
 
     def _read_column(self, source: BlockSource, column: int) -> Ciphertext:
-        total = None
-        for party in source.parties:
-            path = self._store.column_path(party, source.block, column)
-            vector = wire.deserialize(self._context, path.read_bytes(), what=str(path))
-            total = vector if total is None else total + vector
-        assert total is not None
+        """One column of a block: the sum of the parties' contributions to it."""
+        paths = [self._store.column_path(party, source.block, column) for party in source.parties]
+        total = wire.add_vectors(
+            self._context,
+            (path.read_bytes() for path in paths),
+            what=f"column {column} of block {source.block}",
+        )
         return self._kernel.open(total)
 
     @property

@@ -54,6 +54,30 @@ def _training_options(function):  # type: ignore[no-untyped-def]
     return function
 
 
+def _dataset_options(function):  # type: ignore[no-untyped-def]
+    """Where the rows come from (simulate and bench)."""
+    for option in reversed(
+        [
+            click.option(
+                "--dataset",
+                type=click.Choice(["breast-cancer", "wine", "digits", "iris"]),
+                default="breast-cancer",
+            ),
+            click.option(
+                "--data",
+                type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                help="a CSV instead of a built-in dataset",
+            ),
+            click.option("--label", default="label", help="label column of --data"),
+            click.option(
+                "--synthetic", metavar="ROWSxCOLS", help="sklearn make_classification, fixed seed"
+            ),
+        ]
+    ):
+        function = option(function)
+    return function
+
+
 @click.group(context_settings={"auto_envvar_prefix": "HEFL", "show_default": True})
 @click.option("-v", "--verbose", is_flag=True, help="debug logging")
 def main(verbose: bool) -> None:
@@ -63,18 +87,7 @@ def main(verbose: bool) -> None:
 
 @main.command()
 @click.option("--parties", type=int, default=3, help="simulated hospitals")
-@click.option(
-    "--dataset",
-    type=click.Choice(["breast-cancer", "wine", "digits", "iris"]),
-    default="breast-cancer",
-)
-@click.option(
-    "--data",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="a CSV instead of a built-in dataset",
-)
-@click.option("--label", default="label", help="label column of --data")
-@click.option("--synthetic", metavar="ROWSxCOLS", help="sklearn make_classification data")
+@_dataset_options
 @click.option("--split", type=click.Choice(SPLITS), default="iid")
 @click.option("--alpha", type=float, default=0.5, help="Dirichlet alpha of skewed splits")
 @click.option("--seed", type=int, default=0)
@@ -196,14 +209,7 @@ def party(
 
 
 @main.command()
-@click.option(
-    "--dataset",
-    type=click.Choice(["breast-cancer", "wine", "digits", "iris"]),
-    default="breast-cancer",
-)
-@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--label", default="label")
-@click.option("--synthetic", metavar="ROWSxCOLS", help="sklearn make_classification, fixed seed")
+@_dataset_options
 @click.option("--parties", type=int, default=3)
 @click.option("--workers", type=int, default=0, help="Ray actors (0: one per CPU)")
 @click.option("--seed", type=int, default=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import tempfile
@@ -122,6 +123,7 @@ def vector_bytes(ciphertext: SealSaveable, *, size: int, scale: float) -> bytes:
     )  # fmt: skip
 
 
+@functools.cache
 def _scratch_dir() -> str | None:
     """RAM-backed when the system has it."""
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
@@ -138,15 +140,25 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
+def add_vectors(context: ts.Context, serialized: Iterable[bytes], *, what: str) -> ts.CKKSVector:
+    """The sum of serialized vectors (at least one)."""
+    total = None
+    for data in serialized:
+        vector = deserialize(context, data, what=what)
+        if total is None:
+            total = vector
+        else:
+            total += vector
+    if total is None:
+        raise ValueError(f"no {what} to add up")
+    return total
+
+
 def add_up(
     context: ts.Context, per_source: Sequence[Sequence[bytes]], *, what: str
 ) -> list[ts.CKKSVector]:
     """Element-wise sum of equally long lists of serialized vectors (one list per source)."""
-    totals = [deserialize(context, data, what=what) for data in per_source[0]]
-    for source in per_source[1:]:
-        for total, data in zip(totals, source, strict=True):
-            total += deserialize(context, data, what=what)
-    return totals
+    return [add_vectors(context, column, what=what) for column in zip(*per_source, strict=True)]
 
 
 def encrypt_replicated(context: ts.Context, values: Sequence[float], slots: int) -> list[bytes]:
