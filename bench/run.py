@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from hefl.algorithm import add_bias, choose_hyperparameters, decision_function, train_replica
+from hefl.codec import AggregateStats, stats_vector
 from hefl.simulate import SimulationConfig, load_dataset, partition, plaintext_baseline, simulate
 
 log = logging.getLogger("hefl.bench")
@@ -65,13 +66,11 @@ def run_bench(
 
     report["sklearn"] = plaintext_baseline(train, test)
 
-    mean, std = train.features.mean(axis=0), train.features.std(axis=0)
-    std[std < 1e-8] = 1.0
-    x_train = add_bias((train.features - mean) / std)
-    x_test = (test.features - mean) / std
+    stats = AggregateStats.from_sums(stats_vector(train.features), train.features.shape[1])
+    x_train = add_bias((train.features - stats.mean) / stats.std)
+    x_test = (test.features - stats.mean) / stats.std
     hyper = choose_hyperparameters(
-        n_rows=train.rows,
-        n_features=x_test.shape[1],
+        curvature=stats.curvature,
         iterations=config.iterations,
         learning_rate=config.learning_rate,
         l2=config.l2,

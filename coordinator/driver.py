@@ -24,7 +24,7 @@ from coordinator.jobs import Job, ShuttingDown
 from coordinator.training import GradientPool, TrainingInputs, train
 from hefl import wire
 from hefl.algorithm import choose_hyperparameters
-from hefl.codec import PackingLayout, unpack_stats
+from hefl.codec import AggregateStats, PackingLayout, piece_sizes, stats_length
 from hefl.errors import InvalidArgument
 from hefl.v1 import hefl_pb2 as pb
 
@@ -82,26 +82,30 @@ class JobDriver:
 
     def _publish_standardization(self) -> None:
         job = self._job
-        total = self._sum([job.store.stats_path(name) for name in job.parties], "statistics")
+        pieces = len(piece_sizes(stats_length(len(job.features)), job.params.slots))
+        totals = [
+            self._sum([job.store.stats_path(name, piece) for name in job.parties], "statistics")
+            for piece in range(pieces)
+        ]
         result = job.link.call(
             pb.KeyHolderTask(
                 decrypt_stats=pb.DecryptStatsTask(
-                    ciphertext=wire.serialize(total), length=1 + 2 * len(job.features)
+                    ciphertexts=[wire.serialize(total) for total in totals],
+                    features=len(job.features),
                 )
             ),
             timeout_s=KEY_HOLDER_TIMEOUT_S,
         )
-        count, mean, std = unpack_stats(result.values.values, len(job.features))
+        stats = AggregateStats.from_values(result.values.values, len(job.features))
         party_rows = [(p.name, p.rows) for p in job.parties.values()]
         declared = sum(rows for _, rows in party_rows)
-        if declared != count:
+        if declared != stats.count:
             raise InvalidArgument(
                 f"job {job.job_id}: parties declare {declared} rows but their encrypted "
-                f"statistics count {count}"
+                f"statistics count {stats.count}"
             )
         hyper = choose_hyperparameters(
-            n_rows=count,
-            n_features=len(job.features),
+            curvature=stats.curvature,
             iterations=job.options.iterations,
             learning_rate=job.options.learning_rate,
             l2=job.options.l2,
@@ -109,13 +113,22 @@ class JobDriver:
         )
         layout = PackingLayout.assign(slots=job.params.slots, party_rows=party_rows)
         job.publish(
-            standardization=pb.Standardization(count=count, mean=mean, std=std),
+            standardization=pb.Standardization(
+                count=stats.count, mean=stats.mean, std=stats.std, curvature=stats.curvature
+            ),
             options=wire.training_options(
                 hyper, reveal_intermediate=job.options.reveal_intermediate
             ),
             layout=layout,
         )
-        log.info("job %s: %d rows, %d blocks", job.job_id, count, layout.n_blocks)
+        log.info(
+            "job %s: %d rows, %d blocks, curvature %.1f, step %.3g",
+            job.job_id,
+            stats.count,
+            layout.n_blocks,
+            stats.curvature,
+            hyper.learning_rate,
+        )
 
     def _make_pool(self) -> GradientPool:
         job = self._job
@@ -172,6 +185,7 @@ class JobDriver:
                 "worker_peak_rss_mb": pool.peak_rss_mb(),
                 "intermediate_models": report.intermediate_models,
                 "hyperparameters": asdict(hyper),
+                "curvature": job.standardization.curvature,
             },
         )
         log.info("job %s done in %.1f s of training", job.job_id, report.train_s)

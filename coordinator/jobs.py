@@ -3,8 +3,9 @@
 Phases: WAITING_FOR_PARTIES -> COLLECTING_STATS -> UPLOADING -> TRAINING -> DONE (or FAILED).
 
 - Parties join until ``expected_parties`` have; each submits an encrypted statistics vector.
-- The driver (:mod:`coordinator.driver`) sums the statistics, has the key holder decrypt the *aggregate* only, publishes
-  (count, mean, std) and the packing layout, and opens uploads.
+- The driver (:mod:`coordinator.driver`) sums the statistics, has the key holder decrypt the
+  *aggregate* only and answer with its summary (count, mean, std, curvature), publishes that
+  and the packing layout, and opens uploads.
 - Parties upload their packed columns; every ciphertext is checked and written to the job
   directory before it is acknowledged.
 - With every upload complete and the key holder connected, the driver trains, then asks the
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import tenseal as ts
 from coordinator.keyholder_link import KeyHolderLink
 from coordinator.store import JobStore, atomic_write, check_name
 from hefl import wire
-from hefl.codec import PackingLayout
+from hefl.codec import PackingLayout, piece_sizes, stats_length
 from hefl.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from hefl.params import CkksParameters, check_public_context, get_parameter_set
 from hefl.v1 import hefl_pb2 as pb
@@ -175,7 +176,7 @@ class Job:
                 self.phase = pb.COLLECTING_STATS
             self._changed()
 
-    def submit_stats(self, party: str, ciphertext: bytes, rows: int) -> None:
+    def submit_stats(self, party: str, ciphertexts: Sequence[bytes], rows: int) -> None:
         with self._cond:
             state = self._party(party)
             if self.phase not in (pb.WAITING_FOR_PARTIES, pb.COLLECTING_STATS):
@@ -186,16 +187,23 @@ class Job:
                 raise AlreadyExists(
                     f"party {party!r} already submitted statistics to {self.job_id}"
                 )
-        vector = wire.deserialize(self.context, ciphertext, what=f"statistics of party {party!r}")
-        expected = 1 + 2 * len(self.features)
-        if vector.size() != expected:
+        expected = piece_sizes(stats_length(len(self.features)), self.params.slots)
+        sizes = [
+            wire.deserialize(
+                self.context, ciphertext, what=f"statistics of party {party!r} (piece {i})"
+            ).size()
+            for i, ciphertext in enumerate(ciphertexts)
+        ]
+        if sizes != expected:
             raise InvalidArgument(
-                f"statistics of party {party!r} have {vector.size()} values, expected {expected} "
-                "(count, sums, sums of squares)"
+                f"statistics of party {party!r} come in pieces of {sizes} values, expected "
+                f"{expected} (count, sums, sums of pairwise products of "
+                f"{len(self.features)} features)"
             )
         if rows <= 0:
             raise InvalidArgument(f"party {party!r} declares {rows} rows")
-        atomic_write(self.store.stats_path(party), ciphertext)
+        for piece, ciphertext in enumerate(ciphertexts):
+            atomic_write(self.store.stats_path(party, piece), ciphertext)
         with self._cond:
             state.stats = True
             state.rows = rows
@@ -380,6 +388,7 @@ class Job:
                 "count": self.standardization.count,
                 "mean": list(self.standardization.mean),
                 "std": list(self.standardization.std),
+                "curvature": self.standardization.curvature,
             },
             "layout_slots": None if self.layout is None else self.layout.slots,
         }

@@ -105,7 +105,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     @domain_errors
     def SubmitStats(self, request: pb.SubmitStatsRequest, context: Any) -> pb.Ack:
         job = self._registry.get(request.job_id)
-        job.submit_stats(request.party, request.ciphertext, request.rows)
+        job.submit_stats(request.party, request.ciphertexts, request.rows)
         return pb.Ack(message=f"statistics of {request.party} accepted")
 
     @domain_errors

@@ -4,7 +4,7 @@ Layout under ``<workdir>/jobs/<job_id>/``::
 
     job.json                      job state (phase, parties, options, standardization, layout)
     context.bin                   the public context
-    stats/<party>.bin             encrypted statistics vector
+    stats/<party>/<piece>.bin     encrypted statistics
     columns/<party>/<b>-<j>.bin   encrypted column j of block b, this party's rows only
     label_terms/<party>.bin       encrypted label term
     models/<party>.bin            the sealed model (a serialized SealedModel)
@@ -64,8 +64,8 @@ class JobStore:
     def context_path(self) -> Path:
         return self.root / "context.bin"
 
-    def stats_path(self, party: str) -> Path:
-        return self.root / "stats" / f"{party}.bin"
+    def stats_path(self, party: str, piece: int) -> Path:
+        return self.root / "stats" / party / f"{piece}.bin"
 
     def column_path(self, party: str, block: int, column: int) -> Path:
         return self.root / "columns" / party / f"{block}-{column}.bin"

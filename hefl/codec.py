@@ -96,21 +96,91 @@ class PackingLayout:
 
 
 def stats_vector(features: Array) -> Array:
-    """(count, sum of each feature, sum of squares of each feature) of a party's rows."""
-    return np.concatenate([[features.shape[0]], features.sum(axis=0), (features**2).sum(axis=0)])
+    """A party's (count, per-feature sums, sums of pairwise products) as one flat vector.
 
-
-def unpack_stats(values: Sequence[float], n_features: int) -> tuple[int, Array, Array]:
-    """Aggregate (count, mean, std) from a summed :func:`stats_vector`.
-
-    Constant features get std 1 so standardizing leaves them at zero instead of dividing by 0.
+    The products are the upper triangle, row by row and diagonal included, of
+    ``sum_i x_i x_i^T``: the diagonal holds the sums of squares. Summed over the parties this is
+    all the job needs to standardize the features and to bound the loss curvature
+    (:meth:`AggregateStats.from_sums`).
     """
-    totals = np.asarray(values, dtype=np.float64)
-    count = int(round(totals[0]))
-    if count <= 0:
-        raise InvalidArgument(f"aggregate row count is {count}")
-    mean = totals[1 : 1 + n_features] / count
-    variance = totals[1 + n_features : 1 + 2 * n_features] / count - mean**2
-    std = np.sqrt(np.clip(variance, 0.0, None))
-    std[std < 1e-8 * np.maximum(1.0, np.abs(mean))] = 1.0
-    return count, mean, std
+    upper = np.triu_indices(features.shape[1])
+    return np.concatenate(
+        [[features.shape[0]], features.sum(axis=0), (features.T @ features)[upper]]
+    )
+
+
+def stats_length(n_features: int) -> int:
+    return 1 + n_features + n_features * (n_features + 1) // 2
+
+
+def piece_sizes(length: int, slots: int) -> list[int]:
+    """Sizes of the ciphertexts a vector of ``length`` values is encrypted in."""
+    return [min(slots, length - start) for start in range(0, length, slots)]
+
+
+def split_vector(values: Array, slots: int) -> list[Array]:
+    """Cut a long vector into :func:`piece_sizes` pieces, one ciphertext each."""
+    return np.split(values, np.cumsum(piece_sizes(len(values), slots))[:-1])
+
+
+@dataclass(frozen=True)
+class AggregateStats:
+    """What the job learns from the parties' summed statistics: all that leaves the key holder.
+
+    Attributes:
+        count: Rows over all parties.
+        mean, std: Per feature, over all rows. Constant features get std 1, so standardizing
+            leaves them at zero instead of dividing by 0.
+        curvature: Largest eigenvalue of the second-moment matrix of the standardized features
+            with the bias column: the largest eigenvalue of the features' correlation matrix, or
+            1 (the bias column) if that is smaller. The logistic loss's Hessian is at most
+            ``sigmoid slope x curvature``, which bounds a safe step size
+            (:func:`hefl.algorithm.choose_hyperparameters`).
+    """
+
+    count: int
+    mean: Array
+    std: Array
+    curvature: float
+
+    @classmethod
+    def from_sums(cls, values: Sequence[float] | Array, n_features: int) -> AggregateStats:
+        """Summarize a summed :func:`stats_vector` (the key holder does, after decrypting)."""
+        totals = np.asarray(values, dtype=np.float64)
+        if len(totals) != stats_length(n_features):
+            raise InvalidArgument(
+                f"{len(totals)} statistics for {n_features} features, expected "
+                f"{stats_length(n_features)}"
+            )
+        count = int(round(totals[0]))
+        if count <= 0:
+            raise InvalidArgument(f"aggregate row count is {count}")
+        mean = totals[1 : 1 + n_features] / count
+        products = np.zeros((n_features, n_features))
+        products[np.triu_indices(n_features)] = totals[1 + n_features :]
+        products = products + np.triu(products, 1).T
+        covariance = products / count - np.outer(mean, mean)
+        std = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
+        std[std < 1e-8 * np.maximum(1.0, np.abs(mean))] = 1.0
+        correlation = covariance / np.outer(std, std)
+        curvature = max(1.0, float(np.linalg.eigvalsh(correlation)[-1])) if n_features else 1.0
+        return cls(count=count, mean=mean, std=std, curvature=curvature)
+
+    def to_values(self) -> list[float]:
+        return [float(self.count), *self.mean, *self.std, self.curvature]
+
+    @classmethod
+    def from_values(cls, values: Sequence[float], n_features: int) -> AggregateStats:
+        """Inverse of :meth:`to_values`."""
+        if len(values) != 2 + 2 * n_features:
+            raise InvalidArgument(
+                f"{len(values)} aggregate values for {n_features} features, expected "
+                f"{2 + 2 * n_features}"
+            )
+        array = np.asarray(values, dtype=np.float64)
+        return cls(
+            count=int(round(array[0])),
+            mean=array[1 : 1 + n_features],
+            std=array[1 + n_features : 1 + 2 * n_features],
+            curvature=float(array[-1]),
+        )

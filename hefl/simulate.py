@@ -312,6 +312,7 @@ def build_report(
             "max_margin": max(r["max_margin"] for r in results),
             "margin_outside_fraction": max(r["margin_outside_fraction"] for r in results),
             "hyperparameters": job_report["hyperparameters"],
+            "curvature": job_report["curvature"],
             "weights": model["weights"],
         },
         "timings_s": timings,

@@ -22,7 +22,7 @@ import tenseal as ts
 
 from hefl import wire
 from hefl.algorithm import add_bias, check_margins, decision_function, label_term
-from hefl.codec import PackingLayout, stats_vector
+from hefl.codec import PackingLayout, split_vector, stats_vector
 from hefl.errors import HeflError, ProtocolError
 from hefl.params import DEFAULT_PARAMETER_SET, check_public_context, get_parameter_set
 from hefl.v1 import hefl_pb2 as pb
@@ -159,7 +159,7 @@ class Party:
         self.result.job_id = info.job_id
         log.info("party %s in job %s", self.config.name, info.job_id)
         try:
-            self._submit_stats(info.job_id, context)
+            self._submit_stats(info, context)
             status = self._wait(info.job_id, {pb.UPLOADING})
             self._upload(info.job_id, context, status)
             tick = time.perf_counter()
@@ -221,13 +221,14 @@ class Party:
         self.result.bytes["context"] = len(data)
         return context
 
-    def _submit_stats(self, job_id: str, context: ts.Context) -> None:
-        vector = ts.ckks_vector(context, stats_vector(self.dataset.features))
+    def _submit_stats(self, info: pb.JobInfo, context: ts.Context) -> None:
+        slots = get_parameter_set(info.parameter_set).slots
+        pieces = split_vector(stats_vector(self.dataset.features), slots)
         self.stub.SubmitStats(
             pb.SubmitStatsRequest(
-                job_id=job_id,
+                job_id=info.job_id,
                 party=self.config.name,
-                ciphertext=wire.serialize(vector),
+                ciphertexts=[wire.serialize(ts.ckks_vector(context, piece)) for piece in pieces],
                 rows=self.dataset.rows,
             ),
             timeout=CALL_TIMEOUT_S,

@@ -17,6 +17,7 @@ import tenseal.sealapi as sealapi
 
 from hefl import wire
 from hefl.algorithm import SigmoidPolynomial, nesterov_step
+from hefl.codec import AggregateStats
 from hefl.errors import ProtocolError
 from hefl.v1 import hefl_pb2 as pb
 from parties.sealing import seal
@@ -147,9 +148,7 @@ class KeyHolder:
         kind = task.WhichOneof("task")
         log.debug("key holder task %s", kind)
         if kind == "decrypt_stats":
-            vector = wire.deserialize(self._context, task.decrypt_stats.ciphertext, what="stats")
-            values = vector.decrypt()[: task.decrypt_stats.length]
-            return pb.KeyHolderResult(values=pb.Values(values=values))
+            return pb.KeyHolderResult(values=pb.Values(values=self._summarize(task.decrypt_stats)))
         if kind == "setup":
             self._optimizer = MaskedOptimizer(self._context, task.setup, self._encryptor)
             return pb.KeyHolderResult(values=pb.Values())
@@ -164,6 +163,15 @@ class KeyHolder:
         if kind == "finalize":
             return pb.KeyHolderResult(sealed=self._finalize(optimizer, task.finalize))
         raise ProtocolError(f"unknown key holder task {kind!r}")
+
+    def _summarize(self, task: pb.DecryptStatsTask) -> list[float]:
+        """Decrypt the parties' summed statistics; only their summary leaves this process."""
+        sums = [
+            value
+            for ciphertext in task.ciphertexts
+            for value in wire.deserialize(self._context, ciphertext, what="statistics").decrypt()
+        ]
+        return AggregateStats.from_sums(sums, task.features).to_values()
 
     def _require_optimizer(self, kind: str | None) -> MaskedOptimizer:
         if self._optimizer is None:

@@ -43,8 +43,12 @@ def create_job(
 def stats_request(
     context: ts.Context, job_id: str, party: str, rows: int = 5, columns: int = 3
 ) -> pb.SubmitStatsRequest:
-    features = np.arange(rows * columns, dtype=float).reshape(rows, columns)
-    vector = ts.ckks_vector(context, stats_vector(features))
+    vector = ts.ckks_vector(context, stats_vector(party_features(rows, columns)))
     return pb.SubmitStatsRequest(
-        job_id=job_id, party=party, ciphertext=wire.serialize(vector), rows=rows
+        job_id=job_id, party=party, ciphertexts=[wire.serialize(vector)], rows=rows
     )
+
+
+def party_features(rows: int, columns: int) -> np.ndarray:
+    """The rows :func:`stats_request` summarizes (perfectly correlated columns)."""
+    return np.arange(rows * columns, dtype=float).reshape(rows, columns)

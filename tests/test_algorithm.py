@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
@@ -14,6 +16,7 @@ from hefl.algorithm import (
     nesterov_step,
     train_replica,
 )
+from hefl.codec import AggregateStats, stats_vector
 
 
 @pytest.mark.parametrize("interval", [8.0, 16.0, 24.0])
@@ -51,21 +54,29 @@ def test_nesterov_step_is_linear_so_masks_can_be_tracked_separately():
         np.testing.assert_allclose(got - mask, want, atol=1e-6)
 
 
-def test_replica_matches_sklearn_on_breast_cancer():
+@pytest.mark.parametrize("copies", [1, 2])
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the fixed step's overflow
+def test_replica_matches_sklearn_on_breast_cancer(copies):
+    """Also with every feature twice: the correlation doubles the curvature, where a fixed
+    step 1.0 diverges; the step chosen from the curvature does not."""
     data = load_breast_cancer()
+    features = np.hstack([data.data] * copies)
     accuracies, baseline = [], []
     for seed in range(3):
         x_train, x_test, y_train, y_test = train_test_split(
-            data.data, data.target, test_size=0.2, stratify=data.target, random_state=seed
+            features, data.target, test_size=0.2, stratify=data.target, random_state=seed
         )
-        mean, std = x_train.mean(axis=0), x_train.std(axis=0)
-        x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
-        hyper = choose_hyperparameters(n_rows=len(x_train), n_features=x_train.shape[1])
+        stats = AggregateStats.from_sums(stats_vector(x_train), x_train.shape[1])
+        x_train, x_test = (x_train - stats.mean) / stats.std, (x_test - stats.mean) / stats.std
+        hyper = choose_hyperparameters(curvature=stats.curvature)
         result = train_replica(add_bias(x_train), y_train.astype(float), hyper)
         accuracies.append(np.mean((decision_function(result.weights, x_test) > 0) == y_test))
         baseline.append(LogisticRegression().fit(x_train, y_train).score(x_test, y_test))
         assert all(np.isfinite(result.losses))
         assert result.losses[-1] < result.losses[0]
+        if copies > 1:
+            fixed_step = replace(hyper, learning_rate=1.0)
+            assert train_replica(add_bias(x_train), y_train, fixed_step).max_margin > 1e6
     assert np.mean(accuracies) >= np.mean(baseline) - 0.01
 
 

@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 import tenseal as ts
 
-from hefl.codec import PackingLayout, stats_vector, unpack_stats
+from hefl.codec import (
+    AggregateStats,
+    PackingLayout,
+    piece_sizes,
+    split_vector,
+    stats_length,
+    stats_vector,
+)
 from hefl.errors import InvalidArgument
 from hefl.params import PARAMETER_SETS
 
@@ -44,22 +51,42 @@ def test_pack_rejects_wrong_row_count():
         list(layout.pack("a", np.zeros((4, 2))))
 
 
-def test_stats_aggregate_to_global_mean_and_std():
+def test_stats_aggregate_to_global_mean_std_and_curvature():
     rng = np.random.default_rng(1)
     parts = [rng.normal(3.0, 2.0, size=(n, 4)) for n in (10, 20, 7)]
+    for part in parts:
+        part[:, 3] = part[:, 0] * 2.0 + rng.normal(0.0, 0.1, size=len(part))
     total = sum(stats_vector(p) for p in parts)
 
-    count, mean, std = unpack_stats(total, 4)
+    stats = AggregateStats.from_sums(total, 4)
 
     union = np.vstack(parts)
-    assert count == 37
-    np.testing.assert_allclose(mean, union.mean(axis=0))
-    np.testing.assert_allclose(std, union.std(axis=0))
+    assert stats.count == 37
+    np.testing.assert_allclose(stats.mean, union.mean(axis=0))
+    np.testing.assert_allclose(stats.std, union.std(axis=0))
+    correlation = np.corrcoef(union, rowvar=False)
+    assert stats.curvature == pytest.approx(np.linalg.eigvalsh(correlation)[-1])
+    assert AggregateStats.from_values(stats.to_values(), 4).to_values() == stats.to_values()
 
 
-def test_constant_feature_gets_unit_std():
-    _, _, std = unpack_stats(stats_vector(np.ones((5, 1)) * 7.0), 1)
-    assert std[0] == 1.0
+def test_constant_feature_gets_unit_std_and_uncorrelated_data_curvature_one():
+    stats = AggregateStats.from_sums(stats_vector(np.ones((5, 1)) * 7.0), 1)
+    assert stats.std[0] == 1.0
+    assert stats.curvature == 1.0
+
+
+def test_statistics_of_wide_data_are_cut_into_ciphertext_pieces():
+    vector = stats_vector(np.ones((3, 100)))
+    pieces = split_vector(vector, 4096)
+
+    assert len(vector) == stats_length(100) == 5151
+    assert [len(p) for p in pieces] == piece_sizes(5151, 4096) == [4096, 1055]
+    np.testing.assert_array_equal(np.concatenate(pieces), vector)
+
+
+def test_statistics_of_the_wrong_length_are_refused():
+    with pytest.raises(InvalidArgument, match="expected 10"):
+        AggregateStats.from_sums(stats_vector(np.ones((3, 2))), 3)
 
 
 @pytest.mark.parametrize("name", sorted(PARAMETER_SETS))

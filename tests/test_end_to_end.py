@@ -12,15 +12,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 import tenseal as ts
 
 from coordinator.registry import Registry
 from coordinator.server import CoordinatorConfig, create_server, ray_pool_factory
 from hefl import wire
+from hefl.algorithm import add_bias, choose_hyperparameters, train_replica
+from hefl.codec import AggregateStats, stats_vector
+from hefl.simulate import SimulationConfig, load_dataset, partition
 from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
 
@@ -70,6 +75,21 @@ def test_three_hospitals_match_plaintext_on_breast_cancer(three_hospitals):
     assert report["bytes"]["upload"] > 0 and report["bytes"]["per_iteration"] > 0
     # Every party evaluated the same delivered model on its own held-out rows.
     assert all(a is not None and a > 0.8 for a in report["encrypted"]["party_accuracy"])
+
+
+def test_encrypted_model_is_the_plaintext_replica(three_hospitals):
+    """Same statistics, step size and weights as hefl's algorithm replayed in float64."""
+    _, report = three_hospitals
+    config = SimulationConfig(parties=3, seed=0)
+    train = partition(load_dataset(config), config).train_union
+    stats = AggregateStats.from_sums(stats_vector(train.features), train.features.shape[1])
+    encrypted = report["encrypted"]
+    assert encrypted["curvature"] == pytest.approx(stats.curvature, rel=1e-4)
+    hyper = choose_hyperparameters(curvature=stats.curvature)
+    assert asdict(hyper) == pytest.approx(encrypted["hyperparameters"], rel=1e-4)
+    features = add_bias((train.features - stats.mean) / stats.std)
+    replica = train_replica(features, train.labels, hyper)
+    np.testing.assert_allclose(encrypted["weights"], replica.weights, atol=5e-3)
 
 
 def test_nothing_the_coordinator_stored_can_decrypt(three_hospitals):

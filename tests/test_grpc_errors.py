@@ -16,7 +16,7 @@ from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
 from parties.client import KeyHolderSession
 from parties.keyholder import KeyHolder
-from tests.helpers import FEATURES, create_job, hello, stats_request
+from tests.helpers import FEATURES, create_job, hello, party_features, stats_request
 
 
 def _code(call) -> tuple[grpc.StatusCode, str]:
@@ -97,7 +97,7 @@ def test_unknown_job(job):
 
 
 def test_undeserializable_and_foreign_ciphertexts(job):
-    bad = pb.SubmitStatsRequest(job_id="job-1", party="kh", ciphertext=b"\x00garbage", rows=3)
+    bad = pb.SubmitStatsRequest(job_id="job-1", party="kh", ciphertexts=[b"\x00garbage"], rows=3)
     code, details = _code(lambda: job.stub.SubmitStats(bad))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "statistics of party 'kh'" in details
@@ -114,11 +114,11 @@ def test_statistics_of_wrong_length(job, public_context):
         lambda: job.stub.SubmitStats(stats_request(public_context, "job-1", "kh", columns=2))
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "expected 7" in details
+    assert "pieces of [6] values, expected [10]" in details
 
 
 def test_message_over_the_size_limit(job):
-    huge = pb.SubmitStatsRequest(job_id="job-1", party="kh", ciphertext=b"x" * (5 * 1024 * 1024))
+    huge = pb.SubmitStatsRequest(job_id="job-1", party="kh", ciphertexts=[b"x" * (5 * 1024 * 1024)])
     channel = grpc.insecure_channel(job.address)  # client side without our send limit
     stub = pb_grpc.CoordinatorStub(channel)
     code, details = _code(lambda: stub.SubmitStats(huge))
@@ -194,6 +194,21 @@ def test_feature_names_are_checked_at_creation(coordinator, public_context_bytes
     code, details = _code(lambda: coordinator.stub.CreateJob(request))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "duplicate feature names" in details
+
+
+def test_published_standardization_is_the_aggregate_of_every_party(
+    job, private_context, public_context
+):
+    session, status = _to_uploading(job, private_context, public_context)
+    session.stop()
+    union = np.vstack([party_features(5, 3), party_features(7, 3)])
+    published = status.standardization
+
+    assert published.count == 12
+    np.testing.assert_allclose(published.mean, union.mean(axis=0), atol=1e-4)
+    np.testing.assert_allclose(published.std, union.std(axis=0), atol=1e-4)
+    # Three perfectly correlated columns: the correlation matrix is all ones.
+    assert published.curvature == pytest.approx(3.0, abs=1e-3)
 
 
 def test_restored_job_keeps_its_uploads_and_takes_no_workers_until_parties_return(

@@ -109,14 +109,16 @@ class Blob(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ...) -> None: ...
 
 class Standardization(_message.Message):
-    __slots__ = ("count", "mean", "std")
+    __slots__ = ("count", "mean", "std", "curvature")
     COUNT_FIELD_NUMBER: _ClassVar[int]
     MEAN_FIELD_NUMBER: _ClassVar[int]
     STD_FIELD_NUMBER: _ClassVar[int]
+    CURVATURE_FIELD_NUMBER: _ClassVar[int]
     count: int
     mean: _containers.RepeatedScalarFieldContainer[float]
     std: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, count: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ...) -> None: ...
+    curvature: float
+    def __init__(self, count: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., curvature: _Optional[float] = ...) -> None: ...
 
 class PartySlot(_message.Message):
     __slots__ = ("party", "rows", "offset")
@@ -169,16 +171,16 @@ class WatchJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., party: _Optional[str] = ...) -> None: ...
 
 class SubmitStatsRequest(_message.Message):
-    __slots__ = ("job_id", "party", "ciphertext", "rows")
+    __slots__ = ("job_id", "party", "ciphertexts", "rows")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PARTY_FIELD_NUMBER: _ClassVar[int]
-    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     party: str
-    ciphertext: bytes
+    ciphertexts: _containers.RepeatedScalarFieldContainer[bytes]
     rows: int
-    def __init__(self, job_id: _Optional[str] = ..., party: _Optional[str] = ..., ciphertext: _Optional[bytes] = ..., rows: _Optional[int] = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., party: _Optional[str] = ..., ciphertexts: _Optional[_Iterable[bytes]] = ..., rows: _Optional[int] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("message",)
@@ -247,12 +249,12 @@ class TaskChunk(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., party: _Optional[str] = ..., task_id: _Optional[int] = ..., index: _Optional[int] = ..., count: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class DecryptStatsTask(_message.Message):
-    __slots__ = ("ciphertext", "length")
-    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
-    LENGTH_FIELD_NUMBER: _ClassVar[int]
-    ciphertext: bytes
-    length: int
-    def __init__(self, ciphertext: _Optional[bytes] = ..., length: _Optional[int] = ...) -> None: ...
+    __slots__ = ("ciphertexts", "features")
+    CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    ciphertexts: _containers.RepeatedScalarFieldContainer[bytes]
+    features: int
+    def __init__(self, ciphertexts: _Optional[_Iterable[bytes]] = ..., features: _Optional[int] = ...) -> None: ...
 
 class TrainingSetup(_message.Message):
     __slots__ = ("rows", "columns", "iterations", "learning_rate", "l2", "sigmoid_coefficients", "masked_label_term", "weights", "velocity", "slots")

@@ -119,7 +119,8 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SubmitStats(self, request, context):
-        """One encrypted vector of (count, sums, sums of squares) per party.
+        """A party's encrypted (count, sums, sums of pairwise products), in ciphertexts of one slot
+        count each (see hefl.codec.stats_vector).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
