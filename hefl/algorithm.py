@@ -112,17 +112,32 @@ def choose_hyperparameters(
     sklearn's ``LogisticRegression()`` best over all of them, at step 1.0. Early stopping is the
     regularizer; margins beyond 16 stay safe because the fit keeps rising there. Strongly
     correlated features raise the curvature (breast cancer 13, the same data with every feature
-    twice 26, where step 1.0 diverges), so the step is capped at
-    ``STEP_TIMES_CURVATURE / (slope at 0 x curvature)``.
+    twice 26, where step 1.0 diverges), so the step is capped at :func:`stable_step`.
     """
     sigmoid = SigmoidPolynomial.fit(sigmoid_interval or 16.0)
-    slope = sigmoid.coefficients[0]
-    chosen_lr = learning_rate or min(1.0, STEP_TIMES_CURVATURE / (slope * max(curvature, 1.0)))
+    chosen_lr = learning_rate or min(1.0, stable_step(curvature, sigmoid))
     return Hyperparameters(
         iterations=iterations or 15,
         learning_rate=float(chosen_lr),
         l2=max(l2, 0.0),
         sigmoid_interval=sigmoid.interval,
+    )
+
+
+def stable_step(curvature: float, sigmoid: SigmoidPolynomial) -> float:
+    """The largest step hefl trusts on data of this curvature with this sigmoid fit."""
+    return STEP_TIMES_CURVATURE / (sigmoid.coefficients[0] * max(curvature, 1.0))
+
+
+def step_warning(learning_rate: float, curvature: float, sigmoid_interval: float) -> str | None:
+    """What to tell a user whose chosen step exceeds :func:`stable_step`, if anything."""
+    bound = stable_step(curvature, SigmoidPolynomial.fit(sigmoid_interval))
+    if learning_rate <= bound:
+        return None
+    return (
+        f"learning rate {learning_rate:.3g} is above {bound:.3g}, the stable step for these "
+        f"features (largest correlation eigenvalue {curvature:.1f}): training may diverge; "
+        "leave --learning-rate unset to have it chosen from the data"
     )
 
 

@@ -21,7 +21,13 @@ import numpy as np
 import tenseal as ts
 
 from hefl import wire
-from hefl.algorithm import add_bias, check_margins, decision_function, label_term
+from hefl.algorithm import (
+    add_bias,
+    check_margins,
+    decision_function,
+    label_term,
+    step_warning,
+)
 from hefl.codec import PackingLayout, split_vector, stats_vector
 from hefl.errors import HeflError, ProtocolError
 from hefl.params import DEFAULT_PARAMETER_SET, check_public_context, get_parameter_set
@@ -251,6 +257,7 @@ class Party:
         mean = np.asarray(status.standardization.mean)
         std = np.asarray(status.standardization.std)
         self.sigmoid_interval = status.options.sigmoid_interval
+        self._check_step(status)
         columns = add_bias(standardize(self.dataset.features, mean, std))
         label = ts.ckks_vector(context, label_term(columns, self.dataset.labels))
         encrypt_s = 0.0
@@ -303,6 +310,15 @@ class Party:
             self.config.model_out.write_text(json.dumps(model, indent=1))
         if self.test is not None:
             self.result.accuracy, self.result.auc = evaluate(model, self.test)
+
+    def _check_step(self, status: pb.JobStatus) -> None:
+        """Warn when the job's step exceeds what the aggregate statistics call stable."""
+        options = status.options
+        warning = step_warning(
+            options.learning_rate, status.standardization.curvature, options.sigmoid_interval
+        )
+        if warning:
+            log.warning("%s", warning)
 
     def _check_margins(self, model: dict[str, Any]) -> None:
         """Warn when the model's margins on this party's rows left the sigmoid's safe range:

@@ -14,6 +14,7 @@ from hefl.algorithm import (
     decision_function,
     l2_vector,
     nesterov_step,
+    step_warning,
     train_replica,
 )
 from hefl.codec import AggregateStats, stats_vector
@@ -87,3 +88,12 @@ def test_margin_check_flags_margins_far_beyond_the_interval():
     wild = check_margins(np.array([12.0, 0.0, 0.0]), features, 16.0)
     assert wild.max_margin == pytest.approx(36.0) and wild.outside_fraction == pytest.approx(1 / 3)
     assert wild.risky
+
+
+def test_a_step_above_the_stable_one_is_named():
+    hyper = choose_hyperparameters(curvature=13.3)
+    assert hyper.learning_rate == pytest.approx(0.96, abs=0.01)
+    assert step_warning(hyper.learning_rate, 13.3, hyper.sigmoid_interval) is None
+    warning = step_warning(2.0, 13.3, 16.0)
+    assert warning is not None and "learning rate 2 is above 0.958" in warning
+    assert choose_hyperparameters(curvature=2.0).learning_rate == 1.0
