@@ -163,7 +163,7 @@ class AggregateStats:
         std = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
         std[std < 1e-8 * np.maximum(1.0, np.abs(mean))] = 1.0
         correlation = covariance / np.outer(std, std)
-        curvature = max(1.0, float(np.linalg.eigvalsh(correlation)[-1])) if n_features else 1.0
+        curvature = max(1.0, float(np.linalg.eigvalsh(correlation)[-1]))
         return cls(count=count, mean=mean, std=std, curvature=curvature)
 
     def to_values(self) -> list[float]:
