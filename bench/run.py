@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from hefl.algorithm import add_bias, choose_hyperparameters, decision_function, train_replica
-from hefl.codec import AggregateStats, stats_vector
+from hefl.codec import AggregateStats
 from hefl.simulate import SimulationConfig, load_dataset, partition, plaintext_baseline, simulate
+from parties.data import standardize
 
 log = logging.getLogger("hefl.bench")
 
@@ -66,9 +67,9 @@ def run_bench(
 
     report["sklearn"] = plaintext_baseline(train, test)
 
-    stats = AggregateStats.from_sums(stats_vector(train.features), train.features.shape[1])
-    x_train = add_bias((train.features - stats.mean) / stats.std)
-    x_test = (test.features - stats.mean) / stats.std
+    stats = AggregateStats.of_rows(train.features)
+    x_train = add_bias(standardize(train.features, stats.mean, stats.std))
+    x_test = standardize(test.features, stats.mean, stats.std)
     hyper = choose_hyperparameters(
         curvature=stats.curvature,
         iterations=config.iterations,

@@ -18,7 +18,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
 from hefl.algorithm import Hyperparameters, add_bias, decision_function, train_replica
-from parties.data import Dataset, builtin_dataset, synthetic_dataset
+from hefl.codec import AggregateStats
+from parties.data import Dataset, builtin_dataset, standardize, synthetic_dataset
 
 
 def datasets() -> dict[str, Dataset]:
@@ -35,9 +36,9 @@ def gaps(dataset: Dataset, hyper: Hyperparameters, seeds: Sequence[int]) -> np.n
             np.arange(dataset.rows), test_size=0.2, stratify=dataset.labels, random_state=seed
         )
         x, y = dataset.features, dataset.labels
-        mean, std = x[train].mean(axis=0), x[train].std(axis=0)
-        std[std < 1e-8] = 1.0
-        x_train, x_test = (x[train] - mean) / std, (x[test] - mean) / std
+        stats = AggregateStats.of_rows(x[train])
+        x_train = standardize(x[train], stats.mean, stats.std)
+        x_test = standardize(x[test], stats.mean, stats.std)
         baseline = LogisticRegression().fit(x_train, y[train])
         result = train_replica(add_bias(x_train), y[train], hyper)
         scores = np.nan_to_num(decision_function(result.weights, x_test))

@@ -166,6 +166,11 @@ class AggregateStats:
         curvature = max(1.0, float(np.linalg.eigvalsh(correlation)[-1]))
         return cls(count=count, mean=mean, std=std, curvature=curvature)
 
+    @classmethod
+    def of_rows(cls, features: Array) -> AggregateStats:
+        """The same summary of rows held in one place (the plaintext replica, benchmarks)."""
+        return cls.from_sums(stats_vector(features), features.shape[1])
+
     def to_values(self) -> list[float]:
         return [float(self.count), *self.mean, *self.std, self.curvature]
 

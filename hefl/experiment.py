@@ -281,7 +281,9 @@ def plot_losses(
     import matplotlib.pyplot as plt
 
     from hefl.algorithm import Hyperparameters, add_bias, logistic_loss, train_replica
+    from hefl.codec import AggregateStats
     from hefl.simulate import load_dataset, partition
+    from parties.data import standardize
 
     fig, ax = plt.subplots(figsize=(6, 4))
     seen: set[tuple[str, int]] = set()
@@ -291,9 +293,8 @@ def plot_losses(
             seen.add((cell.dataset, cell.seed))
             parts = partition(load_dataset(config), config)
             train = parts.train_union
-            mean, std = train.features.mean(axis=0), train.features.std(axis=0)
-            std[std < 1e-8] = 1.0
-            x = add_bias((train.features - mean) / std)
+            stats = AggregateStats.of_rows(train.features)
+            x = add_bias(standardize(train.features, stats.mean, stats.std))
             hyper = Hyperparameters(
                 int(row["iterations"]), row["learning_rate"], row["l2"], row["sigmoid_interval"]
             )

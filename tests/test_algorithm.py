@@ -17,7 +17,8 @@ from hefl.algorithm import (
     step_warning,
     train_replica,
 )
-from hefl.codec import AggregateStats, stats_vector
+from hefl.codec import AggregateStats
+from parties.data import standardize
 
 
 @pytest.mark.parametrize("interval", [8.0, 16.0, 24.0])
@@ -67,8 +68,9 @@ def test_replica_matches_sklearn_on_breast_cancer(copies):
         x_train, x_test, y_train, y_test = train_test_split(
             features, data.target, test_size=0.2, stratify=data.target, random_state=seed
         )
-        stats = AggregateStats.from_sums(stats_vector(x_train), x_train.shape[1])
-        x_train, x_test = (x_train - stats.mean) / stats.std, (x_test - stats.mean) / stats.std
+        stats = AggregateStats.of_rows(x_train)
+        x_train = standardize(x_train, stats.mean, stats.std)
+        x_test = standardize(x_test, stats.mean, stats.std)
         hyper = choose_hyperparameters(curvature=stats.curvature)
         result = train_replica(add_bias(x_train), y_train.astype(float), hyper)
         accuracies.append(np.mean((decision_function(result.weights, x_test) > 0) == y_test))

@@ -24,10 +24,11 @@ from coordinator.registry import Registry
 from coordinator.server import CoordinatorConfig, create_server, ray_pool_factory
 from hefl import wire
 from hefl.algorithm import add_bias, choose_hyperparameters, train_replica
-from hefl.codec import AggregateStats, stats_vector
+from hefl.codec import AggregateStats
 from hefl.simulate import SimulationConfig, load_dataset, partition
 from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
+from parties.data import standardize
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,12 +83,12 @@ def test_encrypted_model_is_the_plaintext_replica(three_hospitals):
     _, report = three_hospitals
     config = SimulationConfig(parties=3, seed=0)
     train = partition(load_dataset(config), config).train_union
-    stats = AggregateStats.from_sums(stats_vector(train.features), train.features.shape[1])
+    stats = AggregateStats.of_rows(train.features)
     encrypted = report["encrypted"]
     assert encrypted["curvature"] == pytest.approx(stats.curvature, rel=1e-4)
     hyper = choose_hyperparameters(curvature=stats.curvature)
     assert asdict(hyper) == pytest.approx(encrypted["hyperparameters"], rel=1e-4)
-    features = add_bias((train.features - stats.mean) / stats.std)
+    features = add_bias(standardize(train.features, stats.mean, stats.std))
     replica = train_replica(features, train.labels, hyper)
     np.testing.assert_allclose(encrypted["weights"], replica.weights, atol=5e-3)
 
