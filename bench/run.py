@@ -19,12 +19,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from hefl.algorithm import add_bias, choose_hyperparameters, decision_function, train_replica
+from hefl.algorithm import (
+    accuracy,
+    add_bias,
+    choose_hyperparameters,
+    decision_function,
+    roc_auc,
+    standardize,
+    train_replica,
+)
 from hefl.codec import AggregateStats
-from hefl.simulate import SimulationConfig, load_dataset, partition, plaintext_baseline, simulate
-from parties.data import standardize
+from tools.simulate import SimulationConfig, load_dataset, partition, plaintext_baseline, simulate
 
 log = logging.getLogger("hefl.bench")
 
@@ -82,8 +87,8 @@ def run_bench(
     replica_s = time.perf_counter() - tick
     scores = decision_function(replica.weights, x_test)
     report["replica"] = {
-        "accuracy": float(np.mean((scores > 0) == (test.labels > 0.5))),
-        "auc": _auc(test.labels, scores),
+        "accuracy": accuracy(scores, test.labels),
+        "auc": roc_auc(scores, test.labels),
         "iteration_s": replica_s / hyper.iterations,
         "iterations": hyper.iterations,
         "max_margin": replica.max_margin,
@@ -137,12 +142,6 @@ def run_bench(
     if config.report is not None:
         Path(config.report).write_text(json.dumps(report, indent=1))
     return report
-
-
-def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(labels, scores)) if len(set(labels)) == 2 else None
 
 
 def format_bench(report: dict[str, Any]) -> str:

@@ -17,9 +17,17 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from hefl.algorithm import Hyperparameters, add_bias, decision_function, train_replica
+from hefl.algorithm import (
+    Hyperparameters,
+    accuracy,
+    add_bias,
+    decision_function,
+    standardize,
+    train_replica,
+)
 from hefl.codec import AggregateStats
-from parties.data import Dataset, builtin_dataset, standardize, synthetic_dataset
+from parties.data import Dataset
+from tools.datasets import builtin_dataset, synthetic_dataset
 
 
 def datasets() -> dict[str, Dataset]:
@@ -44,7 +52,7 @@ def gaps(dataset: Dataset, hyper: Hyperparameters, seeds: Sequence[int]) -> np.n
         scores = np.nan_to_num(decision_function(result.weights, x_test))
         out.append(
             (
-                np.mean((scores > 0) == y[test]) - baseline.score(x_test, y[test]),
+                accuracy(scores, y[test]) - baseline.score(x_test, y[test]),
                 roc_auc_score(y[test], scores)
                 - roc_auc_score(y[test], baseline.decision_function(x_test)),
                 result.max_margin,

@@ -22,7 +22,7 @@ import tenseal as ts
 
 from coordinator.jobs import Job, ShuttingDown
 from coordinator.training import GradientPool, TrainingInputs, train
-from hefl import wire
+from hefl import messages, sealio
 from hefl.algorithm import choose_hyperparameters
 from hefl.codec import AggregateStats, PackingLayout, piece_sizes, stats_length
 from hefl.errors import InvalidArgument
@@ -78,7 +78,7 @@ class JobDriver:
                 pool.shutdown()
 
     def _sum(self, paths: list[Path], what: str) -> ts.CKKSVector:
-        return wire.add_vectors(self._job.context, (p.read_bytes() for p in paths), what=what)
+        return sealio.add_vectors(self._job.context, (p.read_bytes() for p in paths), what=what)
 
     def _publish_standardization(self) -> None:
         job = self._job
@@ -90,7 +90,7 @@ class JobDriver:
         result = job.link.call(
             pb.KeyHolderTask(
                 decrypt_stats=pb.DecryptStatsTask(
-                    ciphertexts=[wire.serialize(total) for total in totals],
+                    ciphertexts=[sealio.serialize(total) for total in totals],
                     features=len(job.features),
                 )
             ),
@@ -116,7 +116,7 @@ class JobDriver:
             standardization=pb.Standardization(
                 count=stats.count, mean=stats.mean, std=stats.std, curvature=stats.curvature
             ),
-            options=wire.training_options(
+            options=messages.training_options(
                 hyper, reveal_intermediate=job.options.reveal_intermediate
             ),
             layout=layout,
@@ -145,7 +145,7 @@ class JobDriver:
         pool.load()
         load_s = time.perf_counter() - started
         options = job.options  # resolved when the standardization was published
-        hyper = wire.hyperparameters_of(options)
+        hyper = messages.hyperparameters_of(options)
         masker, report = train(
             TrainingInputs(
                 context=job.context,

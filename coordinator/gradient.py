@@ -26,7 +26,7 @@ level 0, 3.8 at 1, 2.2 at 2; a product 0.2-0.8 ms; a rescale 0.5-2.3 ms. So the 
   and :meth:`GradientKernel.finish` relinearizes and rescales each column's sum once.
 
 Scales follow TenSEAL's convention (a rescaled ciphertext is labelled with the context's
-global scale), so results are interchangeable with TenSEAL vectors; :func:`hefl.wire.vector_bytes`
+global scale), so results are interchangeable with TenSEAL vectors; :func:`hefl.sealio.vector_bytes`
 wraps a ciphertext into TenSEAL's serialized vector format.
 """
 

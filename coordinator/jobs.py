@@ -28,7 +28,7 @@ import tenseal as ts
 
 from coordinator.keyholder_link import KeyHolderLink
 from coordinator.store import JobStore, atomic_write, check_name
-from hefl import wire
+from hefl import sealio
 from hefl.codec import PackingLayout, piece_sizes, stats_length
 from hefl.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from hefl.params import CkksParameters, check_public_context, get_parameter_set
@@ -189,7 +189,7 @@ class Job:
                 )
         expected = piece_sizes(stats_length(len(self.features)), self.params.slots)
         sizes = [
-            wire.deserialize(
+            sealio.deserialize(
                 self.context, ciphertext, what=f"statistics of party {party!r} (piece {i})"
             ).size()
             for i, ciphertext in enumerate(ciphertexts)
@@ -238,7 +238,7 @@ class Job:
                 )
             if column.feature >= self.columns:
                 raise InvalidArgument(f"{where}: the job has {self.columns} columns")
-            vector = wire.deserialize(self.context, column.ciphertext, what=where)
+            vector = sealio.deserialize(self.context, column.ciphertext, what=where)
             if vector.size() != self.params.slots:
                 raise InvalidArgument(
                     f"{where}: {vector.size()} slots, expected {self.params.slots}"
@@ -248,7 +248,7 @@ class Job:
             path = self.store.column_path(chunk.party, column.block, column.feature)
             checked.append((path, column.ciphertext, (column.block, column.feature)))
         if chunk.label_term:
-            vector = wire.deserialize(
+            vector = sealio.deserialize(
                 self.context, chunk.label_term, what=f"label term of party {chunk.party!r}"
             )
             if vector.size() != self.columns:

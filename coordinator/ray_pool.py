@@ -11,7 +11,7 @@ from typing import Any
 import ray
 
 from coordinator.worker import BlockSource, ShardWorker
-from hefl import wire
+from hefl import sealio
 from hefl.codec import PackingLayout
 
 log = logging.getLogger("hefl.ray")
@@ -156,8 +156,8 @@ class WorkerPool:
             ],
             timeout=CALL_TIMEOUT_S,
         )
-        margins = wire.add_up(self._context, partial, what="margin")
-        margins_ref = ray.put([wire.serialize(m) for m in margins])
+        margins = sealio.add_up(self._context, partial, what="margin")
+        margins_ref = ray.put([sealio.serialize(m) for m in margins])
         parts = ray.get(
             [
                 actor.gradient_from_margins.remote(margins_ref, columns, a, b)

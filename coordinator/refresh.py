@@ -17,7 +17,7 @@ import numpy as np
 import tenseal as ts
 import tenseal.sealapi as sealapi
 
-from hefl import wire
+from hefl import sealio
 from hefl.algorithm import nesterov_step
 
 
@@ -111,7 +111,7 @@ class RefreshMasker:
         self._encoder.encode(mask.tolist(), ciphertext.parms_id(), ciphertext.scale, plain)
         out = sealapi.Ciphertext()
         self._evaluator.add_plain(ciphertext, plain, out)
-        return wire.vector_bytes(out, size=gradient.size(), scale=out.scale)
+        return sealio.vector_bytes(out, size=gradient.size(), scale=out.scale)
 
     def weights_unmask(self) -> np.ndarray:
         """k * mask_j: subtract from the key holder's fresh k * (w_j + mask_j) to get k * w_j."""

@@ -17,9 +17,9 @@ from coordinator import ray_pool
 from coordinator.driver import PoolFactory
 from coordinator.registry import Registry
 from coordinator.servicer import CoordinatorServicer
+from hefl.chunks import CHANNEL_OPTIONS
 from hefl.codec import PackingLayout
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
-from hefl.wire import CHANNEL_OPTIONS
 
 log = logging.getLogger("hefl.coordinator")
 

@@ -12,7 +12,7 @@ import grpc
 from coordinator.jobs import Job
 from coordinator.keyholder_link import KeyHolderTimeout
 from coordinator.registry import MAX_CONTEXT_BYTES, Registry
-from hefl import errors, wire
+from hefl import chunks, errors
 from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
 
@@ -95,7 +95,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     @streaming_domain_errors
     def GetContext(self, request: pb.GetContextRequest, context: Any) -> Iterator[pb.Blob]:
         data = self._registry.get(request.job_id).context_bytes
-        for piece in wire.split_bytes(data):
+        for piece in chunks.split_bytes(data):
             yield pb.Blob(data=piece, total_bytes=len(data))
 
     @streaming_domain_errors
@@ -128,13 +128,13 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                 f"party {request.party!r} is not the key holder of job {job.job_id}"
             )
         for task_id, payload in job.link.stream(context.is_active):
-            yield from wire.task_chunks(
+            yield from chunks.task_chunks(
                 job_id=job.job_id, party=request.party, task_id=task_id, payload=payload
             )
 
     @domain_errors
     def CompleteTask(self, request_iterator: Iterator[pb.TaskChunk], context: Any) -> pb.Ack:
-        header, payload = wire.join_task_chunks(request_iterator)
+        header, payload = chunks.join_task_chunks(request_iterator)
         job = self._registry.get(header.job_id)
         if header.party != job.key_holder:
             raise errors.PermissionDenied(

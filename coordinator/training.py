@@ -19,7 +19,7 @@ import tenseal as ts
 
 from coordinator.keyholder_link import KeyHolderLink
 from coordinator.refresh import RefreshMasker
-from hefl import wire
+from hefl import sealio
 from hefl.algorithm import Hyperparameters, l2_vector
 from hefl.errors import ProtocolError
 from hefl.params import CkksParameters
@@ -102,7 +102,7 @@ def train(
         learning_rate=hyper.learning_rate,
         l2=l2.tolist(),
         sigmoid_coefficients=list(sigmoid.coefficients),
-        masked_label_term=wire.serialize(masker.mask_label_term(inputs.label_term)),
+        masked_label_term=sealio.serialize(masker.mask_label_term(inputs.label_term)),
         weights=weights0.tolist(),
         velocity=velocity0.tolist(),
         slots=inputs.params.slots,
@@ -112,7 +112,7 @@ def train(
     report = TrainingReport()
     started = time.perf_counter()
     # w_0 = 0: the coordinator can encrypt zeros with the public key itself.
-    weights = wire.encrypt_replicated(inputs.context, [0.0] * inputs.columns, inputs.params.slots)
+    weights = sealio.encrypt_replicated(inputs.context, [0.0] * inputs.columns, inputs.params.slots)
     unmask = [0.0] * inputs.columns
     for iteration in range(hyper.iterations):
         tick = time.perf_counter()
@@ -120,7 +120,7 @@ def train(
         report.worker_bytes_per_iteration = sum(map(len, weights)) * pool.size + sum(
             len(g) for worker in partials for g in worker
         )
-        gradients = wire.add_up(inputs.context, partials, what="worker gradient")
+        gradients = sealio.add_up(inputs.context, partials, what="worker gradient")
         tock = time.perf_counter()
         report.gradient_s += tock - tick
 

@@ -22,7 +22,7 @@ import tenseal as ts
 
 from coordinator.gradient import Ciphertext, GradientKernel
 from coordinator.store import JobStore
-from hefl import wire
+from hefl import sealio
 from hefl.params import PARAMETER_SETS, check_public_context
 
 log = logging.getLogger("hefl.worker")
@@ -73,7 +73,7 @@ class ShardWorker:
     def _read_column(self, source: BlockSource, column: int) -> Ciphertext:
         """One column of a block: the sum of the parties' contributions to it."""
         paths = [self._store.column_path(party, source.block, column) for party in source.parties]
-        total = wire.add_vectors(
+        total = sealio.add_vectors(
             self._context,
             (path.read_bytes() for path in paths),
             what=f"column {column} of block {source.block}",
@@ -93,13 +93,13 @@ class ShardWorker:
         (workers are on the coordinator's side of the trust boundary)."""
         weights = []
         for data, mask in zip(masked_weights, unmask, strict=True):
-            weight = self._kernel.open(wire.deserialize(self._context, data, what="weights"))
+            weight = self._kernel.open(sealio.deserialize(self._context, data, what="weights"))
             self._kernel.add_constant(weight, -float(mask))
             weights.append(weight)
         return weights
 
     def _serialize(self, ciphertexts: Sequence[Ciphertext]) -> list[bytes]:
-        return [wire.vector_bytes(c, size=self._slots, scale=c.scale) for c in ciphertexts]
+        return [sealio.vector_bytes(c, size=self._slots, scale=c.scale) for c in ciphertexts]
 
     def gradient(
         self, masked_weights: Sequence[bytes], unmask: Sequence[float], a: float, b: float
@@ -131,7 +131,7 @@ class ShardWorker:
         lo, hi = columns
         totals = None
         for block, data in zip(self._blocks, margins, strict=True):
-            s = self._kernel.open(wire.deserialize(self._context, data, what="margin"))
+            s = self._kernel.open(sealio.deserialize(self._context, data, what="margin"))
             totals = self._kernel.accumulate(totals, s, block[lo:hi], a=a, b=b)
         assert totals is not None
         return self._serialize(self._kernel.finish(totals))

@@ -1,9 +1,17 @@
 """hefl: federated logistic regression on CKKS-encrypted data.
 
-This package is the contract both roles share: CKKS parameter sets (:mod:`hefl.params`), the
-packing codec (:mod:`hefl.codec`), the training maths (:mod:`hefl.algorithm`), wire helpers
-(:mod:`hefl.wire`) and the generated gRPC stubs (:mod:`hefl.v1`). Secret keys exist only in
-:mod:`parties`; :mod:`coordinator` sees public contexts and ciphertexts.
+This package is the contract both roles share and the maths, and nothing else: it imports no
+role (:mod:`coordinator`, :mod:`parties`) and no tool (:mod:`tools`, :mod:`bench`).
+
+- :mod:`hefl.params`: the CKKS parameter sets and the check every received context passes;
+- :mod:`hefl.codec`: where values sit in the slots (packing layout, statistics vectors);
+- :mod:`hefl.algorithm`: the training maths in plaintext;
+- :mod:`hefl.sealio`: ciphertexts as bytes; :mod:`hefl.chunks`: framing of large payloads;
+- :mod:`hefl.messages`: dataclasses to and from protobuf; :mod:`hefl.v1`: the generated stubs;
+- :mod:`hefl.errors`: the domain errors every role raises.
+
+Secret keys exist only in :mod:`parties`; :mod:`coordinator` sees public contexts and
+ciphertexts.
 """
 
 __version__ = "0.1.0"

@@ -268,3 +268,32 @@ def check_margins(weights: Array, features: Array, interval: float) -> MarginChe
 def decision_function(weights: Array, features: Array) -> Array:
     """w.x for standardized features without the bias column."""
     return features @ weights[:-1] + weights[-1]
+
+
+def standardize(features: Array, mean: Array, std: Array) -> Array:
+    """Features centred and scaled by the job's aggregate mean and std."""
+    return (features - mean) / std
+
+
+def accuracy(scores: Array, labels: Array) -> float:
+    """Share of rows whose predicted class (score > 0) is their label (0 or 1)."""
+    return float(np.mean((scores > 0) == (labels > 0.5)))
+
+
+def roc_auc(scores: Array, labels: Array) -> float | None:
+    """Area under the ROC curve (the Mann-Whitney statistic, ties counted half), or None when
+    the labels hold one class only."""
+    positives = labels > 0.5
+    n_pos = int(positives.sum())
+    n_neg = len(labels) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    # Average rank within each run of equal scores.
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    ends = np.r_[starts[1:], len(scores)]
+    for start, end in zip(starts, ends, strict=True):
+        ranks[order[start:end]] = (start + end + 1) / 2.0
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))

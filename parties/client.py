@@ -20,12 +20,15 @@ import grpc
 import numpy as np
 import tenseal as ts
 
-from hefl import wire
+from hefl import chunks, sealio
+from hefl.algorithm import accuracy as accuracy_of
 from hefl.algorithm import (
     add_bias,
     check_margins,
     decision_function,
     label_term,
+    roc_auc,
+    standardize,
     step_warning,
 )
 from hefl.codec import PackingLayout, split_vector, stats_vector
@@ -33,7 +36,7 @@ from hefl.errors import HeflError, ProtocolError
 from hefl.params import DEFAULT_PARAMETER_SET, check_public_context, get_parameter_set
 from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
-from parties.data import Dataset, load_csv, standardize
+from parties.data import Dataset, load_csv
 from parties.keyholder import KeyHolder, associated_data
 from parties.sealing import SealedBox, SealingKey
 
@@ -107,7 +110,7 @@ def run_party(config: PartyConfig) -> PartyResult:
     dataset = load_csv(config.data, label=config.label)
     test = load_csv(config.test, label=config.label) if config.test else None
     result = PartyResult(name=config.name, rows=dataset.rows, test_rows=test.rows if test else 0)
-    channel = grpc.insecure_channel(config.coordinator, options=wire.CHANNEL_OPTIONS)
+    channel = grpc.insecure_channel(config.coordinator, options=chunks.CHANNEL_OPTIONS)
     try:
         Party(config, dataset, test, pb_grpc.CoordinatorStub(channel), result).run()
     except grpc.RpcError as err:
@@ -196,7 +199,7 @@ class Party:
 
         def requests() -> Iterator[pb.CreateJobRequest]:
             yield pb.CreateJobRequest(spec=spec)
-            for piece in wire.split_bytes(public):
+            for piece in chunks.split_bytes(public):
                 yield pb.CreateJobRequest(context_chunk=piece)
 
         self.result.bytes["context"] = len(public)
@@ -234,7 +237,7 @@ class Party:
             pb.SubmitStatsRequest(
                 job_id=info.job_id,
                 party=self.config.name,
-                ciphertexts=[wire.serialize(ts.ckks_vector(context, piece)) for piece in pieces],
+                ciphertexts=[sealio.serialize(ts.ckks_vector(context, piece)) for piece in pieces],
                 rows=self.dataset.rows,
             ),
             timeout=CALL_TIMEOUT_S,
@@ -262,15 +265,15 @@ class Party:
         label = ts.ckks_vector(context, label_term(columns, self.dataset.labels))
         encrypt_s = 0.0
 
-        def chunks() -> Iterator[pb.UploadChunk]:
+        def upload_chunks() -> Iterator[pb.UploadChunk]:
             nonlocal encrypt_s
             seq, size = 0, 0
             pending: list[pb.EncryptedColumn] = []
             for block, column, vector in layout.pack(self.config.name, columns):
                 tick = time.perf_counter()
-                data = wire.serialize(ts.ckks_vector(context, vector))
+                data = sealio.serialize(ts.ckks_vector(context, vector))
                 encrypt_s += time.perf_counter() - tick
-                if pending and size + len(data) > wire.UPLOAD_CHUNK_BYTES:
+                if pending and size + len(data) > chunks.UPLOAD_CHUNK_BYTES:
                     yield pb.UploadChunk(
                         job_id=job_id, party=self.config.name, seq=seq, columns=pending
                     )
@@ -282,12 +285,12 @@ class Party:
                 party=self.config.name,
                 seq=seq,
                 columns=pending,
-                label_term=wire.serialize(label),
+                label_term=sealio.serialize(label),
                 last=True,
             )
 
         tick = time.perf_counter()
-        summary = self.stub.Upload(chunks())
+        summary = self.stub.Upload(upload_chunks())
         total = time.perf_counter() - tick
         self.result.timings_s["encrypt"] = encrypt_s
         self.result.timings_s["upload"] = total - encrypt_s
@@ -350,13 +353,9 @@ class Party:
 
 def evaluate(model: dict[str, Any], test: Dataset) -> tuple[float, float | None]:
     """Accuracy and ROC AUC (None when the held-out rows have one class) of a delivered model."""
-    from sklearn.metrics import roc_auc_score
-
     features = standardize(test.features, np.asarray(model["mean"]), np.asarray(model["std"]))
     scores = decision_function(np.asarray(model["weights"]), features)
-    accuracy = float(np.mean((scores > 0) == (test.labels > 0.5)))
-    auc = float(roc_auc_score(test.labels, scores)) if len(set(test.labels)) == 2 else None
-    return accuracy, auc
+    return accuracy_of(scores, test.labels), roc_auc(scores, test.labels)
 
 
 class KeyHolderSession:
@@ -398,19 +397,19 @@ class KeyHolderSession:
                 time.sleep(0.5)
 
     def _serve(self, call: Iterator[pb.TaskChunk]) -> None:
-        chunks: list[pb.TaskChunk] = []
+        received: list[pb.TaskChunk] = []
         for chunk in call:
-            chunks.append(chunk)
-            if len(chunks) < chunk.count:
+            received.append(chunk)
+            if len(received) < chunk.count:
                 continue
-            header, payload = wire.join_task_chunks(chunks)
-            chunks = []
+            header, payload = chunks.join_task_chunks(received)
+            received = []
             answer = self._answers.get(header.task_id)
             if answer is None:
                 answer = self._answer(payload)
                 self._answers = {header.task_id: answer}  # only the latest can be re-asked
             self._stub.CompleteTask(
-                wire.task_chunks(
+                chunks.task_chunks(
                     job_id=self.job_id, party=self._party, task_id=header.task_id, payload=answer
                 ),
                 timeout=CALL_TIMEOUT_S,

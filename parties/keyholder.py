@@ -15,7 +15,7 @@ import numpy as np
 import tenseal as ts
 import tenseal.sealapi as sealapi
 
-from hefl import wire
+from hefl import sealio
 from hefl.algorithm import SigmoidPolynomial, nesterov_step
 from hefl.codec import AggregateStats
 from hefl.errors import ProtocolError
@@ -48,7 +48,7 @@ class WeightEncryptor:
             plain = sealapi.Plaintext()
             self._encoder.encode(float(value), self._scale, plain)
             ciphertexts.append(
-                wire.vector_bytes(
+                sealio.vector_bytes(
                     self._encryptor.encrypt_symmetric(plain), size=self._slots, scale=self._scale
                 )
             )
@@ -90,7 +90,7 @@ class MaskedOptimizer:
         self._l2 = np.asarray(setup.l2, dtype=np.float64)
         polynomial = SigmoidPolynomial(0.0, tuple(setup.sigmoid_coefficients))  # type: ignore[arg-type]
         self._weight_scale = polynomial.encrypted_form()[0]
-        label = wire.deserialize(context, setup.masked_label_term, what="masked label term")
+        label = sealio.deserialize(context, setup.masked_label_term, what="masked label term")
         self._label_term = np.asarray(label.decrypt()[: self._columns], dtype=np.float64)
         self._weights = np.asarray(setup.weights, dtype=np.float64)
         self._velocity = np.asarray(setup.velocity, dtype=np.float64)
@@ -106,7 +106,9 @@ class MaskedOptimizer:
         sums = np.array(
             [
                 float(
-                    np.sum(wire.deserialize(self._context, data, what="masked gradient").decrypt())
+                    np.sum(
+                        sealio.deserialize(self._context, data, what="masked gradient").decrypt()
+                    )
                 )
                 for data in task.masked_gradients
             ]
@@ -169,7 +171,7 @@ class KeyHolder:
         sums = [
             value
             for ciphertext in task.ciphertexts
-            for value in wire.deserialize(self._context, ciphertext, what="statistics").decrypt()
+            for value in sealio.deserialize(self._context, ciphertext, what="statistics").decrypt()
         ]
         return AggregateStats.from_sums(sums, task.features).to_values()
 

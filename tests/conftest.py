@@ -17,7 +17,7 @@ import tenseal as ts
 
 from coordinator.registry import Registry
 from coordinator.server import CoordinatorConfig, create_server, ray_pool_factory
-from hefl import wire
+from hefl import chunks
 from hefl.params import DEFAULT_PARAMETER_SET, PARAMETER_SETS
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
 
@@ -56,7 +56,7 @@ class RunningCoordinator:
         self.server, self.port = create_server("127.0.0.1:0", self.registry)
         self.server.start()
         self.address = f"127.0.0.1:{self.port}"
-        self.channel = grpc.insecure_channel(self.address, options=wire.CHANNEL_OPTIONS)
+        self.channel = grpc.insecure_channel(self.address, options=chunks.CHANNEL_OPTIONS)
         self.stub = pb_grpc.CoordinatorStub(self.channel)
 
     def stop(self) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import tenseal as ts
 
-from hefl import wire
+from hefl import chunks, sealio
 from hefl.codec import stats_vector
 from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
@@ -34,7 +34,7 @@ def create_job(
 
     def requests() -> Iterator[pb.CreateJobRequest]:
         yield pb.CreateJobRequest(spec=spec)
-        for piece in wire.split_bytes(context_bytes):
+        for piece in chunks.split_bytes(context_bytes):
             yield pb.CreateJobRequest(context_chunk=piece)
 
     return stub.CreateJob(requests(), timeout=30)
@@ -45,7 +45,7 @@ def stats_request(
 ) -> pb.SubmitStatsRequest:
     vector = ts.ckks_vector(context, stats_vector(party_features(rows, columns)))
     return pb.SubmitStatsRequest(
-        job_id=job_id, party=party, ciphertexts=[wire.serialize(vector)], rows=rows
+        job_id=job_id, party=party, ciphertexts=[sealio.serialize(vector)], rows=rows
     )
 
 

@@ -14,11 +14,12 @@ from hefl.algorithm import (
     decision_function,
     l2_vector,
     nesterov_step,
+    roc_auc,
+    standardize,
     step_warning,
     train_replica,
 )
 from hefl.codec import AggregateStats
-from parties.data import standardize
 
 
 @pytest.mark.parametrize("interval", [8.0, 16.0, 24.0])
@@ -99,3 +100,13 @@ def test_a_step_above_the_stable_one_is_named():
     warning = step_warning(2.0, 13.3, 16.0)
     assert warning is not None and "learning rate 2 is above 0.958" in warning
     assert choose_hyperparameters(curvature=2.0).learning_rate == 1.0
+
+
+def test_roc_auc_matches_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 300).astype(float)
+    scores = np.round(rng.normal(size=300) + labels, 1)  # rounding makes ties
+    assert roc_auc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert roc_auc(scores, np.ones(300)) is None

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 def _hefl(*args: str) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "hefl.cli", *args], capture_output=True, text=True, timeout=900
+        [sys.executable, "-m", "tools.cli", *args], capture_output=True, text=True, timeout=900
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout

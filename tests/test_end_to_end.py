@@ -22,13 +22,12 @@ import tenseal as ts
 
 from coordinator.registry import Registry
 from coordinator.server import CoordinatorConfig, create_server, ray_pool_factory
-from hefl import wire
-from hefl.algorithm import add_bias, choose_hyperparameters, train_replica
+from hefl import chunks, sealio
+from hefl.algorithm import add_bias, choose_hyperparameters, standardize, train_replica
 from hefl.codec import AggregateStats
-from hefl.simulate import SimulationConfig, load_dataset, partition
 from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
-from parties.data import standardize
+from tools.simulate import SimulationConfig, load_dataset, partition
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +38,7 @@ def _simulate(workdir: Path, *args: str, env: dict[str, str] | None = None) -> d
     command = [
         sys.executable,
         "-m",
-        "hefl.cli",
+        "tools.cli",
         "simulate",
         "--workdir",
         str(workdir),
@@ -102,7 +101,7 @@ def test_nothing_the_coordinator_stored_can_decrypt(three_hospitals):
     ciphertexts.remove(job_root / "context.bin")
     assert len(ciphertexts) > 90
     for path in ciphertexts[:20]:
-        vector = wire.deserialize(context, path.read_bytes(), what=str(path))
+        vector = sealio.deserialize(context, path.read_bytes(), what=str(path))
         with pytest.raises(ValueError, match="secret_key"):
             vector.decrypt()
     state = (job_root / "job.json").read_text()
@@ -115,7 +114,7 @@ def test_restarted_coordinator_still_serves_the_job(three_hospitals):
     server, port = create_server("127.0.0.1:0", registry)
     server.start()
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}", options=wire.CHANNEL_OPTIONS) as channel:
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=chunks.CHANNEL_OPTIONS) as channel:
             stub = pb_grpc.CoordinatorStub(channel)
             (status,) = stub.ListJobs(pb.ListJobsRequest()).jobs
             assert status.phase == pb.DONE

@@ -6,7 +6,7 @@ import tenseal as ts
 
 from coordinator.gradient import GradientKernel
 from coordinator.refresh import RefreshMasker
-from hefl import wire
+from hefl import sealio
 from hefl.algorithm import SigmoidPolynomial, l2_vector, label_term, nesterov_step
 from hefl.params import DEFAULT_PARAMETER_SET, PARAMETER_SETS
 from hefl.v1 import hefl_pb2 as pb
@@ -49,9 +49,9 @@ def test_encrypted_gradient_sums_equal_plaintext(name):
     for _ in range(2):
         sums = kernel.gradient_sums(scaled, blocks, a=a, b=b)
         vectors = [
-            wire.deserialize(
+            sealio.deserialize(
                 context,
-                wire.vector_bytes(s, size=params.slots, scale=s.scale),
+                sealio.vector_bytes(s, size=params.slots, scale=s.scale),
                 what="gradient",
             )
             for s in sums
@@ -92,7 +92,7 @@ def test_masked_refresh_rounds_follow_plaintext_nesterov(private_context):
         learning_rate=lr,
         l2=l2.tolist(),
         sigmoid_coefficients=list(sigmoid.coefficients),
-        masked_label_term=wire.serialize(masker.mask_label_term(label_ct)),
+        masked_label_term=sealio.serialize(masker.mask_label_term(label_ct)),
         weights=weights0.tolist(),
         velocity=velocity0.tolist(),
         slots=params.slots,
@@ -107,7 +107,7 @@ def test_masked_refresh_rounds_follow_plaintext_nesterov(private_context):
         # What the key holder sees is far from the true sums.
         seen = np.array(
             [
-                np.sum(wire.deserialize(private_context, g, what="masked").decrypt())
+                np.sum(sealio.deserialize(private_context, g, what="masked").decrypt())
                 for g in masked.masked_gradients
             ]
         )
@@ -125,7 +125,7 @@ def test_masked_refresh_rounds_follow_plaintext_nesterov(private_context):
         got = (
             np.array(
                 [
-                    np.mean(wire.deserialize(private_context, c, what="w").decrypt()) - u
+                    np.mean(sealio.deserialize(private_context, c, what="w").decrypt()) - u
                     for c, u in zip(fresh, unmask, strict=False)
                 ]
             )
@@ -152,9 +152,9 @@ def test_fresh_weights_are_seeded_and_load_under_the_public_context(
     workers that hold only the public context, and they decrypt to the value in every slot."""
     slots = PARAMETER_SETS[DEFAULT_PARAMETER_SET].slots
     (fresh,) = WeightEncryptor(private_context).encrypt([0.375])
-    (public,) = wire.encrypt_replicated(public_context, [0.375], slots)
+    (public,) = sealio.encrypt_replicated(public_context, [0.375], slots)
     assert len(fresh) < 0.6 * len(public)
-    vector = wire.deserialize(public_context, fresh, what="weights")
+    vector = sealio.deserialize(public_context, fresh, what="weights")
     vector += vector  # computable without the secret key
     values = np.array(vector.decrypt(private_context.secret_key()))
     assert values.shape == (slots,)

@@ -10,7 +10,7 @@ import pytest
 import tenseal as ts
 
 from coordinator.registry import Registry
-from hefl import wire
+from hefl import sealio
 from hefl.params import PARAMETER_SETS
 from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
@@ -55,7 +55,7 @@ def _column(context, block=0, feature=0, slots=4096):
     return pb.EncryptedColumn(
         block=block,
         feature=feature,
-        ciphertext=wire.serialize(ts.ckks_vector(context, np.zeros(slots))),
+        ciphertext=sealio.serialize(ts.ckks_vector(context, np.zeros(slots))),
     )
 
 

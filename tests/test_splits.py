@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from hefl.errors import InvalidArgument
-from hefl.splits import split_rows
+from tools.splits import split_rows
 
 LABELS = np.array([0.0] * 300 + [1.0] * 200)
 

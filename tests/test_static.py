@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ["coordinator", "parties", "hefl", "bench"]
+PACKAGES = ["coordinator", "parties", "hefl", "tools", "bench"]
 
 
 def test_mypy_on_the_packages():

@@ -20,10 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from hefl.algorithm import accuracy, roc_auc
 from hefl.errors import HeflError
 from hefl.params import DEFAULT_PARAMETER_SET
-from hefl.splits import split_rows
-from parties.data import Dataset, builtin_dataset, load_csv, write_csv
+from parties.data import Dataset, load_csv, write_csv
+from tools.datasets import builtin_dataset, synthetic_dataset
+from tools.splits import split_rows
 
 log = logging.getLogger("hefl.simulate")
 
@@ -62,8 +64,6 @@ def load_dataset(config: SimulationConfig) -> Dataset:
     if config.data is not None:
         return load_csv(config.data, label=config.label)
     if config.synthetic:
-        from parties.data import synthetic_dataset
-
         rows, cols = (int(v) for v in config.synthetic.lower().split("x"))
         return synthetic_dataset(rows, cols, seed=config.seed)
     return builtin_dataset(config.dataset or "breast-cancer")
@@ -105,10 +105,9 @@ def partition(dataset: Dataset, config: SimulationConfig) -> Partition:
     )
 
 
-def plaintext_baseline(train: Dataset, test: Dataset) -> dict[str, float]:
+def plaintext_baseline(train: Dataset, test: Dataset) -> dict[str, float | None]:
     """sklearn ``LogisticRegression()`` on standardized features (default C=1, lbfgs)."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -117,8 +116,8 @@ def plaintext_baseline(train: Dataset, test: Dataset) -> dict[str, float]:
     fit_s = time.perf_counter() - tick
     scores = model.decision_function(test.features)
     return {
-        "accuracy": float(np.mean((scores > 0) == (test.labels > 0.5))),
-        "auc": float(roc_auc_score(test.labels, scores)),
+        "accuracy": accuracy(scores, test.labels),
+        "auc": roc_auc(scores, test.labels),
         "fit_s": fit_s,
     }
 
@@ -149,7 +148,7 @@ def write_party_data(
 
 
 def _hefl_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "hefl.cli", *args]
+    return [sys.executable, "-m", "tools.cli", *args]
 
 
 def simulate(config: SimulationConfig) -> dict[str, Any]:
@@ -270,7 +269,7 @@ def _option_args(config: SimulationConfig) -> list[str]:
 def build_report(
     config: SimulationConfig,
     parts: Partition,
-    baseline: dict[str, float],
+    baseline: dict[str, float | None],
     results: list[dict[str, Any]],
     job_report: dict[str, Any],
     model: dict[str, Any],

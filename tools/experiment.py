@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from hefl.errors import InvalidArgument
-from hefl.simulate import SimulationConfig, simulate
+from tools.simulate import SimulationConfig, simulate
 
 log = logging.getLogger("hefl.experiment")
 
@@ -280,10 +280,15 @@ def plot_losses(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hefl.algorithm import Hyperparameters, add_bias, logistic_loss, train_replica
+    from hefl.algorithm import (
+        Hyperparameters,
+        add_bias,
+        logistic_loss,
+        standardize,
+        train_replica,
+    )
     from hefl.codec import AggregateStats
-    from hefl.simulate import load_dataset, partition
-    from parties.data import standardize
+    from tools.simulate import load_dataset, partition
 
     fig, ax = plt.subplots(figsize=(6, 4))
     seen: set[tuple[str, int]] = set()

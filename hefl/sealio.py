@@ -1,4 +1,4 @@
-"""Wire helpers both roles use: message limits, chunking, ciphertext (de)serialization."""
+"""Ciphertexts on the wire: TenSEAL's serialized CKKS vectors, read and written by every role."""
 
 from __future__ import annotations
 
@@ -6,71 +6,16 @@ import functools
 import os
 import struct
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from hefl.algorithm import Hyperparameters
 from hefl.errors import InvalidArgument
-from hefl.v1 import hefl_pb2 as pb
 
 if TYPE_CHECKING:
     import tenseal as ts
-
-# gRPC's default receive limit; the server enforces it explicitly, every sender stays well below.
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-CHUNK_BYTES = 1024 * 1024
-# An upload chunk carries whole ciphertexts up to about this many bytes.
-UPLOAD_CHUNK_BYTES = 2 * 1024 * 1024
-
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-]
-
-
-def split_bytes(data: bytes, size: int = CHUNK_BYTES) -> list[bytes]:
-    return [data[i : i + size] for i in range(0, len(data), size)] or [b""]
-
-
-def task_chunks(*, job_id: str, party: str, task_id: int, payload: bytes) -> Iterator[pb.TaskChunk]:
-    pieces = split_bytes(payload)
-    for index, piece in enumerate(pieces):
-        yield pb.TaskChunk(
-            job_id=job_id, party=party, task_id=task_id, index=index, count=len(pieces), data=piece
-        )
-
-
-def join_task_chunks(chunks: Iterable[pb.TaskChunk]) -> tuple[pb.TaskChunk, bytes]:
-    """Reassemble one chunked payload; returns (first chunk's header, payload).
-
-    Raises:
-        InvalidArgument: Chunks are missing, out of order or mix tasks.
-    """
-    header: pb.TaskChunk | None = None
-    parts: list[bytes] = []
-    for chunk in chunks:
-        if header is None:
-            header = chunk
-        if chunk.task_id != header.task_id or chunk.count != header.count:
-            raise InvalidArgument(
-                f"task {header.task_id}: chunk {chunk.index} belongs to task {chunk.task_id}"
-            )
-        if chunk.index != len(parts):
-            raise InvalidArgument(
-                f"task {header.task_id}: chunk {chunk.index} out of order, expected {len(parts)}"
-            )
-        parts.append(chunk.data)
-        if len(parts) == chunk.count:
-            break
-    if header is None or len(parts) != header.count:
-        got = len(parts)
-        raise InvalidArgument(
-            f"incomplete task payload: {got} of {header.count if header else '?'}"
-        )
-    return header, b"".join(parts)
 
 
 def serialize(vector: ts.CKKSVector) -> bytes:
@@ -166,23 +111,3 @@ def encrypt_replicated(context: ts.Context, values: Sequence[float], slots: int)
     import tenseal as ts
 
     return [serialize(ts.ckks_vector(context, np.full(slots, v))) for v in values]
-
-
-def hyperparameters_of(options: pb.TrainingOptions) -> Hyperparameters:
-    """The optimizer settings carried by resolved (non-zero) training options."""
-    return Hyperparameters(
-        iterations=options.iterations,
-        learning_rate=options.learning_rate,
-        l2=options.l2,
-        sigmoid_interval=options.sigmoid_interval,
-    )
-
-
-def training_options(hyper: Hyperparameters, *, reveal_intermediate: bool) -> pb.TrainingOptions:
-    return pb.TrainingOptions(
-        iterations=hyper.iterations,
-        learning_rate=hyper.learning_rate,
-        l2=hyper.l2,
-        sigmoid_interval=hyper.sigmoid_interval,
-        reveal_intermediate=reveal_intermediate,
-    )

@@ -1,0 +1,26 @@
+"""Conversions between hefl's dataclasses and their protobuf messages, done once at the edge."""
+
+from __future__ import annotations
+
+from hefl.algorithm import Hyperparameters
+from hefl.v1 import hefl_pb2 as pb
+
+
+def hyperparameters_of(options: pb.TrainingOptions) -> Hyperparameters:
+    """The optimizer settings carried by resolved (non-zero) training options."""
+    return Hyperparameters(
+        iterations=options.iterations,
+        learning_rate=options.learning_rate,
+        l2=options.l2,
+        sigmoid_interval=options.sigmoid_interval,
+    )
+
+
+def training_options(hyper: Hyperparameters, *, reveal_intermediate: bool) -> pb.TrainingOptions:
+    return pb.TrainingOptions(
+        iterations=hyper.iterations,
+        learning_rate=hyper.learning_rate,
+        l2=hyper.l2,
+        sigmoid_interval=hyper.sigmoid_interval,
+        reveal_intermediate=reveal_intermediate,
+    )

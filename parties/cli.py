@@ -1,0 +1,84 @@
+"""``hefl party``: run one data owner. Imports nothing of Ray or the tools."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hefl.errors import HeflError
+from hefl.params import DEFAULT_PARAMETER_SET, PARAMETER_SETS
+
+
+def training_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The job's training options, which the key holder sets (and ``hefl simulate`` passes on)."""
+    for option in reversed(
+        [
+            click.option("--iterations", type=int, default=0, help="0: 15"),
+            click.option(
+                "--learning-rate",
+                type=float,
+                default=0.0,
+                help="0: chosen from the data (1.0, smaller for strongly correlated features)",
+            ),
+            click.option("--l2", type=float, default=0.0, help="L2 penalty (0: none)"),
+            click.option(
+                "--sigmoid-interval",
+                type=float,
+                default=0.0,
+                help="half-width of the sigmoid fit's range (0: 16)",
+            ),
+            click.option(
+                "--reveal-intermediate",
+                is_flag=True,
+                help="decrypt every iterate for loss curves (the key holder then sees them)",
+            ),
+            click.option(
+                "--parameter-set",
+                type=click.Choice(sorted(PARAMETER_SETS)),
+                default=DEFAULT_PARAMETER_SET,
+                show_default=True,
+            ),
+        ]
+    ):
+        function = option(function)
+    return function
+
+
+@click.command()
+@click.option("--coordinator", "coordinator_address", required=True, help="HOST:PORT")
+@click.option("--name", required=True, help="this party's name in the job")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option("--label", required=True, help="label column")
+@click.option("--key-holder", is_flag=True, help="generate the keys and create the job")
+@click.option("--job", default="", help="job id (key holder: choose it; others: join it)")
+@click.option("--parties", type=int, default=1, help="key holder: parties the job waits for")
+@training_options
+@click.option(
+    "--test",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="held-out CSV to evaluate the delivered model on",
+)
+@click.option("--model-out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--result-out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--join-timeout", type=float, default=0.0, help="retry joining this long (s)")
+def party(
+    coordinator_address: str, result_out: Path | None, join_timeout: float, **kwargs: Any
+) -> None:
+    """Run one data-owner party."""
+    from parties.client import PartyConfig, run_party
+
+    config = PartyConfig(coordinator=coordinator_address, join_timeout_s=join_timeout, **kwargs)
+    try:
+        result = run_party(config)
+    except HeflError as err:
+        raise click.ClickException(str(err)) from err
+    if result_out is not None:
+        result_out.write_text(json.dumps(result.to_json(), indent=1))
+    summary = f"party {result.name}: job {result.job_id} done"
+    if result.accuracy is not None:
+        summary += f", held-out accuracy {result.accuracy:.4f} on {result.test_rows} rows"
+    click.echo(summary)

@@ -1,0 +1,168 @@
+"""The ``hefl`` command: each role's command (``coordinator``, ``party``) and the tools
+(``simulate``, ``bench``, ``experiment``).
+
+Every option can also come from the environment as ``HEFL_<COMMAND>_<OPTION>``
+(e.g. ``HEFL_COORDINATOR_LISTEN=0.0.0.0:50051``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from coordinator.cli import coordinator
+from hefl.errors import HeflError
+from parties.cli import party, training_options
+from tools.splits import SPLITS
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _dataset_options(function):  # type: ignore[no-untyped-def]
+    """Where the rows come from (simulate and bench)."""
+    for option in reversed(
+        [
+            click.option(
+                "--dataset",
+                type=click.Choice(["breast-cancer", "wine", "digits", "iris"]),
+                default="breast-cancer",
+            ),
+            click.option(
+                "--data",
+                type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                help="a CSV instead of a built-in dataset",
+            ),
+            click.option("--label", default="label", help="label column of --data"),
+            click.option(
+                "--synthetic", metavar="ROWSxCOLS", help="sklearn make_classification, fixed seed"
+            ),
+        ]
+    ):
+        function = option(function)
+    return function
+
+
+@click.group(context_settings={"auto_envvar_prefix": "HEFL", "show_default": True})
+@click.option("-v", "--verbose", is_flag=True, help="debug logging")
+def main(verbose: bool) -> None:
+    """Federated logistic regression on CKKS-encrypted data."""
+    _logging(verbose)
+
+
+@main.command()
+@click.option("--parties", type=int, default=3, help="simulated hospitals")
+@_dataset_options
+@click.option("--split", type=click.Choice(SPLITS), default="iid")
+@click.option("--alpha", type=float, default=0.5, help="Dirichlet alpha of skewed splits")
+@click.option("--seed", type=int, default=0)
+@training_options
+@click.option(
+    "--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("hefl-work")
+)
+@click.option("--ray-address", default=None, help="join this Ray cluster instead of a local one")
+@click.option("--workers", type=int, default=0, help="Ray actors (0: one per CPU)")
+@click.option(
+    "--report", type=click.Path(dir_okay=False, path_type=Path), help="write the report JSON here"
+)
+def simulate(**kwargs: object) -> None:
+    """Simulate N hospitals on this machine: coordinator and parties as separate processes."""
+    from tools.simulate import SimulationConfig, format_report
+    from tools.simulate import simulate as run
+
+    if kwargs["data"] is not None or kwargs["synthetic"]:
+        kwargs["dataset"] = None
+    config = SimulationConfig(**kwargs)  # type: ignore[arg-type]
+    try:
+        report = run(config)
+    except HeflError as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(format_report(report))
+    if config.report:
+        click.echo(f"report written to {config.report}")
+
+
+@main.command()
+@_dataset_options
+@click.option("--parties", type=int, default=3)
+@click.option("--workers", type=int, default=0, help="Ray actors (0: one per CPU)")
+@click.option("--seed", type=int, default=0)
+@click.option("--iterations", type=int, default=0, help="0: 15")
+@click.option("--skip", type=click.Choice(["seed_style", "hefl"]), multiple=True)
+@click.option(
+    "--seed-style-rows",
+    type=int,
+    default=1000,
+    help="train the seed approach on at most this many rows, extrapolate the rest",
+)
+@click.option(
+    "--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("hefl-bench")
+)
+@click.option("--ray-address", default=None)
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path))
+def bench(
+    dataset: str,
+    data: Path | None,
+    label: str,
+    synthetic: str | None,
+    parties: int,
+    workers: int,
+    seed: int,
+    iterations: int,
+    skip: tuple[str, ...],
+    seed_style_rows: int,
+    workdir: Path,
+    ray_address: str | None,
+    report: Path | None,
+) -> None:
+    """Benchmark sklearn, hefl's plaintext replica, the seed approach and hefl end to end."""
+    from bench.run import format_bench, run_bench
+    from tools.simulate import SimulationConfig
+
+    config = SimulationConfig(
+        parties=parties,
+        dataset=None if (data or synthetic) else dataset,
+        data=data,
+        label=label,
+        synthetic=synthetic,
+        seed=seed,
+        iterations=iterations,
+        workdir=workdir,
+        ray_address=ray_address,
+        workers=workers,
+        report=report,
+    )
+    try:
+        result = run_bench(config, skip=set(skip), seed_style_rows=seed_style_rows)
+    except HeflError as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(format_bench(result))
+
+
+@main.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+def experiment(config: Path, no_progress: bool) -> None:
+    """Run a grid of simulations from CONFIG.toml; write results and plots."""
+    from tools.experiment import run_experiment, summarize
+
+    try:
+        rows = run_experiment(config, progress=not no_progress)
+    except HeflError as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(summarize(rows))
+
+
+main.add_command(coordinator)
+main.add_command(party)
+
+if __name__ == "__main__":
+    main()
