@@ -10,6 +10,16 @@ import click
 @click.command()
 @click.option("--listen", default="127.0.0.1:50051", help="HOST:PORT (port 0: any free port)")
 @click.option(
+    "--kit",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="this coordinator's startup kit (hefl provision): mutual TLS with every party",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="plaintext gRPC without identities: anyone who can connect can act as any party",
+)
+@click.option(
     "--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("hefl-work")
 )
 @click.option(
@@ -30,6 +40,8 @@ import click
 )
 def coordinator(
     listen: str,
+    kit: Path | None,
+    insecure: bool,
     workdir: Path,
     ray_address: str | None,
     workers: int,
@@ -37,6 +49,8 @@ def coordinator(
     ready_file: Path | None,
 ) -> None:
     """Run the (untrusted) coordinator until SIGTERM."""
+    if (kit is None) == (not insecure):
+        raise click.UsageError("give either --kit (see `hefl provision`) or --insecure")
     from coordinator.local_ray import LocalRayCluster
 
     # Without a cluster, start a private one first (before `import ray`, see LocalRayCluster):
@@ -46,6 +60,8 @@ def coordinator(
 
     config = CoordinatorConfig(
         listen=listen,
+        kit=kit,
+        insecure=insecure,
         workdir=workdir,
         ray_address=local_ray.address if local_ray else ray_address,
         workers=workers,

@@ -166,7 +166,7 @@ class JobDriver:
             standardization=job.standardization,
         )
         for state in job.parties.values():
-            finalize.parties.add(name=state.name, seal_public_key=state.seal_public_key)
+            finalize.parties.append(state.hello)
         result = job.link.call(pb.KeyHolderTask(finalize=finalize), timeout_s=KEY_HOLDER_TIMEOUT_S)
         job.finish(
             list(result.sealed.models),

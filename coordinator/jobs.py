@@ -28,9 +28,16 @@ import tenseal as ts
 
 from coordinator.keyholder_link import KeyHolderLink
 from coordinator.store import JobStore, atomic_write, check_name
-from hefl import sealio
+from hefl import sealio, signed
 from hefl.codec import PackingLayout, piece_sizes, stats_length
-from hefl.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from hefl.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+from hefl.identity import same_bytes, verify_signature
 from hefl.params import CkksParameters, check_public_context, get_parameter_set
 from hefl.v1 import hefl_pb2 as pb
 
@@ -44,7 +51,8 @@ class ShuttingDown(FailedPrecondition):
 @dataclass
 class PartyState:
     name: str
-    seal_public_key: bytes
+    # As the party sent it: sealing key, signing key and the signature binding them.
+    hello: pb.PartyHello
     stats: bool = False
     rows: int = 0
     received: set[tuple[int, int]] = field(default_factory=set)
@@ -67,6 +75,8 @@ class Job:
         expected_parties: int,
         options: pb.TrainingOptions,
         key_holder: str,
+        charter: pb.Charter | None = None,
+        charter_signature: bytes = b"",
     ) -> None:
         self.job_id = job_id
         self.store = store
@@ -83,6 +93,10 @@ class Job:
         self.expected_parties = expected_parties
         self.options = options
         self.key_holder = key_holder
+        # With a charter (every job over TLS) only its roster's sites may take part.
+        self.charter = charter
+        self.charter_signature = charter_signature
+        self.roster = {e.name: e for e in charter.roster} if charter is not None else None
         self.parties: dict[str, PartyState] = {}
         self.phase = pb.WAITING_FOR_PARTIES
         self.message = ""
@@ -158,10 +172,42 @@ class Job:
         except KeyError:
             raise NotFound(f"party {name!r} has not joined job {self.job_id}") from None
 
-    def join(self, name: str, features: list[str], seal_public_key: bytes) -> None:
-        check_name("party", name)
-        if len(seal_public_key) != 32:
+    def is_invited(self, name: str, fingerprint: str | None) -> bool:
+        """Whether ``name`` (with this certificate fingerprint, over TLS) may take part."""
+        if self.roster is None:
+            return True
+        entry = self.roster.get(name)
+        return entry is not None and fingerprint is not None and entry.fingerprint == fingerprint
+
+    def is_member(self, name: str) -> bool:
+        with self._cond:
+            return name in self.parties
+
+    def join(self, hello: pb.PartyHello) -> None:
+        """Admit a party (the caller's authorization is the servicer's, see ``is_invited``).
+
+        Raises:
+            InvalidArgument: Bad name, key sizes or columns.
+            PermissionDenied: With a charter: a signing key other than the roster's, or a
+                sealing key whose signature does not verify.
+            AlreadyExists, FailedPrecondition: The name is taken; the job is full.
+        """
+        name = check_name("party", hello.name)
+        features = list(hello.features)
+        if len(hello.seal_public_key) != 32:
             raise InvalidArgument(f"party {name!r}: seal_public_key must be 32 bytes (X25519)")
+        if self.roster is not None:
+            entry = self.roster[name]
+            if not same_bytes(hello.signing_public_key, entry.signing_public_key):
+                raise PermissionDenied(
+                    f"party {name!r}: its signing key is not its roster entry's in {self.job_id}"
+                )
+            verify_signature(
+                entry.signing_public_key,
+                hello.seal_key_signature,
+                signed.SEAL_KEY,
+                signed.seal_key_parts(self.job_id, name, hello.seal_public_key),
+            )
         with self._cond:
             if name in self.parties:
                 raise AlreadyExists(f"party name {name!r} is already taken in job {self.job_id}")
@@ -171,12 +217,14 @@ class Job:
                 )
             if features != self.features:
                 raise InvalidArgument(_column_mismatch(name, features, self.features, self.job_id))
-            self.parties[name] = PartyState(name=name, seal_public_key=seal_public_key)
+            self.parties[name] = PartyState(name=name, hello=hello)
             if len(self.parties) == self.expected_parties:
                 self.phase = pb.COLLECTING_STATS
             self._changed()
 
-    def submit_stats(self, party: str, ciphertexts: Sequence[bytes], rows: int) -> None:
+    def submit_stats(
+        self, party: str, ciphertexts: Sequence[bytes], rows: int, signature: bytes = b""
+    ) -> None:
         with self._cond:
             state = self._party(party)
             if self.phase not in (pb.WAITING_FOR_PARTIES, pb.COLLECTING_STATS):
@@ -202,8 +250,16 @@ class Job:
             )
         if rows <= 0:
             raise InvalidArgument(f"party {party!r} declares {rows} rows")
+        if self.roster is not None:
+            verify_signature(
+                self.roster[party].signing_public_key,
+                signature,
+                signed.STATS,
+                signed.stats_parts(self.job_id, party, rows, ciphertexts),
+            )
         for piece, ciphertext in enumerate(ciphertexts):
             atomic_write(self.store.stats_path(party, piece), ciphertext)
+        atomic_write(self.store.stats_signature_path(party), signature)
         with self._cond:
             state.stats = True
             state.rows = rows
@@ -375,7 +431,7 @@ class Job:
             "parties": [
                 {
                     "name": p.name,
-                    "seal_public_key": p.seal_public_key.hex(),
+                    "hello": p.hello.SerializeToString().hex(),
                     "stats": p.stats,
                     "rows": p.rows,
                     "upload_complete": p.upload_complete,
@@ -411,13 +467,14 @@ class Job:
             expected_parties=int(state["expected_parties"]),
             options=pb.TrainingOptions(**state["options"]),
             key_holder=state["key_holder"],
+            **_read_charter(store),
         )
         job.phase = pb.Phase.Value(state["phase"])
         job.message = state["message"]
         for entry in state["parties"]:
             party = PartyState(
                 name=entry["name"],
-                seal_public_key=bytes.fromhex(entry["seal_public_key"]),
+                hello=pb.PartyHello.FromString(bytes.fromhex(entry["hello"])),
                 stats=entry["stats"],
                 rows=entry["rows"],
                 upload_complete=entry["upload_complete"],
@@ -434,6 +491,14 @@ class Job:
         if job.phase == pb.TRAINING:
             job.iteration = 0
         return job
+
+
+def _read_charter(store: JobStore) -> dict[str, Any]:
+    path = store.charter_path()
+    if not path.is_file():
+        return {}
+    spec = pb.JobSpec.FromString(path.read_bytes())
+    return {"charter": spec.charter, "charter_signature": spec.charter_signature}
 
 
 def _rescan_upload(job: Job, party: PartyState) -> None:

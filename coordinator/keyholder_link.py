@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from hefl.errors import FailedPrecondition, ProtocolError
+from hefl.errors import AlreadyExists, FailedPrecondition, ProtocolError
 from hefl.v1 import hefl_pb2 as pb
 
 
@@ -68,9 +68,15 @@ class KeyHolderLink:
         return result
 
     def stream(self, is_active: Callable[[], bool]) -> Iterator[tuple[int, bytes]]:
-        """Tasks for one connected key-holder stream, until ``is_active()`` turns false."""
+        """Tasks for the connected key-holder stream, until ``is_active()`` turns false.
+
+        Raises:
+            AlreadyExists: Another stream is open: tasks go to one key holder stream only.
+        """
         sent: set[int] = set()
         with self._cond:
+            if self._streams:
+                raise AlreadyExists("the key holder's task stream is already open elsewhere")
             self._streams += 1
         try:
             while is_active():

@@ -10,7 +10,15 @@ from pathlib import Path
 from coordinator.driver import JobDriver, PoolFactory
 from coordinator.jobs import Job
 from coordinator.store import JobStore, atomic_write, check_name, job_roots
-from hefl.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from hefl.charter import context_digest, key_holder_entry, verify_charter
+from hefl.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ProtocolError,
+)
+from hefl.identity import Peer, same_bytes
 from hefl.params import DEFAULT_PARAMETER_SET, get_parameter_set
 from hefl.v1 import hefl_pb2 as pb
 
@@ -48,24 +56,43 @@ class Registry:
         thread.start()
         self._threads.append(thread)
 
-    def create(self, spec: pb.JobSpec, context_bytes: bytes) -> Job:
+    def create(self, spec: pb.JobSpec, context_bytes: bytes, *, creator: Peer | None) -> Job:
         """Register a new job from the key holder's spec and public context.
+
+        Args:
+            spec: The job spec; over TLS it must carry the charter its creator signed.
+            context_bytes: The public context.
+            creator: The authenticated caller; None on a plaintext (``--insecure``) server.
 
         Raises:
             InvalidArgument: Bad names, features, party count, parameter set or context.
-            PermissionDenied: The context carries a secret key.
+            PermissionDenied: The context carries a secret key; over TLS, the creator is not the
+                charter's key holder (by name and certificate) or did not sign it, or the
+                context is not the one the charter names.
             AlreadyExists: The job id is taken.
         """
-        job_id = check_name("job", spec.job_id or f"job-{uuid.uuid4().hex[:8]}")
+        charter: pb.Charter | None = None
+        if creator is not None:
+            charter = check_charter(spec, context_bytes, creator)
+            job_id, expected = charter.job_id, len(charter.roster)
+            parameter_set, options = charter.parameter_set, charter.options
+        else:
+            job_id = spec.job_id or f"job-{uuid.uuid4().hex[:8]}"
+            expected, parameter_set, options = (
+                spec.expected_parties,
+                spec.parameter_set,
+                spec.options,
+            )
+        job_id = check_name("job", job_id)
         key_holder = check_name("party", spec.key_holder.name)
         features = list(spec.key_holder.features)
         if not features:
             raise InvalidArgument("the job needs at least one feature column")
         if len(set(features)) != len(features):
             raise InvalidArgument(f"duplicate feature names in {features}")
-        if spec.expected_parties < 1:
+        if expected < 1:
             raise InvalidArgument("expected_parties must be at least 1")
-        params = get_parameter_set(spec.parameter_set or DEFAULT_PARAMETER_SET)
+        params = get_parameter_set(parameter_set or DEFAULT_PARAMETER_SET)
         if 1 + 2 * len(features) > params.slots:
             raise InvalidArgument(
                 f"{len(features)} features do not fit the statistics vector of {params.name}"
@@ -83,15 +110,24 @@ class Registry:
                 params=params,
                 context_bytes=context_bytes,
                 features=features,
-                expected_parties=spec.expected_parties,
-                options=spec.options,
+                expected_parties=expected,
+                options=options,
                 key_holder=key_holder,
+                charter=charter,
+                charter_signature=spec.charter_signature,
             )
             atomic_write(store.context_path(), context_bytes)
-            job.join(key_holder, features, spec.key_holder.seal_public_key)
+            if charter is not None:
+                atomic_write(
+                    store.charter_path(),
+                    pb.JobSpec(
+                        charter=charter, charter_signature=spec.charter_signature
+                    ).SerializeToString(),
+                )
+            job.join(spec.key_holder)
             self._jobs[job_id] = job
         self._start(job)
-        log.info("job %s created by %s for %d parties", job_id, key_holder, spec.expected_parties)
+        log.info("job %s created by %s for %d parties", job_id, key_holder, expected)
         return job
 
     def get(self, job_id: str) -> Job:
@@ -101,23 +137,47 @@ class Registry:
             except KeyError:
                 raise NotFound(f"no job {job_id!r} on this coordinator") from None
 
-    def resolve(self, job_id: str) -> Job:
-        """The named job, or with an empty name the only job still accepting parties."""
-        if job_id:
-            return self.get(job_id)
-        with self._lock:
-            open_jobs = [j for j in self._jobs.values() if j.phase == pb.WAITING_FOR_PARTIES]
-        if len(open_jobs) != 1:
-            raise FailedPrecondition(
-                f"{len(open_jobs)} jobs are waiting for parties; name one with --job"
-            )
-        return open_jobs[0]
-
     def jobs(self) -> list[Job]:
         with self._lock:
             return list(self._jobs.values())
+
+    def jobs_of(self, party: str) -> list[Job]:
+        """The jobs ``party`` takes part in or is invited to."""
+        return [
+            job
+            for job in self.jobs()
+            if job.is_member(party) or (job.roster is not None and party in job.roster)
+        ]
 
     def shutdown(self) -> None:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=5)
+
+
+def check_charter(spec: pb.JobSpec, context_bytes: bytes, creator: Peer) -> pb.Charter:
+    """The charter of a job created over TLS, checked against its authenticated creator.
+
+    Raises:
+        PermissionDenied: No charter; the creator is not its key holder (name and certificate
+            fingerprint) or did not sign it; the context is not the one it names.
+    """
+    if not spec.HasField("charter"):
+        raise PermissionDenied("a job created over TLS needs the key holder's signed charter")
+    charter = spec.charter
+    if creator.name != charter.key_holder or creator.name != spec.key_holder.name:
+        raise PermissionDenied(
+            f"{creator.name!r} cannot create a job whose key holder is {charter.key_holder!r}"
+        )
+    try:
+        entry = key_holder_entry(charter)
+        verify_charter(charter, spec.charter_signature)
+    except ProtocolError as err:
+        raise PermissionDenied(str(err)) from err
+    if entry.fingerprint != creator.fingerprint:
+        raise PermissionDenied(
+            f"{creator.name!r} presents a certificate other than its roster entry's"
+        )
+    if not same_bytes(context_digest(context_bytes), charter.context_sha256):
+        raise PermissionDenied("the context is not the one the charter names")
+    return charter

@@ -19,6 +19,8 @@ from coordinator.registry import Registry
 from coordinator.servicer import CoordinatorServicer
 from hefl.chunks import CHANNEL_OPTIONS
 from hefl.codec import PackingLayout
+from hefl.errors import InvalidArgument
+from hefl.identity import ROLE_COORDINATOR, TlsFiles, server_credentials
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
 
 log = logging.getLogger("hefl.coordinator")
@@ -30,6 +32,10 @@ GRACE_S = 10.0
 class CoordinatorConfig:
     listen: str = "127.0.0.1:50051"
     workdir: Path = Path("hefl-work")
+    # The coordinator's startup kit (`hefl provision`); None only with `insecure`.
+    kit: Path | None = None
+    # Plaintext gRPC, no identities: every caller is whoever its requests say it is.
+    insecure: bool = False
     ray_address: str | None = None
     # Ray actors per job; 0 = one per CPU of the cluster.
     workers: int = 0
@@ -93,18 +99,53 @@ def join_ray_early(
 
 
 def create_server(
-    address: str, registry: Registry, *, max_workers: int = 32
+    address: str, registry: Registry, *, tls: TlsFiles | None, max_workers: int = 32
 ) -> tuple[grpc.Server, int]:
-    """A started-later server bound to ``address`` (port 0 picks a free port)."""
+    """A started-later server bound to ``address`` (port 0 picks a free port).
+
+    Args:
+        tls: The coordinator's certificate, key and the project CA: every connection is then
+            mutual TLS and callers are known by their certificates. None serves plaintext to
+            anyone (``--insecure``).
+    """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         options=CHANNEL_OPTIONS,
     )
-    pb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(registry), server)
-    port = server.add_insecure_port(address)
+    servicer = CoordinatorServicer(registry, authenticated=tls is not None)
+    pb_grpc.add_CoordinatorServicer_to_server(servicer, server)
+    if tls is None:
+        log.warning(
+            "serving plaintext gRPC without identities (--insecure): anyone who reaches %s can "
+            "join jobs and act as any party",
+            address,
+        )
+        port = server.add_insecure_port(address)
+    else:
+        identity = tls.identity
+        if identity.role != ROLE_COORDINATOR:
+            raise InvalidArgument(
+                f"the startup kit is {identity.name!r}'s, a {identity.role}, not a coordinator's"
+            )
+        port = server.add_secure_port(address, server_credentials(tls))
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     return server, port
+
+
+def tls_of(config: CoordinatorConfig) -> TlsFiles | None:
+    """The coordinator's TLS files, or None when it was told to run ``--insecure``.
+
+    Raises:
+        InvalidArgument: Neither a kit nor ``--insecure``, or an unusable kit.
+    """
+    if config.kit is not None:
+        return TlsFiles.load(config.kit)
+    if config.insecure:
+        return None
+    raise InvalidArgument(
+        "give the coordinator's startup kit (--kit, made by `hefl provision`) or --insecure"
+    )
 
 
 def serve(
@@ -123,11 +164,12 @@ def serve(
         ray_ready: Called before joining Ray; raises if the cluster cannot come up, which then
             fails the jobs that need it with the reason instead of leaving them waiting.
     """
+    tls = tls_of(config)
     config.workdir.mkdir(parents=True, exist_ok=True)
     join_ray_early(config, ray_ready)
     factory = ray_pool_factory(config, ray_ready)
     registry = Registry(config.workdir, factory)
-    server, port = create_server(config.listen, registry)
+    server, port = create_server(config.listen, registry, tls=tls)
     server.start()
     host = config.listen.rsplit(":", 1)[0]
     log.info("coordinator listening on %s:%d, work directory %s", host, port, config.workdir)

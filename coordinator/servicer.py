@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -13,6 +14,7 @@ from coordinator.jobs import Job
 from coordinator.keyholder_link import KeyHolderTimeout
 from coordinator.registry import MAX_CONTEXT_BYTES, Registry
 from hefl import chunks, errors
+from hefl.identity import ROLE_PARTY, Peer, peer_of
 from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
 
@@ -63,9 +65,77 @@ def streaming_domain_errors(method: F) -> F:
     return stream  # type: ignore[return-value]
 
 
+# Who may call what; one row per RPC, tested row by row (tests/test_authorization.py).
+#   any party:  any site with a party certificate of the project
+#   invited:    a site on the job's roster (by name and certificate fingerprint)
+#   member:     a party that has joined the job
+#   key holder: the party that created the job
+# Without TLS (--insecure) nobody is authenticated: each request's names are taken as given.
+AUTHORIZATION: dict[str, str] = {
+    "CreateJob": "any party",
+    "JoinJob": "invited",
+    "GetContext": "invited",
+    "WatchJob": "member",
+    "SubmitStats": "member",
+    "Upload": "member",
+    "KeyHolderTasks": "key holder",
+    "CompleteTask": "key holder",
+    "GetModel": "member",
+    "ListJobs": "any party",
+}
+
+
 class CoordinatorServicer(pb_grpc.CoordinatorServicer):
-    def __init__(self, registry: Registry) -> None:
+    """Thin: authenticate and authorize the caller, call the domain, convert the answer.
+
+    Args:
+        registry: The jobs.
+        authenticated: The server speaks mutual TLS, so every caller has a verified
+            certificate; False only for ``--insecure``.
+    """
+
+    def __init__(self, registry: Registry, *, authenticated: bool) -> None:
         self._registry = registry
+        self._authenticated = authenticated
+
+    def _caller(self, context: Any) -> Peer | None:
+        peer = peer_of(context)
+        if self._authenticated:
+            if peer is None:
+                raise errors.PermissionDenied("no client certificate")
+            if peer.role != ROLE_PARTY:
+                raise errors.PermissionDenied(f"{peer.name!r} is a {peer.role}, not a party")
+        return peer
+
+    def _acting(self, rpc: str, context: Any, job: Job | None, claimed: str) -> str:
+        """The party name the caller acts as, once ``rpc`` is allowed for it on ``job``.
+
+        Raises:
+            PermissionDenied: The caller claims another party's name, or its role on the job
+                does not allow ``rpc`` (see :data:`AUTHORIZATION`).
+        """
+        peer = self._caller(context)
+        if peer is None:
+            name = claimed
+        elif claimed and claimed != peer.name:
+            raise errors.PermissionDenied(
+                f"{peer.name!r} is authenticated and cannot act as {claimed!r}"
+            )
+        else:
+            name = peer.name
+        rule = AUTHORIZATION[rpc]
+        if job is None or rule == "any party":
+            return name
+        allowed = {
+            "invited": lambda: job.is_invited(name, peer.fingerprint if peer else None),
+            "member": lambda: job.is_member(name),
+            "key holder": lambda: name == job.key_holder,
+        }[rule]()
+        if not allowed:
+            raise errors.PermissionDenied(
+                f"{name!r} may not call {rpc} on job {job.job_id}: only the job's {rule} may"
+            )
+        return name
 
     @domain_errors
     def CreateJob(
@@ -74,6 +144,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("part") != "spec":
             raise errors.InvalidArgument("CreateJob must start with the job spec")
+        # Authorized before a byte of the context is buffered.
+        self._acting("CreateJob", context, None, first.spec.key_holder.name)
         parts: list[bytes] = []
         size = 0
         for message in request_iterator:
@@ -83,36 +155,43 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             if size > MAX_CONTEXT_BYTES:
                 raise errors.InvalidArgument(f"context exceeds {MAX_CONTEXT_BYTES} bytes")
             parts.append(message.context_chunk)
-        job = self._registry.create(first.spec, b"".join(parts))
+        job = self._registry.create(first.spec, b"".join(parts), creator=self._caller(context))
         return _job_info(job)
 
     @domain_errors
     def JoinJob(self, request: pb.JoinJobRequest, context: Any) -> pb.JobInfo:
-        job = self._registry.resolve(request.job_id)
-        job.join(request.party.name, list(request.party.features), request.party.seal_public_key)
+        job = self._registry.get(request.job_id)
+        self._acting("JoinJob", context, job, request.party.name)
+        job.join(request.party)
         return _job_info(job)
 
     @streaming_domain_errors
     def GetContext(self, request: pb.GetContextRequest, context: Any) -> Iterator[pb.Blob]:
-        data = self._registry.get(request.job_id).context_bytes
+        job = self._registry.get(request.job_id)
+        self._acting("GetContext", context, job, "")
+        data = job.context_bytes
         for piece in chunks.split_bytes(data):
             yield pb.Blob(data=piece, total_bytes=len(data))
 
     @streaming_domain_errors
     def WatchJob(self, request: pb.WatchJobRequest, context: Any) -> Iterator[pb.JobStatus]:
-        yield from self._registry.get(request.job_id).watch(context.is_active)
+        job = self._registry.get(request.job_id)
+        self._acting("WatchJob", context, job, request.party)
+        yield from job.watch(context.is_active)
 
     @domain_errors
     def SubmitStats(self, request: pb.SubmitStatsRequest, context: Any) -> pb.Ack:
         job = self._registry.get(request.job_id)
-        job.submit_stats(request.party, request.ciphertexts, request.rows)
-        return pb.Ack(message=f"statistics of {request.party} accepted")
+        party = self._acting("SubmitStats", context, job, request.party)
+        job.submit_stats(party, request.ciphertexts, request.rows, request.signature)
+        return pb.Ack(message=f"statistics of {party} accepted")
 
     @domain_errors
     def Upload(self, request_iterator: Iterator[pb.UploadChunk], context: Any) -> pb.UploadSummary:
         summary = pb.UploadSummary()
         for seq, chunk in enumerate(request_iterator):
             job = self._registry.get(chunk.job_id)
+            self._acting("Upload", context, job, chunk.party)
             summary.bytes_accepted += job.accept_upload(chunk, seq)
             summary.columns_accepted += len(chunk.columns)
             summary.complete = chunk.last
@@ -123,33 +202,37 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         self, request: pb.KeyHolderTasksRequest, context: Any
     ) -> Iterator[pb.TaskChunk]:
         job = self._registry.get(request.job_id)
-        if request.party != job.key_holder:
-            raise errors.PermissionDenied(
-                f"party {request.party!r} is not the key holder of job {job.job_id}"
-            )
+        party = self._acting("KeyHolderTasks", context, job, request.party)
         for task_id, payload in job.link.stream(context.is_active):
             yield from chunks.task_chunks(
-                job_id=job.job_id, party=request.party, task_id=task_id, payload=payload
+                job_id=job.job_id, party=party, task_id=task_id, payload=payload
             )
 
     @domain_errors
     def CompleteTask(self, request_iterator: Iterator[pb.TaskChunk], context: Any) -> pb.Ack:
-        header, payload = chunks.join_task_chunks(request_iterator)
-        job = self._registry.get(header.job_id)
-        if header.party != job.key_holder:
-            raise errors.PermissionDenied(
-                f"party {header.party!r} is not the key holder of job {job.job_id}"
-            )
+        first = next(request_iterator, None)
+        if first is None:
+            raise errors.InvalidArgument("CompleteTask carries no chunk")
+        job = self._registry.get(first.job_id)
+        # Authorized before the rest of the answer is read.
+        self._acting("CompleteTask", context, job, first.party)
+        header, payload = chunks.join_task_chunks(itertools.chain([first], request_iterator))
+        if header.job_id != job.job_id:
+            raise errors.InvalidArgument("CompleteTask chunks name different jobs")
         job.link.complete(header.task_id, payload)
         return pb.Ack(message=f"task {header.task_id} done")
 
     @domain_errors
     def GetModel(self, request: pb.GetModelRequest, context: Any) -> pb.SealedModel:
-        return self._registry.get(request.job_id).sealed_model(request.party)
+        job = self._registry.get(request.job_id)
+        party = self._acting("GetModel", context, job, request.party)
+        return job.sealed_model(party)
 
     @domain_errors
     def ListJobs(self, request: pb.ListJobsRequest, context: Any) -> pb.ListJobsResponse:
-        return pb.ListJobsResponse(jobs=[job.status() for job in self._registry.jobs()])
+        peer = self._caller(context)
+        jobs = self._registry.jobs() if peer is None else self._registry.jobs_of(peer.name)
+        return pb.ListJobsResponse(jobs=[job.status() for job in jobs])
 
 
 def _job_info(job: Job) -> pb.JobInfo:
@@ -160,4 +243,6 @@ def _job_info(job: Job) -> pb.JobInfo:
         parameter_set=job.params.name,
         options=job.options,
         context_bytes=len(job.context_bytes),
+        charter=job.charter,
+        charter_signature=job.charter_signature,
     )

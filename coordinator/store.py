@@ -4,7 +4,8 @@ Layout under ``<workdir>/jobs/<job_id>/``::
 
     job.json                      job state (phase, parties, options, standardization, layout)
     context.bin                   the public context
-    stats/<party>/<piece>.bin     encrypted statistics
+    charter.pb                    the charter and its key holder's signature (jobs over TLS)
+    stats/<party>/<piece>.bin     encrypted statistics (and signature.sig, the party's)
     columns/<party>/<b>-<j>.bin   encrypted column j of block b, this party's rows only
     label_terms/<party>.bin       encrypted label term
     models/<party>.bin            the sealed model (a serialized SealedModel)
@@ -19,27 +20,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
-from hefl.errors import InvalidArgument
+from hefl.identity import check_name
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-def check_name(kind: str, name: str) -> str:
-    """Job and party names become path components: keep them boring.
-
-    Raises:
-        InvalidArgument: Empty, too long, or with characters other than letters, digits, ``_.-``.
-    """
-    if not _SAFE_NAME.match(name):
-        raise InvalidArgument(
-            f"{kind} name {name!r} must be 1-64 letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit"
-        )
-    return name
+__all__ = ["JobStore", "atomic_write", "check_name", "job_roots"]
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -66,6 +52,12 @@ class JobStore:
 
     def stats_path(self, party: str, piece: int) -> Path:
         return self.root / "stats" / party / f"{piece}.bin"
+
+    def stats_signature_path(self, party: str) -> Path:
+        return self.root / "stats" / party / "signature.sig"
+
+    def charter_path(self) -> Path:
+        return self.root / "charter.pb"
 
     def column_path(self, party: str, block: int, column: int) -> Path:
         return self.root / "columns" / party / f"{block}-{column}.bin"

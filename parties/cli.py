@@ -50,7 +50,28 @@ def training_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 @click.command()
 @click.option("--coordinator", "coordinator_address", required=True, help="HOST:PORT")
-@click.option("--name", required=True, help="this party's name in the job")
+@click.option(
+    "--kit",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="this party's startup kit (hefl provision): its name, certificate and signing key",
+)
+@click.option(
+    "--roster",
+    default="",
+    help="with --kit: every party of the job, comma-separated (the key holder invites them, "
+    "the others refuse a job whose roster differs)",
+)
+@click.option(
+    "--sites",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="the project's sites.json (default: the kit's copy)",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="plaintext gRPC, no kit: the coordinator can impersonate anyone and forge the model",
+)
+@click.option("--name", default="", help="this party's name (only with --insecure; a kit names it)")
 @click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
 @click.option("--label", required=True, help="label column")
 @click.option("--key-holder", is_flag=True, help="generate the keys and create the job")
@@ -66,12 +87,23 @@ def training_options(function: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--result-out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--join-timeout", type=float, default=0.0, help="retry joining this long (s)")
 def party(
-    coordinator_address: str, result_out: Path | None, join_timeout: float, **kwargs: Any
+    coordinator_address: str,
+    roster: str,
+    result_out: Path | None,
+    join_timeout: float,
+    **kwargs: Any,
 ) -> None:
     """Run one data-owner party."""
     from parties.client import PartyConfig, run_party
 
-    config = PartyConfig(coordinator=coordinator_address, join_timeout_s=join_timeout, **kwargs)
+    if (kwargs["kit"] is None) == (not kwargs["insecure"]):
+        raise click.UsageError("give either --kit (see `hefl provision`) or --insecure")
+    config = PartyConfig(
+        coordinator=coordinator_address,
+        roster=tuple(name.strip() for name in roster.split(",") if name.strip()),
+        join_timeout_s=join_timeout,
+        **kwargs,
+    )
     try:
         result = run_party(config)
     except HeflError as err:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import grpc
 import numpy as np
 import tenseal as ts
 
-from hefl import chunks, sealio
+from hefl import chunks, sealio, signed
 from hefl.algorithm import accuracy as accuracy_of
 from hefl.algorithm import (
     add_bias,
@@ -32,13 +33,16 @@ from hefl.algorithm import (
     step_warning,
 )
 from hefl.codec import PackingLayout, split_vector, stats_vector
-from hefl.errors import HeflError, ProtocolError
+from hefl.errors import HeflError, InvalidArgument, ProtocolError
+from hefl.identity import channel_credentials
 from hefl.params import DEFAULT_PARAMETER_SET, check_public_context, get_parameter_set
 from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
 from parties.data import Dataset, load_csv
+from parties.identity import PartyIdentity
 from parties.keyholder import KeyHolder, associated_data
 from parties.sealing import SealedBox, SealingKey
+from parties.trust import Provisioned, Trust, Unverified
 
 log = logging.getLogger("hefl.party")
 
@@ -49,9 +53,17 @@ CALL_TIMEOUT_S = 120.0
 @dataclass(frozen=True)
 class PartyConfig:
     coordinator: str
-    name: str
     data: Path
     label: str
+    # This party's startup kit (`hefl provision`): its name, certificate and signing key.
+    kit: Path | None = None
+    # Plaintext gRPC with a self-chosen name; nobody can check anything (see parties.trust).
+    insecure: bool = False
+    name: str = ""
+    # Every party of the job (with a kit): the key holder invites them, the others check them.
+    roster: tuple[str, ...] = ()
+    # The project's sites.json; default: the kit's copy.
+    sites: Path | None = None
     key_holder: bool = False
     job: str = ""
     # Key holder only: how many parties the job waits for, parameters and options.
@@ -107,12 +119,34 @@ def run_party(config: PartyConfig) -> PartyResult:
         PartyFailed: The coordinator rejected a request or the job failed.
     """
     started = time.perf_counter()
+    if not config.key_holder and not config.job:
+        raise InvalidArgument("name the job to join with --job")
     dataset = load_csv(config.data, label=config.label)
     test = load_csv(config.test, label=config.label) if config.test else None
-    result = PartyResult(name=config.name, rows=dataset.rows, test_rows=test.rows if test else 0)
-    channel = grpc.insecure_channel(config.coordinator, options=chunks.CHANNEL_OPTIONS)
+    trust: Trust
+    if config.kit is not None:
+        identity = PartyIdentity.load(config.kit)
+        if config.name and config.name != identity.name:
+            raise InvalidArgument(
+                f"--name {config.name!r} differs from the kit's site {identity.name!r}"
+            )
+        trust = Provisioned(identity, roster=config.roster, sites=config.sites, kit=config.kit)
+        name = identity.name
+        channel = grpc.secure_channel(
+            config.coordinator,
+            channel_credentials(identity.tls),
+            options=chunks.CHANNEL_OPTIONS,
+        )
+    elif config.insecure:
+        if not config.name:
+            raise InvalidArgument("without a kit, name this party with --name")
+        trust, name = Unverified(), config.name
+        channel = grpc.insecure_channel(config.coordinator, options=chunks.CHANNEL_OPTIONS)
+    else:
+        raise InvalidArgument("give this party's startup kit (--kit) or --insecure")
+    result = PartyResult(name=name, rows=dataset.rows, test_rows=test.rows if test else 0)
     try:
-        Party(config, dataset, test, pb_grpc.CoordinatorStub(channel), result).run()
+        Party(config, name, trust, dataset, test, pb_grpc.CoordinatorStub(channel), result).run()
     except grpc.RpcError as err:
         raise _call_error(err) from err
     finally:
@@ -125,22 +159,34 @@ class Party:
     def __init__(
         self,
         config: PartyConfig,
+        name: str,
+        trust: Trust,
         dataset: Dataset,
         test: Dataset | None,
         stub: pb_grpc.CoordinatorStub,
         result: PartyResult,
     ) -> None:
         self.config = config
+        self.name = name
+        self.trust = trust
+        # Chosen here, not by the coordinator: it is part of what the key holder signs.
+        self.job_id = config.job or f"job-{secrets.token_hex(4)}"
         self.dataset = dataset
         self.test = test
         self.stub = stub
         self.result = result
         self.sealing_key = SealingKey()
         self.sigmoid_interval = 16.0
+        signing_key = trust.signing_key
         self.hello = pb.PartyHello(
-            name=config.name,
+            name=name,
             features=list(dataset.feature_names),
             seal_public_key=self.sealing_key.public_bytes,
+            signing_public_key=signing_key.public_bytes,
+            seal_key_signature=signing_key.sign(
+                signed.SEAL_KEY,
+                signed.seal_key_parts(self.job_id, name, self.sealing_key.public_bytes),
+            ),
         )
 
     # ----- steps -------------------------------------------------------------------------
@@ -156,9 +202,14 @@ class Party:
             context = private
             tasks = KeyHolderSession(
                 self.stub,
-                KeyHolder(context=private, job_id=info.job_id),
+                KeyHolder(
+                    context=private,
+                    job_id=info.job_id,
+                    signing_key=self.trust.signing_key,
+                    roster=self.trust.roster_keys(),
+                ),
                 job_id=info.job_id,
-                party=self.config.name,
+                party=self.name,
             )
             tasks.start()
         else:
@@ -166,7 +217,7 @@ class Party:
             context = self._download_context(info)
             tasks = None
         self.result.job_id = info.job_id
-        log.info("party %s in job %s", self.config.name, info.job_id)
+        log.info("party %s in job %s", self.name, info.job_id)
         try:
             self._submit_stats(info, context)
             status = self._wait(info.job_id, {pb.UPLOADING})
@@ -190,12 +241,21 @@ class Party:
             reveal_intermediate=self.config.reveal_intermediate,
         )
         spec = pb.JobSpec(
-            job_id=self.config.job,
+            job_id=self.job_id,
             key_holder=self.hello,
             expected_parties=self.config.parties,
             parameter_set=self.config.parameter_set,
             options=options,
         )
+        made = self.trust.charter(
+            job_id=self.job_id,
+            parameter_set=self.config.parameter_set,
+            options=options,
+            context_bytes=public,
+        )
+        if made is not None:
+            spec.charter.CopyFrom(made[0])
+            spec.charter_signature = made[1]
 
         def requests() -> Iterator[pb.CreateJobRequest]:
             yield pb.CreateJobRequest(spec=spec)
@@ -206,11 +266,13 @@ class Party:
         return self.stub.CreateJob(requests(), timeout=CALL_TIMEOUT_S)
 
     def _join(self) -> pb.JobInfo:
-        request = pb.JoinJobRequest(job_id=self.config.job, party=self.hello)
+        request = pb.JoinJobRequest(job_id=self.job_id, party=self.hello)
         deadline = time.monotonic() + self.config.join_timeout_s
         while True:
             try:
-                return self.stub.JoinJob(request, timeout=CALL_TIMEOUT_S)
+                info = self.stub.JoinJob(request, timeout=CALL_TIMEOUT_S)
+                self.trust.check_offer(info, job_id=self.job_id)
+                return info
             except grpc.RpcError as err:
                 retry = err.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE)  # type: ignore[attr-defined]
                 if not retry or time.monotonic() > deadline:
@@ -224,6 +286,7 @@ class Party:
                 pb.GetContextRequest(job_id=info.job_id), timeout=CALL_TIMEOUT_S
             )
         )
+        self.trust.check_context(data)
         context = ts.context_from(data)
         # Refuse to encrypt under anything but an allowed 128-bit parameter set.
         check_public_context(context, info.parameter_set)
@@ -233,18 +296,23 @@ class Party:
     def _submit_stats(self, info: pb.JobInfo, context: ts.Context) -> None:
         slots = get_parameter_set(info.parameter_set).slots
         pieces = split_vector(stats_vector(self.dataset.features), slots)
+        ciphertexts = [sealio.serialize(ts.ckks_vector(context, piece)) for piece in pieces]
+        rows = self.dataset.rows
         self.stub.SubmitStats(
             pb.SubmitStatsRequest(
                 job_id=info.job_id,
-                party=self.config.name,
-                ciphertexts=[sealio.serialize(ts.ckks_vector(context, piece)) for piece in pieces],
-                rows=self.dataset.rows,
+                party=self.name,
+                ciphertexts=ciphertexts,
+                rows=rows,
+                signature=self.trust.signing_key.sign(
+                    signed.STATS, signed.stats_parts(info.job_id, self.name, rows, ciphertexts)
+                ),
             ),
             timeout=CALL_TIMEOUT_S,
         )
 
     def _wait(self, job_id: str, phases: set[int]) -> pb.JobStatus:
-        request = pb.WatchJobRequest(job_id=job_id, party=self.config.name)
+        request = pb.WatchJobRequest(job_id=job_id, party=self.name)
         for status in self.stub.WatchJob(request):
             if status.phase == pb.FAILED:
                 raise PartyFailed(f"job {job_id} failed: {status.message}")
@@ -269,20 +337,18 @@ class Party:
             nonlocal encrypt_s
             seq, size = 0, 0
             pending: list[pb.EncryptedColumn] = []
-            for block, column, vector in layout.pack(self.config.name, columns):
+            for block, column, vector in layout.pack(self.name, columns):
                 tick = time.perf_counter()
                 data = sealio.serialize(ts.ckks_vector(context, vector))
                 encrypt_s += time.perf_counter() - tick
                 if pending and size + len(data) > chunks.UPLOAD_CHUNK_BYTES:
-                    yield pb.UploadChunk(
-                        job_id=job_id, party=self.config.name, seq=seq, columns=pending
-                    )
+                    yield pb.UploadChunk(job_id=job_id, party=self.name, seq=seq, columns=pending)
                     seq, pending, size = seq + 1, [], 0
                 pending.append(pb.EncryptedColumn(block=block, feature=column, ciphertext=data))
                 size += len(data)
             yield pb.UploadChunk(
                 job_id=job_id,
-                party=self.config.name,
+                party=self.name,
                 seq=seq,
                 columns=pending,
                 label_term=sealio.serialize(label),
@@ -298,11 +364,14 @@ class Party:
 
     def _receive_model(self, job_id: str) -> None:
         sealed = self.stub.GetModel(
-            pb.GetModelRequest(job_id=job_id, party=self.config.name), timeout=CALL_TIMEOUT_S
+            pb.GetModelRequest(job_id=job_id, party=self.name), timeout=CALL_TIMEOUT_S
         )
+        if sealed.party != self.name:
+            raise ProtocolError(f"the coordinator sent {sealed.party!r}'s model instead")
+        self.trust.check_model(sealed)
         box = SealedBox(sealed.ephemeral_public_key, sealed.nonce, sealed.ciphertext)
         model = json.loads(
-            self.sealing_key.open(box, associated=associated_data(job_id, self.config.name))
+            self.sealing_key.open(box, associated=associated_data(job_id, self.name))
         )
         if model["features"] != list(self.dataset.feature_names):
             raise ProtocolError("the delivered model is for other features")

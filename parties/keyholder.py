@@ -15,11 +15,13 @@ import numpy as np
 import tenseal as ts
 import tenseal.sealapi as sealapi
 
-from hefl import sealio
+from hefl import sealio, signed
 from hefl.algorithm import SigmoidPolynomial, nesterov_step
 from hefl.codec import AggregateStats
 from hefl.errors import ProtocolError
+from hefl.identity import verify_signature
 from hefl.v1 import hefl_pb2 as pb
+from parties.identity import SigningKey
 from parties.sealing import seal
 
 log = logging.getLogger("hefl.keyholder")
@@ -137,11 +139,29 @@ class MaskedOptimizer:
 class KeyHolder:
     """Executes the coordinator's tasks for one job with the private context."""
 
-    def __init__(self, *, context: ts.Context, job_id: str) -> None:
+    def __init__(
+        self,
+        *,
+        context: ts.Context,
+        job_id: str,
+        signing_key: SigningKey,
+        roster: dict[str, bytes] | None = None,
+    ) -> None:
+        """
+        Args:
+            context: The private context (secret key inside).
+            job_id: The job.
+            signing_key: Signs every sealed model.
+            roster: The charter's parties and their signing keys; the model is sealed to these
+                parties only, each to a sealing key it signed. None without a kit
+                (``--insecure``): the keys the coordinator relays are taken as they come.
+        """
         if not context.is_private():
             raise ProtocolError("the key holder needs the private context")
         self._context = context
         self._job_id = job_id
+        self._signing_key = signing_key
+        self._roster = roster
         self._encryptor = WeightEncryptor(context)
         self._optimizer: MaskedOptimizer | None = None
         self.model: np.ndarray | None = None
@@ -192,8 +212,19 @@ class KeyHolder:
                 "weights": weights.tolist(),
             }
         ).encode()
+        names = sorted(party.name for party in task.parties)
+        if self._roster is not None and names != sorted(self._roster):
+            raise ProtocolError(
+                f"finalize names parties {names}, but the job's roster is {sorted(self._roster)}"
+            )
         sealed = []
         for party in task.parties:
+            verify_signature(
+                party.signing_public_key if self._roster is None else self._roster[party.name],
+                party.seal_key_signature,
+                signed.SEAL_KEY,
+                signed.seal_key_parts(self._job_id, party.name, party.seal_public_key),
+            )
             box = seal(
                 party.seal_public_key, payload, associated=associated_data(self._job_id, party.name)
             )
@@ -203,6 +234,16 @@ class KeyHolder:
                     ephemeral_public_key=box.ephemeral_public_key,
                     nonce=box.nonce,
                     ciphertext=box.ciphertext,
+                    signature=self._signing_key.sign(
+                        signed.MODEL,
+                        signed.model_parts(
+                            self._job_id,
+                            party.name,
+                            box.ephemeral_public_key,
+                            box.nonce,
+                            box.ciphertext,
+                        ),
+                    ),
                 )
             )
         return pb.SealedModels(models=sealed)

@@ -53,7 +53,7 @@ class RunningCoordinator:
         self.workdir = workdir
         factory = ray_pool_factory(CoordinatorConfig(workdir=workdir, workers=2))
         self.registry = Registry(workdir, factory)
-        self.server, self.port = create_server("127.0.0.1:0", self.registry)
+        self.server, self.port = create_server("127.0.0.1:0", self.registry, tls=None)
         self.server.start()
         self.address = f"127.0.0.1:{self.port}"
         self.channel = grpc.insecure_channel(self.address, options=chunks.CHANNEL_OPTIONS)

@@ -7,18 +7,27 @@ from collections.abc import Iterator
 import numpy as np
 import tenseal as ts
 
-from hefl import chunks, sealio
+from hefl import chunks, sealio, signed
 from hefl.codec import stats_vector
 from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
+from parties.identity import SigningKey
 from parties.sealing import SealingKey
 
 FEATURES = ["a", "b", "c"]
 
 
-def hello(name: str, features: list[str] | None = None) -> pb.PartyHello:
+def hello(name: str, features: list[str] | None = None, job_id: str = "job-1") -> pb.PartyHello:
+    """A party's hello with a sealing key it signed (with a key made for this call)."""
+    signing_key, seal_key = SigningKey.generate(), SealingKey().public_bytes
     return pb.PartyHello(
-        name=name, features=features or FEATURES, seal_public_key=SealingKey().public_bytes
+        name=name,
+        features=features or FEATURES,
+        seal_public_key=seal_key,
+        signing_public_key=signing_key.public_bytes,
+        seal_key_signature=signing_key.sign(
+            signed.SEAL_KEY, signed.seal_key_parts(job_id, name, seal_key)
+        ),
     )
 
 

@@ -111,7 +111,7 @@ def test_nothing_the_coordinator_stored_can_decrypt(three_hospitals):
 def test_restarted_coordinator_still_serves_the_job(three_hospitals):
     workdir, _ = three_hospitals
     registry = Registry(workdir, ray_pool_factory(CoordinatorConfig(workdir=workdir)))
-    server, port = create_server("127.0.0.1:0", registry)
+    server, port = create_server("127.0.0.1:0", registry, tls=None)
     server.start()
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}", options=chunks.CHANNEL_OPTIONS) as channel:

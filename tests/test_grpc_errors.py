@@ -15,6 +15,7 @@ from hefl.params import PARAMETER_SETS
 from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
 from parties.client import KeyHolderSession
+from parties.identity import SigningKey
 from parties.keyholder import KeyHolder
 from tests.helpers import FEATURES, create_job, hello, party_features, stats_request
 
@@ -35,7 +36,7 @@ def _to_uploading(coordinator, private_context, public_context):
     """Both parties joined and sent statistics; the real key holder publishes them."""
     session = KeyHolderSession(
         coordinator.stub,
-        KeyHolder(context=private_context, job_id="job-1"),
+        KeyHolder(context=private_context, job_id="job-1", signing_key=SigningKey.generate()),
         job_id="job-1",
         party="kh",
     )
@@ -182,7 +183,7 @@ def test_model_before_training_and_foreign_key_holder(job):
     stream = job.stub.KeyHolderTasks(pb.KeyHolderTasksRequest(job_id="job-1", party="mallory"))
     code, details = _code(lambda: next(iter(stream)))
     assert code == grpc.StatusCode.PERMISSION_DENIED
-    assert "'mallory' is not the key holder" in details
+    assert "'mallory' may not call KeyHolderTasks on job job-1" in details
 
 
 def test_feature_names_are_checked_at_creation(coordinator, public_context_bytes):

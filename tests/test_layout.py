@@ -56,9 +56,15 @@ def test_the_contract_needs_no_extra():
 
 def _without_extras(code: str) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh interpreter where the extras' packages cannot be imported."""
-    blocked = "import sys\n" + "".join(f"sys.modules[{n!r}] = None\n" for n in NOT_IN_A_PARTY_INSTALL)
+    blocked = "import sys\n" + "".join(
+        f"sys.modules[{n!r}] = None\n" for n in NOT_IN_A_PARTY_INSTALL
+    )
     return subprocess.run(
-        [sys.executable, "-c", blocked + code], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", blocked + code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -161,6 +161,46 @@ def experiment(config: Path, no_progress: bool) -> None:
     click.echo(summarize(rows))
 
 
+@main.command()
+@click.argument("project", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--party", "parties", multiple=True, help="a party site to provision (repeatable)")
+@click.option(
+    "--coordinator-host",
+    "hosts",
+    multiple=True,
+    default=("localhost", "127.0.0.1"),
+    help="a DNS name or IP address parties dial the coordinator at (repeatable)",
+)
+@click.option("--renew", multiple=True, help="re-issue this site's certificate and keys")
+@click.option("--name", "project_name", default="hefl", help="the project's name in certificates")
+def provision(
+    project: Path,
+    parties: tuple[str, ...],
+    hosts: tuple[str, ...],
+    renew: tuple[str, ...],
+    project_name: str,
+) -> None:
+    """Create or extend PROJECT: a root CA and one startup kit per site."""
+    from tools.provision import provision as run
+
+    try:
+        sites = run(
+            project,
+            parties=parties,
+            coordinator_hosts=hosts,
+            renew=renew,
+            project_name=project_name,
+        )
+    except HeflError as err:
+        raise click.ClickException(str(err)) from err
+    for site in sites:
+        state = "new" if site.created else "kept"
+        click.echo(
+            f"{site.role:<12} {site.name:<24} {state:<5} sha256:{site.fingerprint[:16]}  {site.kit}"
+        )
+    click.echo(f"give each site its folder only; keep {project / 'ca'} offline")
+
+
 main.add_command(coordinator)
 main.add_command(party)
 

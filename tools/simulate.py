@@ -25,6 +25,7 @@ from hefl.errors import HeflError
 from hefl.params import DEFAULT_PARAMETER_SET
 from parties.data import Dataset, load_csv, write_csv
 from tools.datasets import builtin_dataset, synthetic_dataset
+from tools.provision import provision, remove_project
 from tools.splits import split_rows
 
 log = logging.getLogger("hefl.simulate")
@@ -164,8 +165,15 @@ def simulate(config: SimulationConfig) -> dict[str, Any]:
     started = time.perf_counter()
     ready = workdir / "coordinator.addr"
     ready.unlink(missing_ok=True)
+    # A throwaway project, so that the simulation runs the secure path: mutual TLS, signed
+    # charter, statistics and models.
+    project = workdir / "project"
+    remove_project(project)
+    provision(project, parties=names, coordinator_hosts=("127.0.0.1",))
     coordinator_args = [
         "coordinator",
+        "--kit",
+        str(project / "coordinator"),
         "--listen",
         "127.0.0.1:0",
         "--workdir",
@@ -194,8 +202,10 @@ def simulate(config: SimulationConfig) -> dict[str, Any]:
                 "party",
                 "--coordinator",
                 address,
-                "--name",
-                name,
+                "--kit",
+                str(project / name),
+                "--roster",
+                ",".join(names),
                 "--job",
                 job_id,
                 "--data",
@@ -212,8 +222,6 @@ def simulate(config: SimulationConfig) -> dict[str, Any]:
             if i == 0:
                 args += [
                     "--key-holder",
-                    "--parties",
-                    str(config.parties),
                     "--parameter-set",
                     config.parameter_set,
                 ]

@@ -39,28 +39,62 @@ class TrainingOptions(_message.Message):
     def __init__(self, iterations: _Optional[int] = ..., learning_rate: _Optional[float] = ..., l2: _Optional[float] = ..., sigmoid_interval: _Optional[float] = ..., reveal_intermediate: _Optional[bool] = ...) -> None: ...
 
 class PartyHello(_message.Message):
-    __slots__ = ("name", "features", "seal_public_key")
+    __slots__ = ("name", "features", "seal_public_key", "signing_public_key", "seal_key_signature")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     SEAL_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    SEAL_KEY_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     name: str
     features: _containers.RepeatedScalarFieldContainer[str]
     seal_public_key: bytes
-    def __init__(self, name: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., seal_public_key: _Optional[bytes] = ...) -> None: ...
+    signing_public_key: bytes
+    seal_key_signature: bytes
+    def __init__(self, name: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., seal_public_key: _Optional[bytes] = ..., signing_public_key: _Optional[bytes] = ..., seal_key_signature: _Optional[bytes] = ...) -> None: ...
+
+class RosterEntry(_message.Message):
+    __slots__ = ("name", "fingerprint", "signing_public_key")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    fingerprint: str
+    signing_public_key: bytes
+    def __init__(self, name: _Optional[str] = ..., fingerprint: _Optional[str] = ..., signing_public_key: _Optional[bytes] = ...) -> None: ...
+
+class Charter(_message.Message):
+    __slots__ = ("job_id", "key_holder", "roster", "parameter_set", "options", "context_sha256")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_HOLDER_FIELD_NUMBER: _ClassVar[int]
+    ROSTER_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_SET_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    key_holder: str
+    roster: _containers.RepeatedCompositeFieldContainer[RosterEntry]
+    parameter_set: str
+    options: TrainingOptions
+    context_sha256: bytes
+    def __init__(self, job_id: _Optional[str] = ..., key_holder: _Optional[str] = ..., roster: _Optional[_Iterable[_Union[RosterEntry, _Mapping]]] = ..., parameter_set: _Optional[str] = ..., options: _Optional[_Union[TrainingOptions, _Mapping]] = ..., context_sha256: _Optional[bytes] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("job_id", "key_holder", "expected_parties", "parameter_set", "options")
+    __slots__ = ("job_id", "key_holder", "expected_parties", "parameter_set", "options", "charter", "charter_signature")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_HOLDER_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_PARTIES_FIELD_NUMBER: _ClassVar[int]
     PARAMETER_SET_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    CHARTER_FIELD_NUMBER: _ClassVar[int]
+    CHARTER_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     key_holder: PartyHello
     expected_parties: int
     parameter_set: str
     options: TrainingOptions
-    def __init__(self, job_id: _Optional[str] = ..., key_holder: _Optional[_Union[PartyHello, _Mapping]] = ..., expected_parties: _Optional[int] = ..., parameter_set: _Optional[str] = ..., options: _Optional[_Union[TrainingOptions, _Mapping]] = ...) -> None: ...
+    charter: Charter
+    charter_signature: bytes
+    def __init__(self, job_id: _Optional[str] = ..., key_holder: _Optional[_Union[PartyHello, _Mapping]] = ..., expected_parties: _Optional[int] = ..., parameter_set: _Optional[str] = ..., options: _Optional[_Union[TrainingOptions, _Mapping]] = ..., charter: _Optional[_Union[Charter, _Mapping]] = ..., charter_signature: _Optional[bytes] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("spec", "context_chunk")
@@ -71,20 +105,24 @@ class CreateJobRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ..., context_chunk: _Optional[bytes] = ...) -> None: ...
 
 class JobInfo(_message.Message):
-    __slots__ = ("job_id", "features", "expected_parties", "parameter_set", "options", "context_bytes")
+    __slots__ = ("job_id", "features", "expected_parties", "parameter_set", "options", "context_bytes", "charter", "charter_signature")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_PARTIES_FIELD_NUMBER: _ClassVar[int]
     PARAMETER_SET_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CHARTER_FIELD_NUMBER: _ClassVar[int]
+    CHARTER_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     features: _containers.RepeatedScalarFieldContainer[str]
     expected_parties: int
     parameter_set: str
     options: TrainingOptions
     context_bytes: int
-    def __init__(self, job_id: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., expected_parties: _Optional[int] = ..., parameter_set: _Optional[str] = ..., options: _Optional[_Union[TrainingOptions, _Mapping]] = ..., context_bytes: _Optional[int] = ...) -> None: ...
+    charter: Charter
+    charter_signature: bytes
+    def __init__(self, job_id: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., expected_parties: _Optional[int] = ..., parameter_set: _Optional[str] = ..., options: _Optional[_Union[TrainingOptions, _Mapping]] = ..., context_bytes: _Optional[int] = ..., charter: _Optional[_Union[Charter, _Mapping]] = ..., charter_signature: _Optional[bytes] = ...) -> None: ...
 
 class JoinJobRequest(_message.Message):
     __slots__ = ("job_id", "party")
@@ -171,16 +209,18 @@ class WatchJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., party: _Optional[str] = ...) -> None: ...
 
 class SubmitStatsRequest(_message.Message):
-    __slots__ = ("job_id", "party", "ciphertexts", "rows")
+    __slots__ = ("job_id", "party", "ciphertexts", "rows", "signature")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PARTY_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     party: str
     ciphertexts: _containers.RepeatedScalarFieldContainer[bytes]
     rows: int
-    def __init__(self, job_id: _Optional[str] = ..., party: _Optional[str] = ..., ciphertexts: _Optional[_Iterable[bytes]] = ..., rows: _Optional[int] = ...) -> None: ...
+    signature: bytes
+    def __init__(self, job_id: _Optional[str] = ..., party: _Optional[str] = ..., ciphertexts: _Optional[_Iterable[bytes]] = ..., rows: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("message",)
@@ -365,16 +405,18 @@ class GetModelRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., party: _Optional[str] = ...) -> None: ...
 
 class SealedModel(_message.Message):
-    __slots__ = ("party", "ephemeral_public_key", "nonce", "ciphertext")
+    __slots__ = ("party", "ephemeral_public_key", "nonce", "ciphertext", "signature")
     PARTY_FIELD_NUMBER: _ClassVar[int]
     EPHEMERAL_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     party: str
     ephemeral_public_key: bytes
     nonce: bytes
     ciphertext: bytes
-    def __init__(self, party: _Optional[str] = ..., ephemeral_public_key: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+    signature: bytes
+    def __init__(self, party: _Optional[str] = ..., ephemeral_public_key: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
     __slots__ = ()

@@ -1,0 +1,37 @@
+"""What parties sign, each statement in its own domain (:func:`hefl.identity.digest`).
+
+Signatures are made in :mod:`parties` with a party's long-term key and checked wherever the
+statement is used: the coordinator checks what it can early, to refuse before it stores; the key
+holder and the parties check again, because they do not trust the coordinator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+SEAL_KEY = "seal-key"
+STATS = "stats"
+MODEL = "model"
+
+
+def seal_key_parts(job_id: str, party: str, seal_public_key: bytes) -> list[bytes]:
+    """A party vouches that models of ``job_id`` for it must be sealed to this key."""
+    return [job_id.encode(), party.encode(), seal_public_key]
+
+
+def stats_parts(job_id: str, party: str, rows: int, ciphertexts: Sequence[bytes]) -> list[bytes]:
+    """A party vouches for its encrypted statistics (and its row count) in ``job_id``."""
+    return [
+        job_id.encode(),
+        party.encode(),
+        str(rows).encode(),
+        *(hashlib.sha256(c).digest() for c in ciphertexts),
+    ]
+
+
+def model_parts(
+    job_id: str, party: str, ephemeral_public_key: bytes, nonce: bytes, ciphertext: bytes
+) -> list[bytes]:
+    """The key holder vouches that it sealed this model for ``party`` of ``job_id``."""
+    return [job_id.encode(), party.encode(), ephemeral_public_key, nonce, ciphertext]
