@@ -36,6 +36,11 @@ class KeyHolderLink:
         with self._cond:
             return self._streams > 0
 
+    def wait_until_connected(self, *, timeout_s: float) -> bool:
+        """Wait for the key holder's stream; returns whether it is open."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._streams > 0, timeout=timeout_s)
+
     def call(self, task: pb.KeyHolderTask, *, timeout_s: float) -> pb.KeyHolderResult:
         """Send ``task`` to the key holder and wait for its result.
 
@@ -78,6 +83,7 @@ class KeyHolderLink:
             if self._streams:
                 raise AlreadyExists("the key holder's task stream is already open elsewhere")
             self._streams += 1
+            self._cond.notify_all()
         try:
             while is_active():
                 with self._cond:
