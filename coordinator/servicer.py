@@ -151,6 +151,10 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     def ListJobs(self, request: pb.ListJobsRequest, context: Any) -> pb.ListJobsResponse:
         return pb.ListJobsResponse(jobs=[job.status() for job in self._registry.jobs()])
 
+    @domain_errors
+    def GetReport(self, request: pb.GetReportRequest, context: Any) -> pb.JobReport:
+        return self._registry.get(request.job_id).finished_report().to_message()
+
 
 def _job_info(job: Job) -> pb.JobInfo:
     return pb.JobInfo(
