@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from tools.report import PeakMemory
+
 
 class MemorySampler:
     """Peak resident memory per role, sampled every 0.2 s with psutil.
@@ -28,7 +30,7 @@ class MemorySampler:
         self._trees: dict[tuple[str, int], list[tuple[Any, bool]]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
-        self.peak_mb = {"coordinator": 0.0, "worker": 0.0, "party": 0.0, "total": 0.0}
+        self._peak_mb = {"coordinator": 0.0, "worker": 0.0, "party": 0.0, "total": 0.0}
 
     def add(self, role: str, pid: int) -> None:
         self._roots.append((role, pid))
@@ -39,6 +41,9 @@ class MemorySampler:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+    def peaks(self) -> PeakMemory:
+        return PeakMemory(**self._peak_mb)
 
     def _run(self) -> None:
         samples = 0
@@ -91,4 +96,4 @@ class MemorySampler:
         self._peak("total", total)
 
     def _peak(self, role: str, value_mb: float) -> None:
-        self.peak_mb[role] = max(self.peak_mb[role], value_mb)
+        self._peak_mb[role] = max(self._peak_mb[role], value_mb)
