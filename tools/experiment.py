@@ -10,7 +10,6 @@ Config (every list is a grid axis; see ``experiments/example.toml``)::
     [experiment]
     name = "breast-cancer"
     output = "experiments/out"          # relative to the config file
-    reveal_intermediate = false         # decrypt every iterate (key holder sees them)
 
     [grid]
     datasets = ["breast-cancer", "synthetic:2000x10", "csv:path/to/file.csv:label_column"]
@@ -113,7 +112,7 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
-def simulation_config(cell: Cell, workdir: Path, *, reveal: bool) -> SimulationConfig:
+def simulation_config(cell: Cell, workdir: Path) -> SimulationConfig:
     hyper = dict(cell.hyper)
     source: dict[str, Any] = {"dataset": None}
     if cell.dataset.startswith("synthetic:"):
@@ -132,7 +131,6 @@ def simulation_config(cell: Cell, workdir: Path, *, reveal: bool) -> SimulationC
         learning_rate=hyper["learning_rate"],
         l2=hyper["l2"],
         sigmoid_interval=hyper["sigmoid_interval"],
-        reveal_intermediate=reveal,
         workdir=workdir,
         **source,
     )
@@ -181,7 +179,12 @@ def run_experiment(config_path: Path, *, progress: bool = True) -> list[dict[str
     settings = config.get("experiment", {})
     output = (config_path.parent / settings.get("output", "out")).resolve()
     output.mkdir(parents=True, exist_ok=True)
-    reveal = bool(settings.get("reveal_intermediate", False))
+    if settings.get("reveal_intermediate", False):
+        log.warning(
+            "%s: reveal_intermediate is ignored: the coordinator's API serves no decrypted "
+            "iterates, so loss.png shows the plaintext replica only",
+            config_path,
+        )
     todo = cells(config)
     rows: list[dict[str, Any]] = []
     trained: list[tuple[Cell, Hyperparameters]] = []
@@ -190,7 +193,7 @@ def run_experiment(config_path: Path, *, progress: bool = True) -> list[dict[str
     for cell in bar:
         bar.set_postfix_str(cell.name)
         tick = time.perf_counter()
-        report = simulate(simulation_config(cell, output / "runs" / cell.name, reveal=reveal))
+        report = simulate(simulation_config(cell, output / "runs" / cell.name))
         row = row_of(cell, report)
         rows.append(row)
         trained.append((cell, report.encrypted.hyperparameters))
@@ -292,7 +295,7 @@ def plot_losses(trained: list[tuple[Cell, Hyperparameters]], path: Path) -> None
         if (cell.dataset, cell.seed) in seen:
             continue
         seen.add((cell.dataset, cell.seed))
-        config = simulation_config(cell, Path("."), reveal=False)
+        config = simulation_config(cell, Path("."))
         train = partition(load_dataset(config), config).train_union
         stats = AggregateStats.of_rows(train.features)
         x = add_bias(standardize(train.features, stats.mean, stats.std))
