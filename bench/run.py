@@ -70,7 +70,7 @@ def run_bench(
         "features": dataset.features.shape[1],
     }
 
-    report["sklearn"] = plaintext_baseline(train, test)
+    report["sklearn"] = plaintext_baseline(train, test).to_json()
 
     stats = AggregateStats.of_rows(train.features)
     x_train = add_bias(standardize(train.features, stats.mean, stats.std))
@@ -118,18 +118,18 @@ def run_bench(
     if "hefl" not in skip:
         sim = simulate(config)
         report["hefl"] = {
-            "total_s": sim["timings_s"]["total"],
-            "job_s": sim["timings_s"]["job"],
-            "train_s": sim["timings_s"]["train"],
-            "iteration_s": sim["encrypted"]["iteration_s"],
-            "iterations": sim["encrypted"]["iterations"],
-            "accuracy": sim["encrypted"]["accuracy"],
-            "auc": sim["encrypted"]["auc"],
-            "timings_s": sim["timings_s"],
-            "bytes": sim["bytes"],
-            "peak_rss_mb": sim["peak_rss_mb"],
-            "workers": sim["workers"],
-            "blocks": sim["blocks"],
+            "total_s": sim.timings.total,
+            "job_s": sim.timings.job,
+            "train_s": sim.timings.train,
+            "iteration_s": sim.encrypted.iteration_s,
+            "iterations": sim.encrypted.iterations,
+            "accuracy": sim.encrypted.accuracy,
+            "auc": sim.encrypted.auc,
+            "timings_s": sim.timings.to_json(),
+            "bytes": sim.traffic.to_json(),
+            "peak_rss_mb": sim.peak_memory.to_json(),
+            "workers": sim.workers,
+            "blocks": sim.blocks,
         }
         if "seed_style" in report:
             report["ratios"] = {

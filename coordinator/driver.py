@@ -15,12 +15,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 import tenseal as ts
 
 from coordinator.jobs import Job, ShuttingDown
+from coordinator.report import JobReport
 from coordinator.training import GradientPool, TrainingInputs, train
 from hefl import messages, sealio
 from hefl.algorithm import choose_hyperparameters
@@ -170,22 +170,24 @@ class JobDriver:
         result = job.link.call(pb.KeyHolderTask(finalize=finalize), timeout_s=KEY_HOLDER_TIMEOUT_S)
         job.finish(
             list(result.sealed.models),
-            {
-                "workers": pool.size,
-                "blocks": job.layout.n_blocks,
-                "load_s": load_s,
-                "train_s": report.train_s,
-                "gradient_s": report.gradient_s,
-                "refresh_s": report.refresh_s,
-                "iteration_s": report.iteration_s,
-                "iterations": report.iterations,
-                "refresh_bytes_per_iteration": report.refresh_bytes_per_iteration,
-                "worker_bytes_per_iteration": report.worker_bytes_per_iteration,
-                "upload_bytes": sum(p.upload_bytes for p in job.parties.values()),
-                "worker_peak_rss_mb": pool.peak_rss_mb(),
-                "intermediate_models": report.intermediate_models,
-                "hyperparameters": asdict(hyper),
-                "curvature": job.standardization.curvature,
-            },
+            JobReport(
+                job_id=job.job_id,
+                workers=pool.size,
+                blocks=job.layout.n_blocks,
+                iterations=report.iterations,
+                load_s=load_s,
+                train_s=report.train_s,
+                gradient_s=report.gradient_s,
+                refresh_s=report.refresh_s,
+                iteration_s=tuple(report.iteration_s),
+                upload_bytes=sum(p.upload_bytes for p in job.parties.values()),
+                key_holder_bytes_per_iteration=report.refresh_bytes_per_iteration,
+                worker_bytes_per_iteration=report.worker_bytes_per_iteration,
+                worker_peak_rss_mb=tuple(pool.peak_rss_mb()),
+                hyperparameters=hyper,
+                reveal_intermediate=options.reveal_intermediate,
+                curvature=job.standardization.curvature,
+                intermediate_models=tuple(tuple(w) for w in report.intermediate_models),
+            ),
         )
         log.info("job %s done in %.1f s of training", job.job_id, report.train_s)

@@ -16,7 +16,6 @@ Every domain error names the job, party, block or column at fault.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +26,7 @@ from typing import Any
 import tenseal as ts
 
 from coordinator.keyholder_link import KeyHolderLink
+from coordinator.report import JobReport
 from coordinator.store import JobStore, atomic_write, check_name
 from hefl import sealio, signed
 from hefl.codec import PackingLayout, piece_sizes, stats_length
@@ -104,7 +104,7 @@ class Job:
         self.standardization: pb.Standardization | None = None
         self.layout: PackingLayout | None = None
         self.link = KeyHolderLink()
-        self.report: dict[str, Any] = {}
+        self.report: JobReport | None = None
         self._cond = threading.Condition()
         self._version = 0
 
@@ -400,15 +400,30 @@ class Job:
             self.iteration = done
             self._changed()
 
-    def finish(self, sealed_models: list[pb.SealedModel], report: dict[str, Any]) -> None:
+    def finish(self, sealed_models: list[pb.SealedModel], report: JobReport) -> None:
         """Store the sealed models and the run's report; the job is done."""
         for sealed in sealed_models:
             atomic_write(self.store.model_path(sealed.party), sealed.SerializeToString())
-        atomic_write(self.store.report_path(), json.dumps(report, indent=1).encode())
+        atomic_write(self.store.report_path(), report.to_json().encode())
         with self._cond:
             self.report = report
             self.phase = pb.DONE
             self._changed()
+
+    def finished_report(self) -> JobReport:
+        """The report of the training run, read back from disk after a restart.
+
+        Raises:
+            FailedPrecondition: The job is not done (yet, or it failed).
+        """
+        with self._cond:
+            if self.phase != pb.DONE:
+                raise FailedPrecondition(
+                    f"job {self.job_id} has no report: it is not done ({pb.Phase.Name(self.phase)})"
+                )
+            if self.report is None:
+                self.report = JobReport.from_json(self.store.report_path().read_text())
+            return self.report
 
     # ----- durability --------------------------------------------------------------------
 

@@ -195,6 +195,7 @@ def test_a_site_off_the_roster_is_refused_every_rpc_of_the_job(job, public_conte
         ),
         "Upload": lambda: outsider.Upload(iter([pb.UploadChunk(job_id=JOB, seq=0)]), timeout=10),
         "GetModel": lambda: outsider.GetModel(pb.GetModelRequest(job_id=JOB), timeout=10),
+        "GetReport": lambda: outsider.GetReport(pb.GetReportRequest(job_id=JOB), timeout=10),
         "KeyHolderTasks": lambda: next(
             iter(outsider.KeyHolderTasks(pb.KeyHolderTasksRequest(job_id=JOB), timeout=10))
         ),

@@ -54,7 +54,7 @@ def test_bench_reports_all_four_ways(tmp_path):
 def test_experiment_writes_rows_and_plots(tmp_path):
     config = tmp_path / "grid.toml"
     config.write_text(
-        '[experiment]\noutput = "out"\nreveal_intermediate = true\n'
+        '[experiment]\noutput = "out"\n'
         '[grid]\ndatasets = ["synthetic:500x4"]\nparties = [2]\nsplits = ["iid", "size-skew"]\n'
         "seeds = [0]\n[hyperparameters]\niterations = [4]\n"
     )

@@ -75,7 +75,8 @@ def main(verbose: bool) -> None:
 )
 def simulate(**kwargs: object) -> None:
     """Simulate N hospitals on this machine: coordinator and parties as separate processes."""
-    from tools.simulate import SimulationConfig, format_report
+    from tools.report import format_report
+    from tools.simulate import SimulationConfig
     from tools.simulate import simulate as run
 
     if kwargs["data"] is not None or kwargs["synthetic"]:

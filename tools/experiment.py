@@ -10,7 +10,6 @@ Config (every list is a grid axis; see ``experiments/example.toml``)::
     [experiment]
     name = "breast-cancer"
     output = "experiments/out"          # relative to the config file
-    reveal_intermediate = false         # decrypt every iterate for loss curves (key holder sees them)
 
     [grid]
     datasets = ["breast-cancer", "synthetic:2000x10", "csv:path/to/file.csv:label_column"]
@@ -34,13 +33,15 @@ import json
 import logging
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hefl.algorithm import Hyperparameters
 from hefl.errors import InvalidArgument
+from tools.report import SimulationReport
 from tools.simulate import SimulationConfig, simulate
 
 log = logging.getLogger("hefl.experiment")
@@ -111,7 +112,7 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
-def simulation_config(cell: Cell, workdir: Path, *, reveal: bool) -> SimulationConfig:
+def simulation_config(cell: Cell, workdir: Path) -> SimulationConfig:
     hyper = dict(cell.hyper)
     source: dict[str, Any] = {"dataset": None}
     if cell.dataset.startswith("synthetic:"):
@@ -130,14 +131,13 @@ def simulation_config(cell: Cell, workdir: Path, *, reveal: bool) -> SimulationC
         learning_rate=hyper["learning_rate"],
         l2=hyper["l2"],
         sigmoid_interval=hyper["sigmoid_interval"],
-        reveal_intermediate=reveal,
         workdir=workdir,
         **source,
     )
 
 
-def row_of(cell: Cell, report: dict[str, Any]) -> dict[str, Any]:
-    enc, plain = report["encrypted"], report["plaintext"]
+def row_of(cell: Cell, report: SimulationReport) -> dict[str, Any]:
+    enc, plain, timings = report.encrypted, report.plaintext, report.timings
     return {
         "run": cell.name,
         "dataset": cell.dataset,
@@ -145,23 +145,30 @@ def row_of(cell: Cell, report: dict[str, Any]) -> dict[str, Any]:
         "split": cell.split,
         "alpha": cell.alpha,
         "seed": cell.seed,
-        **{k: v for k, v in enc["hyperparameters"].items()},
-        "n_train": report["n_train"],
-        "n_test": report["n_test"],
-        "accuracy": enc["accuracy"],
-        "auc": enc["auc"],
-        "plaintext_accuracy": plain["accuracy"],
-        "plaintext_auc": plain["auc"],
-        "accuracy_gap": enc["accuracy"] - plain["accuracy"],
-        "auc_gap": enc["auc"] - plain["auc"],
-        "finite": bool(np.all(np.isfinite(enc["weights"]))),
-        "total_s": report["timings_s"]["total"],
-        "job_s": report["timings_s"]["job"],
-        "train_s": report["timings_s"]["train"],
-        "iteration_s": enc["iteration_s"],
-        "upload_bytes": report["bytes"]["upload"],
-        "bytes_per_iteration": report["bytes"]["per_iteration"],
+        **asdict(enc.hyperparameters),
+        "n_train": report.n_train,
+        "n_test": report.n_test,
+        "accuracy": enc.accuracy,
+        "auc": enc.auc,
+        "plaintext_accuracy": plain.accuracy,
+        "plaintext_auc": plain.auc,
+        "accuracy_gap": enc.accuracy - plain.accuracy,
+        "auc_gap": _gap(enc.auc, plain.auc),
+        "finite": bool(np.all(np.isfinite(enc.weights))),
+        "total_s": timings.total,
+        "job_s": timings.job,
+        "train_s": timings.train,
+        "iteration_s": enc.iteration_s,
+        "upload_bytes": report.traffic.upload,
+        "bytes_per_iteration": report.traffic.per_iteration,
     }
+
+
+def _gap(encrypted: float | None, plaintext: float | None) -> float:
+    """NaN when an AUC is undefined (held-out rows of a single class)."""
+    if encrypted is None or plaintext is None:
+        return float("nan")
+    return encrypted - plaintext
 
 
 def run_experiment(config_path: Path, *, progress: bool = True) -> list[dict[str, Any]]:
@@ -172,19 +179,24 @@ def run_experiment(config_path: Path, *, progress: bool = True) -> list[dict[str
     settings = config.get("experiment", {})
     output = (config_path.parent / settings.get("output", "out")).resolve()
     output.mkdir(parents=True, exist_ok=True)
-    reveal = bool(settings.get("reveal_intermediate", False))
+    if settings.get("reveal_intermediate", False):
+        log.warning(
+            "%s: reveal_intermediate is ignored: the coordinator's API serves no decrypted "
+            "iterates, so loss.png shows the plaintext replica only",
+            config_path,
+        )
     todo = cells(config)
     rows: list[dict[str, Any]] = []
-    intermediate: dict[str, list[list[float]]] = {}
+    trained: list[tuple[Cell, Hyperparameters]] = []
     jsonl = (output / "results.jsonl").open("w")
     bar = tqdm(todo, desc="experiment", unit="run", disable=not progress)
     for cell in bar:
         bar.set_postfix_str(cell.name)
         tick = time.perf_counter()
-        report = simulate(simulation_config(cell, output / "runs" / cell.name, reveal=reveal))
+        report = simulate(simulation_config(cell, output / "runs" / cell.name))
         row = row_of(cell, report)
         rows.append(row)
-        intermediate[cell.name] = report.get("intermediate_models", [])
+        trained.append((cell, report.encrypted.hyperparameters))
         jsonl.write(json.dumps(row) + "\n")
         jsonl.flush()
         _write_csv(output / "results.csv", rows)
@@ -197,7 +209,7 @@ def run_experiment(config_path: Path, *, progress: bool = True) -> list[dict[str
         )
     jsonl.close()
     plot_accuracy(rows, output / "accuracy.png")
-    plot_losses(todo, rows, intermediate, output / "loss.png", reveal=reveal)
+    plot_losses(trained, output / "loss.png")
     (output / "summary.txt").write_text(summarize(rows) + "\n")
     return rows
 
@@ -265,64 +277,36 @@ def plot_accuracy(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_losses(
-    todo: list[Cell],
-    rows: list[dict[str, Any]],
-    intermediate: dict[str, list[list[float]]],
-    path: Path,
-    *,
-    reveal: bool,
-) -> None:
-    """Training loss per iteration of hefl's algorithm: from its plaintext replica for every
-    dataset and seed, and from the decrypted intermediate models when the job opted in."""
+def plot_losses(trained: list[tuple[Cell, Hyperparameters]], path: Path) -> None:
+    """Training loss per iteration of hefl's algorithm, from its plaintext replica, for every
+    dataset and seed with the hyperparameters the job chose."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hefl.algorithm import (
-        Hyperparameters,
-        add_bias,
-        logistic_loss,
-        standardize,
-        train_replica,
-    )
+    from hefl.algorithm import add_bias, standardize, train_replica
     from hefl.codec import AggregateStats
     from tools.simulate import load_dataset, partition
 
     fig, ax = plt.subplots(figsize=(6, 4))
     seen: set[tuple[str, int]] = set()
-    for cell, row in zip(todo, rows, strict=False):
-        config = simulation_config(cell, Path("."), reveal=False)
-        if (cell.dataset, cell.seed) not in seen:
-            seen.add((cell.dataset, cell.seed))
-            parts = partition(load_dataset(config), config)
-            train = parts.train_union
-            stats = AggregateStats.of_rows(train.features)
-            x = add_bias(standardize(train.features, stats.mean, stats.std))
-            hyper = Hyperparameters(
-                int(row["iterations"]), row["learning_rate"], row["l2"], row["sigmoid_interval"]
-            )
-            losses = train_replica(x, train.labels, hyper).losses
-            ax.plot(
-                range(1, len(losses) + 1),
-                losses,
-                color="C0",
-                alpha=0.4,
-                label="replica" if len(seen) == 1 else None,
-            )
-            if reveal and intermediate.get(cell.name):
-                enc = [
-                    logistic_loss(np.asarray(w), x, train.labels) for w in intermediate[cell.name]
-                ]
-                ax.plot(
-                    range(1, len(enc) + 1),
-                    enc,
-                    "--",
-                    color="C1",
-                    alpha=0.6,
-                    label="decrypted iterates" if len(seen) == 1 else None,
-                )
+    for cell, hyper in trained:
+        if (cell.dataset, cell.seed) in seen:
+            continue
+        seen.add((cell.dataset, cell.seed))
+        config = simulation_config(cell, Path("."))
+        train = partition(load_dataset(config), config).train_union
+        stats = AggregateStats.of_rows(train.features)
+        x = add_bias(standardize(train.features, stats.mean, stats.std))
+        losses = train_replica(x, train.labels, hyper).losses
+        ax.plot(
+            range(1, len(losses) + 1),
+            losses,
+            color="C0",
+            alpha=0.4,
+            label="replica" if len(seen) == 1 else None,
+        )
     ax.set_xlabel("iteration")
     ax.set_ylabel("training logistic loss")
     ax.set_yscale("log")

@@ -12,25 +12,39 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 
+from hefl import chunks, messages
 from hefl.algorithm import accuracy, roc_auc
 from hefl.errors import HeflError
+from hefl.identity import TlsFiles, channel_credentials
 from hefl.params import DEFAULT_PARAMETER_SET
+from hefl.v1 import hefl_pb2 as pb
+from hefl.v1 import hefl_pb2_grpc as pb_grpc
+from parties.client import PartyResult, evaluate
 from parties.data import Dataset, load_csv, write_csv
 from tools.datasets import builtin_dataset, synthetic_dataset
+from tools.memory import MemorySampler
 from tools.provision import provision, remove_project
+from tools.report import (
+    EncryptedResult,
+    PlaintextResult,
+    SimulationReport,
+    Timings,
+    Traffic,
+)
 from tools.splits import split_rows
 
 log = logging.getLogger("hefl.simulate")
 
 PROCESS_TIMEOUT_S = 3600.0
+REPORT_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,37 @@ class SimulationConfig:
 
 class SimulationFailed(HeflError):
     """A process of the simulation exited with an error; its log is named."""
+
+
+@dataclass(frozen=True)
+class PartyFiles:
+    """Where one simulated party's inputs, log and outputs are."""
+
+    workdir: Path
+    name: str
+
+    @property
+    def train(self) -> Path:
+        return self.workdir / "data" / f"{self.name}.csv"
+
+    @property
+    def test(self) -> Path:
+        return self.workdir / "data" / f"{self.name}-test.csv"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "logs" / f"{self.name}.log"
+
+    @property
+    def model(self) -> Path:
+        return self.workdir / f"{self.name}-model.json"
+
+    @property
+    def result_path(self) -> Path:
+        return self.workdir / f"{self.name}-result.json"
+
+    def result(self) -> PartyResult:
+        return PartyResult(**json.loads(self.result_path.read_text()))
 
 
 def load_dataset(config: SimulationConfig) -> Dataset:
@@ -106,7 +151,7 @@ def partition(dataset: Dataset, config: SimulationConfig) -> Partition:
     )
 
 
-def plaintext_baseline(train: Dataset, test: Dataset) -> dict[str, float | None]:
+def plaintext_baseline(train: Dataset, test: Dataset) -> PlaintextResult:
     """sklearn ``LogisticRegression()`` on standardized features (default C=1, lbfgs)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -116,16 +161,12 @@ def plaintext_baseline(train: Dataset, test: Dataset) -> dict[str, float | None]
     model = make_pipeline(StandardScaler(), LogisticRegression()).fit(train.features, train.labels)
     fit_s = time.perf_counter() - tick
     scores = model.decision_function(test.features)
-    return {
-        "accuracy": accuracy(scores, test.labels),
-        "auc": roc_auc(scores, test.labels),
-        "fit_s": fit_s,
-    }
+    return PlaintextResult(
+        accuracy=accuracy(scores, test.labels), auc=roc_auc(scores, test.labels), fit_s=fit_s
+    )
 
 
-def write_party_data(
-    config: SimulationConfig, data_dir: Path, names: list[str]
-) -> tuple[Partition, str]:
+def write_party_data(config: SimulationConfig, parties: list[PartyFiles]) -> tuple[Partition, str]:
     """Split the dataset and write each party's training and held-out CSVs; returns the
     partition and the label column's name."""
     dataset = load_dataset(config)
@@ -133,14 +174,14 @@ def write_party_data(
     test_shares = split_rows(
         parts.test.labels, parties=config.parties, kind="iid", seed=config.seed, min_rows=1
     )
-    for i, name in enumerate(names):
-        write_csv(data_dir / f"{name}.csv", parts.train[i])
-        held_out = parts.test
+    held_out = parts.test
+    for files, train, test_rows in zip(parties, parts.train, test_shares, strict=True):
+        write_csv(files.train, train)
         write_csv(
-            data_dir / f"{name}-test.csv",
+            files.test,
             Dataset(
-                held_out.features[test_shares[i]],
-                held_out.labels[test_shares[i]],
+                held_out.features[test_rows],
+                held_out.labels[test_rows],
                 held_out.feature_names,
                 held_out.label_name,
             ),
@@ -148,18 +189,17 @@ def write_party_data(
     return parts, dataset.label_name
 
 
-def _hefl_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "tools.cli", *args]
+def simulate(config: SimulationConfig) -> SimulationReport:
+    """Run the whole simulation; returns the report (also written to ``config.report``).
 
-
-def simulate(config: SimulationConfig) -> dict[str, Any]:
-    """Run the whole simulation; returns the report (also written to ``config.report``)."""
+    Raises:
+        SimulationFailed: A process exited with an error, or the coordinator did not report.
+    """
     workdir = config.workdir.resolve()
-    data_dir = workdir / "data"
-    logs = workdir / "logs"
-    for folder in (data_dir, logs):
+    for folder in (workdir / "data", workdir / "logs"):
         folder.mkdir(parents=True, exist_ok=True)
-    names = [f"hospital-{i}" for i in range(config.parties)]
+    coordinator_log = workdir / "logs" / "coordinator.log"
+    parties = [PartyFiles(workdir, f"hospital-{i}") for i in range(config.parties)]
     job_id = f"sim-{os.getpid()}-{int(time.time())}"
 
     started = time.perf_counter()
@@ -169,94 +209,125 @@ def simulate(config: SimulationConfig) -> dict[str, Any]:
     # charter, statistics and models.
     project = workdir / "project"
     remove_project(project)
-    provision(project, parties=names, coordinator_hosts=("127.0.0.1",))
-    coordinator_args = [
-        "coordinator",
-        "--kit",
-        str(project / "coordinator"),
-        "--listen",
-        "127.0.0.1:0",
-        "--workdir",
-        str(workdir),
-        "--ready-file",
-        str(ready),
-    ]
-    if config.ray_address:
-        coordinator_args += ["--ray-address", config.ray_address]
-    if config.workers:
-        coordinator_args += ["--workers", str(config.workers)]
-    if config.ray_num_cpus:
-        coordinator_args += ["--ray-num-cpus", str(config.ray_num_cpus)]
-    processes: list[tuple[str, subprocess.Popen[bytes]]] = []
-    coordinator = _spawn(_hefl_command(*coordinator_args), logs / "coordinator.log")
+    provision(project, parties=[p.name for p in parties], coordinator_hosts=("127.0.0.1",))
+    coordinator = _spawn(_coordinator_args(config, project, workdir, ready), coordinator_log)
+    processes: list[subprocess.Popen[bytes]] = []
     memory = MemorySampler()
     memory.add("coordinator", coordinator.pid)
     memory.start()
     try:
         # The coordinator's Ray takes seconds to start: prepare the parties' data meanwhile.
-        parts, label_name = write_party_data(config, data_dir, names)
+        parts, label_name = write_party_data(config, parties)
         baseline = plaintext_baseline(parts.train_union, parts.test)
-        address = _wait_for_file(ready, coordinator, logs / "coordinator.log")
-        for i, name in enumerate(names):
-            args = [
-                "party",
-                "--coordinator",
-                address,
-                "--kit",
-                str(project / name),
-                "--roster",
-                ",".join(names),
-                "--job",
-                job_id,
-                "--data",
-                str(data_dir / f"{name}.csv"),
-                "--label",
-                label_name,
-                "--test",
-                str(data_dir / f"{name}-test.csv"),
-                "--model-out",
-                str(workdir / f"{name}-model.json"),
-                "--result-out",
-                str(workdir / f"{name}-result.json"),
-            ]
-            if i == 0:
-                args += [
-                    "--key-holder",
-                    "--parameter-set",
-                    config.parameter_set,
-                ]
-                args += _option_args(config)
-            else:
-                args += ["--join-timeout", "120"]
-            processes.append((name, _spawn(_hefl_command(*args), logs / f"{name}.log")))
-            memory.add("party", processes[-1][1].pid)
-        for name, process in processes:
+        address = _wait_for_file(ready, coordinator, coordinator_log)
+        for i, files in enumerate(parties):
+            args = _party_args(
+                config, project, parties, files, address, job_id, label_name, key_holder=i == 0
+            )
+            processes.append(_spawn(args, files.log))
+            memory.add("party", processes[-1].pid)
+        for files, process in zip(parties, processes, strict=True):
             code = process.wait(timeout=PROCESS_TIMEOUT_S)
             if code != 0:
                 raise SimulationFailed(
-                    f"{name} exited with code {code}; see {logs / f'{name}.log'}:\n"
-                    + _tail(logs / f"{name}.log")
+                    f"{files.name} exited with code {code}; see {files.log}:\n{_tail(files.log)}"
                 )
         total_s = time.perf_counter() - started
+        job = fetch_job_report(address, job_id, kit=project / parties[0].name)
     finally:
         memory.stop()
-        for _, process in processes:
+        for process in processes:
             if process.poll() is None:
                 process.kill()
         _stop(coordinator)
 
-    results = [json.loads((workdir / f"{name}-result.json").read_text()) for name in names]
-    job_report = json.loads((workdir / "jobs" / job_id / "report.json").read_text())
-    model = json.loads((workdir / f"{names[0]}-model.json").read_text())
-    report = build_report(config, parts, baseline, results, job_report, model, total_s)
-    report["peak_rss_mb"] = {
-        **memory.peak_mb,
-        # Workers of an external cluster are not our descendants: they report their own peak.
-        "worker": memory.peak_mb["worker"] or report["peak_rss_mb"]["worker"],
-    }
+    results = [files.result() for files in parties]
+    model = json.loads(parties[0].model.read_text())
+    peaks = memory.peaks()
+    # Workers of an external cluster are not our descendants: they report their own peak.
+    peaks = replace(peaks, worker=peaks.worker or max(job.worker_peak_rss_mb, default=0.0))
+    report = SimulationReport(
+        config=config,
+        n_train=parts.train_union.rows,
+        n_test=parts.test.rows,
+        n_features=len(parts.test.feature_names),
+        party_rows=tuple(r.rows for r in results),
+        plaintext=baseline,
+        encrypted=_encrypted_result(job, results, model, parts.test),
+        timings=_timings(job, results, total_s),
+        traffic=Traffic(
+            upload=job.upload_bytes,
+            key_holder_per_iteration=job.key_holder_bytes_per_iteration,
+            workers_per_iteration=job.worker_bytes_per_iteration,
+            context=results[0].bytes.get("context", 0),
+        ),
+        peak_memory=peaks,
+        workers=job.workers,
+        blocks=job.blocks,
+    )
     if config.report is not None:
-        config.report.write_text(json.dumps(report, indent=1))
+        config.report.write_text(json.dumps(report.to_json(), indent=1))
     return report
+
+
+def fetch_job_report(address: str, job_id: str, *, kit: Path) -> pb.JobReport:
+    """The coordinator's report of the finished job, asked over its API by one of the job's
+    parties (``kit``), as any party could.
+
+    Raises:
+        SimulationFailed: The coordinator did not answer with the report.
+    """
+    credentials = channel_credentials(TlsFiles.load(kit))
+    with grpc.secure_channel(address, credentials, options=chunks.CHANNEL_OPTIONS) as channel:
+        stub = pb_grpc.CoordinatorStub(channel)
+        try:
+            return stub.GetReport(pb.GetReportRequest(job_id=job_id), timeout=REPORT_TIMEOUT_S)
+        except grpc.RpcError as err:
+            status = f"{err.code().name}: {err.details()}"  # type: ignore[attr-defined]
+            raise SimulationFailed(
+                f"the coordinator did not report job {job_id}: {status}"
+            ) from err
+
+
+def _hefl_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tools.cli", *args]
+
+
+def _coordinator_args(
+    config: SimulationConfig, project: Path, workdir: Path, ready: Path
+) -> list[str]:
+    args = ["coordinator", "--kit", str(project / "coordinator"), "--listen", "127.0.0.1:0"]
+    args += ["--workdir", str(workdir)]
+    args += ["--ready-file", str(ready)]
+    if config.ray_address:
+        args += ["--ray-address", config.ray_address]
+    if config.workers:
+        args += ["--workers", str(config.workers)]
+    if config.ray_num_cpus:
+        args += ["--ray-num-cpus", str(config.ray_num_cpus)]
+    return _hefl_command(*args)
+
+
+def _party_args(
+    config: SimulationConfig,
+    project: Path,
+    parties: list[PartyFiles],
+    files: PartyFiles,
+    address: str,
+    job_id: str,
+    label_name: str,
+    *,
+    key_holder: bool,
+) -> list[str]:
+    args = ["party", "--coordinator", address, "--kit", str(project / files.name)]
+    args += ["--roster", ",".join(p.name for p in parties), "--job", job_id]
+    args += ["--data", str(files.train), "--label", label_name, "--test", str(files.test)]
+    args += ["--model-out", str(files.model), "--result-out", str(files.result_path)]
+    if key_holder:
+        args += ["--key-holder", "--parameter-set", config.parameter_set, *_option_args(config)]
+    else:
+        args += ["--join-timeout", "120"]
+    return _hefl_command(*args)
 
 
 def _option_args(config: SimulationConfig) -> list[str]:
@@ -274,200 +345,37 @@ def _option_args(config: SimulationConfig) -> list[str]:
     return args
 
 
-def build_report(
-    config: SimulationConfig,
-    parts: Partition,
-    baseline: dict[str, float | None],
-    results: list[dict[str, Any]],
-    job_report: dict[str, Any],
-    model: dict[str, Any],
-    total_s: float,
-) -> dict[str, Any]:
-    from parties.client import evaluate
+def _encrypted_result(
+    job: pb.JobReport, results: list[PartyResult], model: dict[str, Any], test: Dataset
+) -> EncryptedResult:
+    accuracy, auc = evaluate(model, test)
+    return EncryptedResult(
+        accuracy=accuracy,
+        auc=auc,
+        iterations=job.iterations,
+        iteration_s=job.train_s / max(job.iterations, 1),
+        party_accuracy=tuple(r.accuracy for r in results),
+        max_margin=max(r.max_margin for r in results),
+        margin_outside_fraction=max(r.margin_outside_fraction for r in results),
+        hyperparameters=messages.hyperparameters_of(job.options),
+        curvature=job.curvature,
+        weights=tuple(model["weights"]),
+    )
 
-    accuracy, auc = evaluate(model, parts.test)
+
+def _timings(job: pb.JobReport, results: list[PartyResult], total_s: float) -> Timings:
     key_holder = results[0]
-    timings = {
-        "total": total_s,
-        # The job proper, as the parties see it: key generation to the last model delivered
-        # (the rest of "total" starts and stops processes and prepares the data).
-        "job": max(r["clock"]["model"] for r in results) - key_holder["clock"]["keygen"],
-        "keygen": key_holder["timings_s"].get("keygen", 0.0),
-        "encrypt": max(r["timings_s"].get("encrypt", 0.0) for r in results),
-        "upload": max(r["timings_s"].get("upload", 0.0) for r in results),
-        "load": job_report["load_s"],
-        "train": job_report["train_s"],
-        "gradient": job_report["gradient_s"],
-        "refresh": job_report["refresh_s"],
-    }
-    iterations = job_report["iterations"]
-    return {
-        "parties": config.parties,
-        "split": config.split,
-        "seed": config.seed,
-        "n_train": parts.train_union.rows,
-        "n_test": parts.test.rows,
-        "n_features": len(parts.test.feature_names),
-        "party_rows": [r["rows"] for r in results],
-        "plaintext": baseline,
-        "encrypted": {
-            "accuracy": accuracy,
-            "auc": auc,
-            "iterations": iterations,
-            "iteration_s": job_report["train_s"] / max(iterations, 1),
-            "party_accuracy": [r["accuracy"] for r in results],
-            "max_margin": max(r["max_margin"] for r in results),
-            "margin_outside_fraction": max(r["margin_outside_fraction"] for r in results),
-            "hyperparameters": job_report["hyperparameters"],
-            "curvature": job_report["curvature"],
-            "weights": model["weights"],
-        },
-        "timings_s": timings,
-        "bytes": {
-            "upload": job_report["upload_bytes"],
-            "per_iteration": job_report["refresh_bytes_per_iteration"]
-            + job_report["worker_bytes_per_iteration"],
-            "key_holder_per_iteration": job_report["refresh_bytes_per_iteration"],
-            "workers_per_iteration": job_report["worker_bytes_per_iteration"],
-            "context": key_holder["bytes"].get("context", 0),
-        },
-        "peak_rss_mb": {"worker": max(job_report.get("worker_peak_rss_mb") or [0.0])},
-        "workers": job_report["workers"],
-        "blocks": job_report["blocks"],
-        "intermediate_models": job_report.get("intermediate_models", []),
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-    }
-
-
-def format_report(report: dict[str, Any]) -> str:
-    enc, plain, t = report["encrypted"], report["plaintext"], report["timings_s"]
-    rows = [
-        ("parties", f"{report['parties']} ({report['split']}), rows {report['party_rows']}"),
-        (
-            "train / test rows",
-            f"{report['n_train']} / {report['n_test']}, {report['n_features']} features",
-        ),
-        ("accuracy  encrypted | plaintext", f"{enc['accuracy']:.4f} | {plain['accuracy']:.4f}"),
-        ("ROC AUC   encrypted | plaintext", f"{enc['auc']:.4f} | {plain['auc']:.4f}"),
-        (
-            "iterations",
-            f"{enc['iterations']} ({enc['iteration_s']:.2f} s each, {report['workers']} Ray workers, {report['blocks']} blocks)",
-        ),
-        ("time total", f"{t['total']:.1f} s"),
-        ("  key generation to models delivered", f"{t['job']:.1f} s"),
-        (
-            "  keygen / encrypt / upload",
-            f"{t['keygen']:.2f} / {t['encrypt']:.2f} / {t['upload']:.2f} s",
-        ),
-        (
-            "  train (gradients + refresh)",
-            f"{t['train']:.2f} s ({t['gradient']:.2f} + {t['refresh']:.2f})",
-        ),
-        ("bytes uploaded", _mb(report["bytes"]["upload"])),
-        (
-            "bytes per iteration",
-            f"{_mb(report['bytes']['per_iteration'])} (key holder {_mb(report['bytes']['key_holder_per_iteration'])})",
-        ),
-        (
-            "peak RSS coordinator / worker / party",
-            "{coordinator:.0f} / {worker:.0f} / {party:.0f} MB".format(**report["peak_rss_mb"]),
-        ),
-        ("peak memory of the whole run", f"{report['peak_rss_mb'].get('total', 0.0):.0f} MB"),
-    ]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
-
-
-class MemorySampler:
-    """Peak resident memory per role, sampled every 0.2 s with psutil.
-
-    ``coordinator`` is the coordinator process alone, ``worker`` the largest Ray worker holding
-    shards (a local Ray's processes descend from the coordinator), ``party`` the largest party
-    with any children, ``total`` everything at once. (``ru_maxrss`` would not do: Linux
-    keeps it across ``exec``, so a child would report its parent's peak.)
-
-    Reading a process's memory is cheap; finding descendants means reading every process of the
-    system, so the trees are rediscovered in one pass every second. (A psutil tree walk per root
-    at every sample took 10 ms of CPU, 5 % of a core, away from the workers it measures.)
-    """
-
-    INTERVAL_S = 0.2
-    RESCAN_EVERY = 5
-
-    def __init__(self) -> None:
-        self._roots: list[tuple[str, int]] = []
-        # role, root pid -> the tree's processes, with whether each is a shard worker
-        self._trees: dict[tuple[str, int], list[tuple[Any, bool]]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
-        self.peak_mb = {"coordinator": 0.0, "worker": 0.0, "party": 0.0, "total": 0.0}
-
-    def add(self, role: str, pid: int) -> None:
-        self._roots.append((role, pid))
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        samples = 0
-        while not self._stop.wait(self.INTERVAL_S):
-            if samples % self.RESCAN_EVERY == 0:
-                self._rescan()
-            self._sample()
-            samples += 1
-
-    def _rescan(self) -> None:
-        import psutil
-
-        children: dict[int, list[psutil.Process]] = {}
-        for process in psutil.process_iter(["ppid"]):
-            children.setdefault(process.info["ppid"], []).append(process)
-        for role, pid in list(self._roots):
-            try:
-                tree = [psutil.Process(pid)]
-            except psutil.Error:
-                continue
-            for process in tree:  # grows while we walk it: breadth-first
-                tree.extend(children.get(process.pid, []))
-            members = []
-            for process in tree:
-                try:
-                    worker = process.pid != pid and "ShardWorker" in " ".join(process.cmdline())
-                except psutil.Error:
-                    continue
-                members.append((process, worker))
-            self._trees[(role, pid)] = members
-
-    def _sample(self) -> None:
-        import psutil
-
-        total = 0.0
-        for (role, root), members in self._trees.items():
-            sizes = {}
-            for process, worker in members:
-                try:
-                    sizes[process.pid] = process.memory_info().rss / 2**20
-                except psutil.Error:
-                    continue
-                if worker:
-                    self._peak("worker", sizes[process.pid])
-            total += sum(sizes.values())
-            if role == "coordinator":
-                self._peak("coordinator", sizes.get(root, 0.0))
-            else:
-                self._peak("party", sum(sizes.values()))
-        self._peak("total", total)
-
-    def _peak(self, role: str, value_mb: float) -> None:
-        self.peak_mb[role] = max(self.peak_mb[role], value_mb)
+    return Timings(
+        total=total_s,
+        job=max(r.clock["model"] for r in results) - key_holder.clock["keygen"],
+        keygen=key_holder.timings_s.get("keygen", 0.0),
+        encrypt=max(r.timings_s.get("encrypt", 0.0) for r in results),
+        upload=max(r.timings_s.get("upload", 0.0) for r in results),
+        load=job.load_s,
+        train=job.train_s,
+        gradient=job.gradient_s,
+        refresh=job.refresh_s,
+    )
 
 
 def _spawn(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:

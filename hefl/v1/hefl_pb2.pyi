@@ -427,3 +427,43 @@ class ListJobsResponse(_message.Message):
     JOBS_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[JobStatus]
     def __init__(self, jobs: _Optional[_Iterable[_Union[JobStatus, _Mapping]]] = ...) -> None: ...
+
+class GetReportRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class JobReport(_message.Message):
+    __slots__ = ("job_id", "workers", "blocks", "iterations", "load_s", "train_s", "gradient_s", "refresh_s", "iteration_s", "upload_bytes", "key_holder_bytes_per_iteration", "worker_bytes_per_iteration", "worker_peak_rss_mb", "options", "curvature")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_S_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_S_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_S_FIELD_NUMBER: _ClassVar[int]
+    REFRESH_S_FIELD_NUMBER: _ClassVar[int]
+    ITERATION_S_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KEY_HOLDER_BYTES_PER_ITERATION_FIELD_NUMBER: _ClassVar[int]
+    WORKER_BYTES_PER_ITERATION_FIELD_NUMBER: _ClassVar[int]
+    WORKER_PEAK_RSS_MB_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    CURVATURE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    workers: int
+    blocks: int
+    iterations: int
+    load_s: float
+    train_s: float
+    gradient_s: float
+    refresh_s: float
+    iteration_s: _containers.RepeatedScalarFieldContainer[float]
+    upload_bytes: int
+    key_holder_bytes_per_iteration: int
+    worker_bytes_per_iteration: int
+    worker_peak_rss_mb: _containers.RepeatedScalarFieldContainer[float]
+    options: TrainingOptions
+    curvature: float
+    def __init__(self, job_id: _Optional[str] = ..., workers: _Optional[int] = ..., blocks: _Optional[int] = ..., iterations: _Optional[int] = ..., load_s: _Optional[float] = ..., train_s: _Optional[float] = ..., gradient_s: _Optional[float] = ..., refresh_s: _Optional[float] = ..., iteration_s: _Optional[_Iterable[float]] = ..., upload_bytes: _Optional[int] = ..., key_holder_bytes_per_iteration: _Optional[int] = ..., worker_bytes_per_iteration: _Optional[int] = ..., worker_peak_rss_mb: _Optional[_Iterable[float]] = ..., options: _Optional[_Union[TrainingOptions, _Mapping]] = ..., curvature: _Optional[float] = ...) -> None: ...

@@ -84,6 +84,11 @@ class CoordinatorStub:
                 request_serializer=hefl_dot_v1_dot_hefl__pb2.ListJobsRequest.SerializeToString,
                 response_deserializer=hefl_dot_v1_dot_hefl__pb2.ListJobsResponse.FromString,
                 _registered_method=True)
+        self.GetReport = channel.unary_unary(
+                '/hefl.v1.Coordinator/GetReport',
+                request_serializer=hefl_dot_v1_dot_hefl__pb2.GetReportRequest.SerializeToString,
+                response_deserializer=hefl_dot_v1_dot_hefl__pb2.JobReport.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -161,6 +166,14 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetReport(self, request, context):
+        """How a finished job ran: timings, traffic, memory and the hyperparameters it chose. Never
+        what it computed (no model, no iterate). FAILED_PRECONDITION until the job is DONE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -213,6 +226,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ListJobs,
                     request_deserializer=hefl_dot_v1_dot_hefl__pb2.ListJobsRequest.FromString,
                     response_serializer=hefl_dot_v1_dot_hefl__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'GetReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReport,
+                    request_deserializer=hefl_dot_v1_dot_hefl__pb2.GetReportRequest.FromString,
+                    response_serializer=hefl_dot_v1_dot_hefl__pb2.JobReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -485,6 +503,33 @@ class Coordinator:
             '/hefl.v1.Coordinator/ListJobs',
             hefl_dot_v1_dot_hefl__pb2.ListJobsRequest.SerializeToString,
             hefl_dot_v1_dot_hefl__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hefl.v1.Coordinator/GetReport',
+            hefl_dot_v1_dot_hefl__pb2.GetReportRequest.SerializeToString,
+            hefl_dot_v1_dot_hefl__pb2.JobReport.FromString,
             options,
             channel_credentials,
             insecure,
