@@ -1,8 +1,9 @@
 """The job driver: the phases that need the key holder and the Ray workers, on one thread per job.
 
-1. When every party has joined and sent statistics: sum them, have the key holder decrypt the
-   sum (and only the sum), choose the hyperparameters, publish (count, mean, std) and the
-   packing layout; start the Ray workers while the parties upload.
+1. When every party has joined and sent statistics: run the coordinator's part of
+   :mod:`hefl.protocols.stats` (sum the shares, have the key holder summarize the sum), choose
+   the hyperparameters, publish (count, mean, std) and the packing layout; start the Ray
+   workers while the parties upload.
 2. When every upload is complete: load the shards into the workers, train
    (:func:`coordinator.training.train`), have the key holder seal the model for every party.
 
@@ -24,8 +25,8 @@ from coordinator.jobs import Job, ShuttingDown
 from coordinator.training import GradientPool, TrainingInputs, train
 from hefl import messages, sealio
 from hefl.algorithm import choose_hyperparameters
-from hefl.codec import AggregateStats, PackingLayout, piece_sizes, stats_length
-from hefl.errors import InvalidArgument
+from hefl.codec import PackingLayout
+from hefl.protocols.stats import StatsProtocol, StatsShare, summary_from_proto
 from hefl.v1 import hefl_pb2 as pb
 
 log = logging.getLogger("hefl.driver")
@@ -82,28 +83,24 @@ class JobDriver:
 
     def _publish_standardization(self) -> None:
         job = self._job
-        pieces = len(piece_sizes(stats_length(len(job.features)), job.params.slots))
-        totals = [
-            self._sum([job.store.stats_path(name, piece) for name in job.parties], "statistics")
-            for piece in range(pieces)
+        protocol = StatsProtocol(features=len(job.features), slots=job.params.slots)
+        shares = [
+            StatsShare(
+                pieces=tuple(
+                    job.store.stats_path(party.name, piece).read_bytes()
+                    for piece in range(len(protocol.piece_sizes))
+                ),
+                rows=party.rows,
+            )
+            for party in job.parties.values()
         ]
         result = job.link.call(
-            pb.KeyHolderTask(
-                decrypt_stats=pb.DecryptStatsTask(
-                    ciphertexts=[sealio.serialize(total) for total in totals],
-                    features=len(job.features),
-                )
-            ),
+            pb.KeyHolderTask(decrypt_stats=protocol.aggregate(job.context, shares).to_proto()),
             timeout_s=KEY_HOLDER_TIMEOUT_S,
         )
-        stats = AggregateStats.from_values(result.values.values, len(job.features))
-        party_rows = [(p.name, p.rows) for p in job.parties.values()]
-        declared = sum(rows for _, rows in party_rows)
-        if declared != stats.count:
-            raise InvalidArgument(
-                f"job {job.job_id}: parties declare {declared} rows but their encrypted "
-                f"statistics count {stats.count}"
-            )
+        stats = protocol.accept_summary(
+            summary_from_proto(result.values, features=protocol.features), shares
+        )
         hyper = choose_hyperparameters(
             curvature=stats.curvature,
             iterations=job.options.iterations,
@@ -111,7 +108,9 @@ class JobDriver:
             l2=job.options.l2,
             sigmoid_interval=job.options.sigmoid_interval,
         )
-        layout = PackingLayout.assign(slots=job.params.slots, party_rows=party_rows)
+        layout = PackingLayout.assign(
+            slots=job.params.slots, party_rows=[(p.name, p.rows) for p in job.parties.values()]
+        )
         job.publish(
             standardization=pb.Standardization(
                 count=stats.count, mean=stats.mean, std=stats.std, curvature=stats.curvature

@@ -13,6 +13,7 @@ from coordinator.jobs import Job
 from coordinator.keyholder_link import KeyHolderTimeout
 from coordinator.registry import MAX_CONTEXT_BYTES, Registry
 from hefl import chunks, errors
+from hefl.protocols.stats import StatsShare
 from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
 
@@ -105,7 +106,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     @domain_errors
     def SubmitStats(self, request: pb.SubmitStatsRequest, context: Any) -> pb.Ack:
         job = self._registry.get(request.job_id)
-        job.submit_stats(request.party, request.ciphertexts, request.rows)
+        job.submit_stats(request.party, StatsShare.from_proto(request))
         return pb.Ack(message=f"statistics of {request.party} accepted")
 
     @domain_errors

@@ -31,9 +31,10 @@ from hefl.algorithm import (
     standardize,
     step_warning,
 )
-from hefl.codec import PackingLayout, split_vector, stats_vector
+from hefl.codec import PackingLayout
 from hefl.errors import HeflError, ProtocolError
 from hefl.params import DEFAULT_PARAMETER_SET, check_public_context, get_parameter_set
+from hefl.protocols.stats import StatsProtocol
 from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
 from parties.data import Dataset, load_csv
@@ -231,16 +232,13 @@ class Party:
         return context
 
     def _submit_stats(self, info: pb.JobInfo, context: ts.Context) -> None:
-        slots = get_parameter_set(info.parameter_set).slots
-        pieces = split_vector(stats_vector(self.dataset.features), slots)
+        protocol = StatsProtocol(
+            features=len(self.dataset.feature_names),
+            slots=get_parameter_set(info.parameter_set).slots,
+        )
+        share = protocol.gen_share(context, self.dataset.features)
         self.stub.SubmitStats(
-            pb.SubmitStatsRequest(
-                job_id=info.job_id,
-                party=self.config.name,
-                ciphertexts=[sealio.serialize(ts.ckks_vector(context, piece)) for piece in pieces],
-                rows=self.dataset.rows,
-            ),
-            timeout=CALL_TIMEOUT_S,
+            share.to_proto(job_id=info.job_id, party=self.config.name), timeout=CALL_TIMEOUT_S
         )
 
     def _wait(self, job_id: str, phases: set[int]) -> pb.JobStatus:

@@ -17,12 +17,28 @@ import tenseal.sealapi as sealapi
 
 from hefl import sealio
 from hefl.algorithm import SigmoidPolynomial, nesterov_step
-from hefl.codec import AggregateStats
 from hefl.errors import ProtocolError
+from hefl.protocols.stats import EncryptedStats, StatsProtocol, summary_to_proto
 from hefl.v1 import hefl_pb2 as pb
 from parties.sealing import seal
 
 log = logging.getLogger("hefl.keyholder")
+
+
+class SecretKey:
+    """Decryption with the job's secret key (:class:`hefl.protocols.keys.Decryptor`)."""
+
+    def __init__(self, context: ts.Context) -> None:
+        if not context.is_private():
+            raise ProtocolError("the key holder needs the private context")
+        self._context = context
+        self.slots = (
+            context.seal_context().data.key_context_data().parms().poly_modulus_degree() // 2
+        )
+
+    def decrypt(self, ciphertext: bytes, *, what: str) -> np.ndarray:
+        vector = sealio.deserialize(self._context, ciphertext, what=what)
+        return np.asarray(vector.decrypt(), dtype=np.float64)
 
 
 class WeightEncryptor:
@@ -142,6 +158,7 @@ class KeyHolder:
             raise ProtocolError("the key holder needs the private context")
         self._context = context
         self._job_id = job_id
+        self._key = SecretKey(context)
         self._encryptor = WeightEncryptor(context)
         self._optimizer: MaskedOptimizer | None = None
         self.model: np.ndarray | None = None
@@ -150,7 +167,7 @@ class KeyHolder:
         kind = task.WhichOneof("task")
         log.debug("key holder task %s", kind)
         if kind == "decrypt_stats":
-            return pb.KeyHolderResult(values=pb.Values(values=self._summarize(task.decrypt_stats)))
+            return pb.KeyHolderResult(values=self._summarize(task.decrypt_stats))
         if kind == "setup":
             self._optimizer = MaskedOptimizer(self._context, task.setup, self._encryptor)
             return pb.KeyHolderResult(values=pb.Values())
@@ -166,14 +183,11 @@ class KeyHolder:
             return pb.KeyHolderResult(sealed=self._finalize(optimizer, task.finalize))
         raise ProtocolError(f"unknown key holder task {kind!r}")
 
-    def _summarize(self, task: pb.DecryptStatsTask) -> list[float]:
-        """Decrypt the parties' summed statistics; only their summary leaves this process."""
-        sums = [
-            value
-            for ciphertext in task.ciphertexts
-            for value in sealio.deserialize(self._context, ciphertext, what="statistics").decrypt()
-        ]
-        return AggregateStats.from_sums(sums, task.features).to_values()
+    def _summarize(self, task: pb.DecryptStatsTask) -> pb.Values:
+        """The key holder's part of :mod:`hefl.protocols.stats`: only the summary leaves."""
+        aggregate = EncryptedStats.from_proto(task)
+        protocol = StatsProtocol(features=aggregate.features, slots=self._key.slots)
+        return summary_to_proto(protocol.summarize(aggregate, self._key))
 
     def _require_optimizer(self, kind: str | None) -> MaskedOptimizer:
         if self._optimizer is None:
