@@ -26,6 +26,7 @@ from coordinator.training import GradientPool, TrainingInputs, train
 from hefl import messages, sealio
 from hefl.algorithm import choose_hyperparameters
 from hefl.codec import PackingLayout
+from hefl.protocols.refresh import Recipient
 from hefl.protocols.stats import StatsProtocol, StatsShare, summary_from_proto
 from hefl.v1 import hefl_pb2 as pb
 
@@ -145,7 +146,7 @@ class JobDriver:
         load_s = time.perf_counter() - started
         options = job.options  # resolved when the standardization was published
         hyper = messages.hyperparameters_of(options)
-        masker, report = train(
+        refresh, report = train(
             TrainingInputs(
                 context=job.context,
                 params=job.params,
@@ -159,14 +160,15 @@ class JobDriver:
             link=job.link,
             on_iteration=job.set_iteration,
         )
-        finalize = pb.FinalizeTask(
-            model_mask=masker.model_mask.tolist(),
+        finalize = refresh.finalize(
             features=job.features,
-            standardization=job.standardization,
+            mean=job.standardization.mean,
+            std=job.standardization.std,
+            recipients=[Recipient(p.name, p.seal_public_key) for p in job.parties.values()],
         )
-        for state in job.parties.values():
-            finalize.parties.add(name=state.name, seal_public_key=state.seal_public_key)
-        result = job.link.call(pb.KeyHolderTask(finalize=finalize), timeout_s=KEY_HOLDER_TIMEOUT_S)
+        result = job.link.call(
+            pb.KeyHolderTask(finalize=finalize.to_proto()), timeout_s=KEY_HOLDER_TIMEOUT_S
+        )
         job.finish(
             list(result.sealed.models),
             {

@@ -8,7 +8,9 @@ security and precision budget.
 
 - :mod:`hefl.protocols.stats`: encrypted statistics (each party's share, the coordinator's sum,
   the key holder's summary);
-- :mod:`hefl.protocols.masks`: uniform masks from ``os.urandom``;
+- :mod:`hefl.protocols.refresh`: the masked refresh-and-step of every training iteration (the
+  coordinator's half and the key holder's half);
+- :mod:`hefl.protocols.masks`: the uniform masks the refresh draws, from ``os.urandom``;
 - :mod:`hefl.protocols.keys`: what a protocol asks of the secret key, as interfaces that only
   :mod:`parties` implements. Nothing in this package holds a secret key.
 """
