@@ -1,8 +1,9 @@
 """The job driver: the phases that need the key holder and the Ray workers, on one thread per job.
 
-1. When every party has joined and sent statistics: sum them, have the key holder decrypt the
-   sum (and only the sum), choose the hyperparameters, publish (count, mean, std) and the
-   packing layout; start the Ray workers while the parties upload.
+1. When every party has joined and sent statistics: run the coordinator's part of
+   :mod:`hefl.protocols.stats` (sum the shares, have the key holder summarize the sum), choose
+   the hyperparameters, publish (count, mean, std) and the packing layout; start the Ray
+   workers while the parties upload.
 2. When every upload is complete: load the shards into the workers, train
    (:func:`coordinator.training.train`), have the key holder seal the model for every party.
 
@@ -24,8 +25,9 @@ from coordinator.report import JobReport
 from coordinator.training import GradientPool, TrainingInputs, train
 from hefl import messages, sealio
 from hefl.algorithm import choose_hyperparameters
-from hefl.codec import AggregateStats, PackingLayout, piece_sizes, stats_length
-from hefl.errors import InvalidArgument
+from hefl.codec import PackingLayout
+from hefl.protocols.refresh import Recipient
+from hefl.protocols.stats import StatsProtocol, StatsRequest, StatsShare, summary_from_proto
 from hefl.v1 import hefl_pb2 as pb
 
 log = logging.getLogger("hefl.driver")
@@ -82,28 +84,30 @@ class JobDriver:
 
     def _publish_standardization(self) -> None:
         job = self._job
-        pieces = len(piece_sizes(stats_length(len(job.features)), job.params.slots))
-        totals = [
-            self._sum([job.store.stats_path(name, piece) for name in job.parties], "statistics")
-            for piece in range(pieces)
+        protocol = StatsProtocol(features=len(job.features), slots=job.params.slots)
+        shares = [
+            StatsShare(
+                pieces=tuple(
+                    job.store.stats_path(party.name, piece).read_bytes()
+                    for piece in range(len(protocol.piece_sizes))
+                ),
+                rows=party.rows,
+                signature=job.store.stats_signature_path(party.name).read_bytes(),
+            )
+            for party in job.parties.values()
         ]
+        request = StatsRequest(
+            job_id=job.job_id,
+            features=protocol.features,
+            shares=tuple(zip(job.parties, shares, strict=True)),
+        )
         result = job.link.call(
-            pb.KeyHolderTask(
-                decrypt_stats=pb.DecryptStatsTask(
-                    ciphertexts=[sealio.serialize(total) for total in totals],
-                    features=len(job.features),
-                )
-            ),
+            pb.KeyHolderTask(decrypt_stats=request.to_proto()),
             timeout_s=KEY_HOLDER_TIMEOUT_S,
         )
-        stats = AggregateStats.from_values(result.values.values, len(job.features))
-        party_rows = [(p.name, p.rows) for p in job.parties.values()]
-        declared = sum(rows for _, rows in party_rows)
-        if declared != stats.count:
-            raise InvalidArgument(
-                f"job {job.job_id}: parties declare {declared} rows but their encrypted "
-                f"statistics count {stats.count}"
-            )
+        stats = protocol.accept_summary(
+            summary_from_proto(result.values, features=protocol.features), shares
+        )
         hyper = choose_hyperparameters(
             curvature=stats.curvature,
             iterations=job.options.iterations,
@@ -111,7 +115,9 @@ class JobDriver:
             l2=job.options.l2,
             sigmoid_interval=job.options.sigmoid_interval,
         )
-        layout = PackingLayout.assign(slots=job.params.slots, party_rows=party_rows)
+        layout = PackingLayout.assign(
+            slots=job.params.slots, party_rows=[(p.name, p.rows) for p in job.parties.values()]
+        )
         job.publish(
             standardization=pb.Standardization(
                 count=stats.count, mean=stats.mean, std=stats.std, curvature=stats.curvature
@@ -146,7 +152,7 @@ class JobDriver:
         load_s = time.perf_counter() - started
         options = job.options  # resolved when the standardization was published
         hyper = messages.hyperparameters_of(options)
-        masker, report = train(
+        refresh, report = train(
             TrainingInputs(
                 context=job.context,
                 params=job.params,
@@ -160,14 +166,12 @@ class JobDriver:
             link=job.link,
             on_iteration=job.set_iteration,
         )
-        finalize = pb.FinalizeTask(
-            model_mask=masker.model_mask.tolist(),
-            features=job.features,
-            standardization=job.standardization,
+        finalize = refresh.finalize(
+            recipients=[Recipient.from_hello(p.hello) for p in job.parties.values()]
         )
-        for state in job.parties.values():
-            finalize.parties.append(state.hello)
-        result = job.link.call(pb.KeyHolderTask(finalize=finalize), timeout_s=KEY_HOLDER_TIMEOUT_S)
+        result = job.link.call(
+            pb.KeyHolderTask(finalize=finalize.to_proto()), timeout_s=KEY_HOLDER_TIMEOUT_S
+        )
         job.finish(
             list(result.sealed.models),
             JobReport(
@@ -187,7 +191,6 @@ class JobDriver:
                 hyperparameters=hyper,
                 reveal_intermediate=options.reveal_intermediate,
                 curvature=job.standardization.curvature,
-                intermediate_models=tuple(tuple(w) for w in report.intermediate_models),
             ),
         )
         log.info("job %s done in %.1f s of training", job.job_id, report.train_s)

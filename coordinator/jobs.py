@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from coordinator.keyholder_link import KeyHolderLink
 from coordinator.report import JobReport
 from coordinator.store import JobStore, atomic_write, check_name
 from hefl import sealio, signed
-from hefl.codec import PackingLayout, piece_sizes, stats_length
+from hefl.codec import PackingLayout
 from hefl.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -39,6 +39,7 @@ from hefl.errors import (
 )
 from hefl.identity import same_bytes, verify_signature
 from hefl.params import CkksParameters, check_public_context, get_parameter_set
+from hefl.protocols.stats import StatsProtocol, StatsShare
 from hefl.v1 import hefl_pb2 as pb
 
 log = logging.getLogger("hefl.jobs")
@@ -222,9 +223,7 @@ class Job:
                 self.phase = pb.COLLECTING_STATS
             self._changed()
 
-    def submit_stats(
-        self, party: str, ciphertexts: Sequence[bytes], rows: int, signature: bytes = b""
-    ) -> None:
+    def submit_stats(self, party: str, share: StatsShare) -> None:
         with self._cond:
             state = self._party(party)
             if self.phase not in (pb.WAITING_FOR_PARTIES, pb.COLLECTING_STATS):
@@ -235,34 +234,21 @@ class Job:
                 raise AlreadyExists(
                     f"party {party!r} already submitted statistics to {self.job_id}"
                 )
-        expected = piece_sizes(stats_length(len(self.features)), self.params.slots)
-        sizes = [
-            sealio.deserialize(
-                self.context, ciphertext, what=f"statistics of party {party!r} (piece {i})"
-            ).size()
-            for i, ciphertext in enumerate(ciphertexts)
-        ]
-        if sizes != expected:
-            raise InvalidArgument(
-                f"statistics of party {party!r} come in pieces of {sizes} values, expected "
-                f"{expected} (count, sums, sums of pairwise products of "
-                f"{len(self.features)} features)"
-            )
-        if rows <= 0:
-            raise InvalidArgument(f"party {party!r} declares {rows} rows")
+        stats = StatsProtocol(features=len(self.features), slots=self.params.slots)
+        stats.check_share(self.context, share, party=party)
         if self.roster is not None:
             verify_signature(
                 self.roster[party].signing_public_key,
-                signature,
+                share.signature,
                 signed.STATS,
-                signed.stats_parts(self.job_id, party, rows, ciphertexts),
+                signed.stats_parts(self.job_id, party, share.rows, share.pieces),
             )
-        for piece, ciphertext in enumerate(ciphertexts):
+        for piece, ciphertext in enumerate(share.pieces):
             atomic_write(self.store.stats_path(party, piece), ciphertext)
-        atomic_write(self.store.stats_signature_path(party), signature)
+        atomic_write(self.store.stats_signature_path(party), share.signature)
         with self._cond:
             state.stats = True
-            state.rows = rows
+            state.rows = share.rows
             self._changed()
 
     def accept_upload(self, chunk: pb.UploadChunk, expected_seq: int) -> int:

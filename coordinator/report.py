@@ -13,10 +13,7 @@ from hefl.v1 import hefl_pb2 as pb
 @dataclass(frozen=True)
 class JobReport:
     """Timings, traffic and memory of one training run, and the hyperparameters it chose.
-
-    ``intermediate_models`` (the decrypted iterates of a job that asked for them) stays in the
-    coordinator's job directory: :meth:`to_message` leaves it out.
-    """
+    Nothing in it is derived from the data beyond what every party already learns."""
 
     job_id: str
     workers: int
@@ -34,7 +31,6 @@ class JobReport:
     hyperparameters: Hyperparameters
     reveal_intermediate: bool
     curvature: float
-    intermediate_models: tuple[tuple[float, ...], ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -48,7 +44,6 @@ class JobReport:
                 "iteration_s": tuple(fields["iteration_s"]),
                 "worker_peak_rss_mb": tuple(fields["worker_peak_rss_mb"]),
                 "hyperparameters": Hyperparameters(**fields["hyperparameters"]),
-                "intermediate_models": tuple(tuple(w) for w in fields["intermediate_models"]),
             }
         )
 

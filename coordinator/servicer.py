@@ -15,6 +15,7 @@ from coordinator.keyholder_link import KeyHolderTimeout
 from coordinator.registry import MAX_CONTEXT_BYTES, Registry
 from hefl import chunks, errors
 from hefl.identity import ROLE_PARTY, Peer, peer_of
+from hefl.protocols.stats import StatsShare
 from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
 
@@ -185,7 +186,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     def SubmitStats(self, request: pb.SubmitStatsRequest, context: Any) -> pb.Ack:
         job = self._registry.get(request.job_id)
         party = self._acting("SubmitStats", context, job, request.party)
-        job.submit_stats(party, request.ciphertexts, request.rows, request.signature)
+        job.submit_stats(party, StatsShare.from_proto(request))
         return pb.Ack(message=f"statistics of {party} accepted")
 
     @domain_errors

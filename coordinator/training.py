@@ -1,9 +1,11 @@
-"""The encrypted training loop, as the coordinator drives it.
+"""The encrypted training loop, as the coordinator drives it: messages between the workers and
+the key holder, and nothing else.
 
 Per iteration: the workers compute the gradient sums of their blocks in parallel
-(:mod:`coordinator.gradient`), the coordinator adds them up, masks them and has the key holder
-refresh them into the next weights (:mod:`coordinator.refresh`). Everything the coordinator
-handles is a ciphertext or a mask it drew itself.
+(:mod:`coordinator.gradient`), the coordinator adds them up, and the masked refresh
+(:mod:`hefl.protocols.refresh`) turns them into the next weights through the key holder. The
+protocol's messages cross the key-holder link here; the maths and the masks live in the
+protocol's types.
 """
 
 from __future__ import annotations
@@ -14,15 +16,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import numpy as np
 import tenseal as ts
 
-from coordinator.keyholder_link import KeyHolderLink
-from coordinator.refresh import RefreshMasker
 from hefl import sealio
-from hefl.algorithm import Hyperparameters, l2_vector
-from hefl.errors import ProtocolError
+from hefl.algorithm import Hyperparameters
 from hefl.params import CkksParameters
+from hefl.protocols.refresh import RefreshCoordinator, RefreshResponse
 from hefl.v1 import hefl_pb2 as pb
 
 log = logging.getLogger("hefl.training")
@@ -47,6 +46,16 @@ class GradientPool(Protocol):
     ) -> list[list[bytes]]: ...
 
 
+class KeyHolderCalls(Protocol):
+    """What training needs from the key holder: a
+    :class:`coordinator.keyholder_link.KeyHolderLink`."""
+
+    bytes_sent: int
+    bytes_received: int
+
+    def call(self, task: pb.KeyHolderTask, *, timeout_s: float) -> pb.KeyHolderResult: ...
+
+
 @dataclass
 class TrainingReport:
     iterations: int = 0
@@ -56,7 +65,6 @@ class TrainingReport:
     iteration_s: list[float] = field(default_factory=list)
     refresh_bytes_per_iteration: int = 0
     worker_bytes_per_iteration: int = 0
-    intermediate_models: list[list[float]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -74,89 +82,52 @@ def train(
     inputs: TrainingInputs,
     *,
     pool: GradientPool,
-    link: KeyHolderLink,
+    link: KeyHolderCalls,
     on_iteration: Callable[[int], None] = lambda _: None,
-    rng: np.random.Generator | None = None,
-) -> tuple[RefreshMasker, TrainingReport]:
-    """Run every iteration; returns the masker (it holds the final model's mask) and timings."""
+) -> tuple[RefreshCoordinator, TrainingReport]:
+    """Run every iteration; returns the refresh's coordinator half (it finalizes the model) and
+    timings."""
     hyper = inputs.hyper
-    sigmoid = hyper.sigmoid
-    weight_scale, a, b = sigmoid.encrypted_form()
-    l2 = l2_vector(inputs.columns, hyper.l2)
-    masker = RefreshMasker(
+    _, a, b = hyper.sigmoid.encrypted_form()
+    refresh = RefreshCoordinator(
         context=inputs.context,
-        columns=inputs.columns,
-        slots=inputs.params.slots,
-        mask_bits=inputs.params.mask_bits,
-        rows=inputs.rows,
-        learning_rate=hyper.learning_rate,
-        l2=l2,
-        weight_scale=weight_scale,
-        rng=rng,
-    )
-    weights0, velocity0 = masker.initial_state()
-    setup = pb.TrainingSetup(
+        params=inputs.params,
+        hyper=hyper,
         rows=inputs.rows,
         columns=inputs.columns,
-        iterations=hyper.iterations,
-        learning_rate=hyper.learning_rate,
-        l2=l2.tolist(),
-        sigmoid_coefficients=list(sigmoid.coefficients),
-        masked_label_term=sealio.serialize(masker.mask_label_term(inputs.label_term)),
-        weights=weights0.tolist(),
-        velocity=velocity0.tolist(),
-        slots=inputs.params.slots,
     )
-    link.call(pb.KeyHolderTask(setup=setup), timeout_s=KEY_HOLDER_TIMEOUT_S)
+    setup = refresh.setup(inputs.label_term)
+    link.call(pb.KeyHolderTask(setup=setup.to_proto()), timeout_s=KEY_HOLDER_TIMEOUT_S)
 
     report = TrainingReport()
     started = time.perf_counter()
-    # w_0 = 0: the coordinator can encrypt zeros with the public key itself.
-    weights = sealio.encrypt_replicated(inputs.context, [0.0] * inputs.columns, inputs.params.slots)
-    unmask = [0.0] * inputs.columns
+    weights = refresh.initial_weights()
     for iteration in range(hyper.iterations):
         tick = time.perf_counter()
-        partials = pool.gradient(weights, unmask, a=a, b=b)
-        report.worker_bytes_per_iteration = sum(map(len, weights)) * pool.size + sum(
+        partials = pool.gradient(weights.ciphertexts, weights.unmask, a=a, b=b)
+        report.worker_bytes_per_iteration = sum(map(len, weights.ciphertexts)) * pool.size + sum(
             len(g) for worker in partials for g in worker
         )
         gradients = sealio.add_up(inputs.context, partials, what="worker gradient")
         tock = time.perf_counter()
         report.gradient_s += tock - tick
 
-        masked = masker.mask_round(gradients, iteration)
-        task = pb.KeyHolderTask(
-            refresh=pb.RefreshTask(
-                iteration=iteration,
-                masked_gradients=masked.masked_gradients,
-                weights_offset=masked.weights_offset.tolist(),
-                velocity_offset=masked.velocity_offset.tolist(),
-            )
-        )
+        request = refresh.request(gradients, iteration=iteration)
         sent, received = link.bytes_sent, link.bytes_received
-        result = link.call(task, timeout_s=KEY_HOLDER_TIMEOUT_S)
+        result = link.call(
+            pb.KeyHolderTask(refresh=request.to_proto()), timeout_s=KEY_HOLDER_TIMEOUT_S
+        )
         report.refresh_bytes_per_iteration = (link.bytes_sent - sent) + (
             link.bytes_received - received
         )
         # The workers subtract the masks themselves: no need to load and re-serialize here.
-        weights = list(result.ciphertexts.ciphertexts)
-        if len(weights) != inputs.columns:
-            raise ProtocolError(
-                f"key holder returned {len(weights)} weights, expected {inputs.columns}"
-            )
-        unmask = masker.weights_unmask().tolist()
+        weights = refresh.weights(RefreshResponse.from_proto(result.ciphertexts))
         report.refresh_s += time.perf_counter() - tock
 
         if inputs.reveal_intermediate:
-            revealed = link.call(
-                pb.KeyHolderTask(
-                    reveal=pb.RevealTask(
-                        weights_mask=masker.model_mask.tolist(), iteration=iteration
-                    )
-                ),
-                timeout_s=KEY_HOLDER_TIMEOUT_S,
-            )
-            report.intermediate_models.append(list(revealed.values.values))
+            # The key holder keeps the iterate and seals it with the model: nothing comes back.
+            reveal = refresh.reveal(iteration=iteration)
+            link.call(pb.KeyHolderTask(reveal=reveal.to_proto()), timeout_s=KEY_HOLDER_TIMEOUT_S)
         report.iteration_s.append(time.perf_counter() - tick)
         report.iterations = iteration + 1
         log.info(
@@ -164,4 +135,4 @@ def train(
         )
         on_iteration(iteration + 1)
     report.train_s = time.perf_counter() - started
-    return masker, report
+    return refresh, report

@@ -1,4 +1,7 @@
-"""Conversions between hefl's dataclasses and their protobuf messages, done once at the edge."""
+"""Conversions between hefl's dataclasses and their protobuf messages, done once at the edge.
+
+The protocols' messages (:mod:`hefl.protocols`) carry their own ``to_proto``/``from_proto``.
+"""
 
 from __future__ import annotations
 

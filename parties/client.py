@@ -13,7 +13,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,11 @@ from hefl.algorithm import (
     standardize,
     step_warning,
 )
-from hefl.codec import PackingLayout, split_vector, stats_vector
+from hefl.codec import PackingLayout
 from hefl.errors import HeflError, InvalidArgument, ProtocolError
 from hefl.identity import channel_credentials
 from hefl.params import DEFAULT_PARAMETER_SET, check_public_context, get_parameter_set
+from hefl.protocols.stats import StatsProtocol
 from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
 from parties.data import Dataset, load_csv
@@ -205,6 +206,8 @@ class Party:
                 KeyHolder(
                     context=private,
                     job_id=info.job_id,
+                    features=self.dataset.feature_names,
+                    options=self._options(),
                     signing_key=self.trust.signing_key,
                     roster=self.trust.roster_keys(),
                 ),
@@ -233,13 +236,7 @@ class Party:
 
     def _create_job(self, private: ts.Context) -> pb.JobInfo:
         public = private.serialize(save_secret_key=False, save_galois_keys=False)
-        options = pb.TrainingOptions(
-            iterations=self.config.iterations,
-            learning_rate=self.config.learning_rate,
-            l2=self.config.l2,
-            sigmoid_interval=self.config.sigmoid_interval,
-            reveal_intermediate=self.config.reveal_intermediate,
-        )
+        options = self._options()
         spec = pb.JobSpec(
             job_id=self.job_id,
             key_holder=self.hello,
@@ -264,6 +261,16 @@ class Party:
 
         self.result.bytes["context"] = len(public)
         return self.stub.CreateJob(requests(), timeout=CALL_TIMEOUT_S)
+
+    def _options(self) -> pb.TrainingOptions:
+        """The training options this key holder asks for (zero: chosen from the data)."""
+        return pb.TrainingOptions(
+            iterations=self.config.iterations,
+            learning_rate=self.config.learning_rate,
+            l2=self.config.l2,
+            sigmoid_interval=self.config.sigmoid_interval,
+            reveal_intermediate=self.config.reveal_intermediate,
+        )
 
     def _join(self) -> pb.JobInfo:
         request = pb.JoinJobRequest(job_id=self.job_id, party=self.hello)
@@ -294,21 +301,20 @@ class Party:
         return context
 
     def _submit_stats(self, info: pb.JobInfo, context: ts.Context) -> None:
-        slots = get_parameter_set(info.parameter_set).slots
-        pieces = split_vector(stats_vector(self.dataset.features), slots)
-        ciphertexts = [sealio.serialize(ts.ckks_vector(context, piece)) for piece in pieces]
-        rows = self.dataset.rows
-        self.stub.SubmitStats(
-            pb.SubmitStatsRequest(
-                job_id=info.job_id,
-                party=self.name,
-                ciphertexts=ciphertexts,
-                rows=rows,
-                signature=self.trust.signing_key.sign(
-                    signed.STATS, signed.stats_parts(info.job_id, self.name, rows, ciphertexts)
-                ),
+        protocol = StatsProtocol(
+            features=len(self.dataset.feature_names),
+            slots=get_parameter_set(info.parameter_set).slots,
+        )
+        share = protocol.gen_share(context, self.dataset.features)
+        share = replace(
+            share,
+            signature=self.trust.signing_key.sign(
+                signed.STATS,
+                signed.stats_parts(info.job_id, self.name, share.rows, share.pieces),
             ),
-            timeout=CALL_TIMEOUT_S,
+        )
+        self.stub.SubmitStats(
+            share.to_proto(job_id=info.job_id, party=self.name), timeout=CALL_TIMEOUT_S
         )
 
     def _wait(self, job_id: str, phases: set[int]) -> pb.JobStatus:

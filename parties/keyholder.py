@@ -1,8 +1,25 @@
-"""The key holder's side of every protocol that needs the secret key.
+"""The key holder: the one process that holds the job's secret key.
 
-The coordinator sends tasks; :class:`KeyHolder` answers them. It never sees an unmasked
-intermediate model: see :class:`MaskedOptimizer` for the refresh and
-:class:`coordinator.refresh.RefreshMasker` for the coordinator's half.
+:class:`SecretKey` performs the secret-key operations the protocols ask for
+(:mod:`hefl.protocols.keys`); :class:`KeyHolder` answers the coordinator's tasks by running the
+key holder's side of each protocol, converting their messages at this edge. It follows the
+protocol it agreed to and nothing else, one stage after the other:
+
+1. ``decrypt_stats``, once: every roster party's share, each signature checked against the
+   roster, added up here (:class:`hefl.protocols.stats.StatsProtocol`); only the summary leaves.
+   From the summary and its own charter the key holder derives the job's hyperparameters.
+2. ``setup``, once: it must carry exactly those hyperparameters, the summary's row count and
+   the job's columns.
+3. ``refresh`` of iterations 0, 1, ... up to the job's count, in order
+   (:class:`hefl.protocols.refresh.RefreshKeyHolder`); ``reveal`` of the latest one only if this
+   key holder was started with ``reveal_intermediate``, and then the iterate stays here: it is
+   sealed with the model, never answered to the coordinator.
+4. ``finalize``, once, after the last refresh: the model (with its own features, mean and std)
+   is sealed to every roster party, each to a sealing key that party signed, and each box is
+   signed by this key holder.
+
+Anything else is refused with a :class:`~hefl.errors.ProtocolError` naming what was asked and
+what the stage allows; the session logs it, answers the error and keeps serving.
 """
 
 from __future__ import annotations
@@ -16,10 +33,18 @@ import tenseal as ts
 import tenseal.sealapi as sealapi
 
 from hefl import sealio, signed
-from hefl.algorithm import SigmoidPolynomial, nesterov_step
-from hefl.codec import AggregateStats
+from hefl.algorithm import Hyperparameters, choose_hyperparameters, l2_vector
+from hefl.codec import AggregateStats, Array
 from hefl.errors import ProtocolError
 from hefl.identity import verify_signature
+from hefl.protocols.refresh import (
+    FinalizeRequest,
+    RefreshKeyHolder,
+    RefreshRequest,
+    RefreshSetup,
+    RevealRequest,
+)
+from hefl.protocols.stats import StatsProtocol, StatsRequest, StatsShare, summary_to_proto
 from hefl.v1 import hefl_pb2 as pb
 from parties.identity import SigningKey
 from parties.sealing import seal
@@ -27,206 +52,248 @@ from parties.sealing import seal
 log = logging.getLogger("hefl.keyholder")
 
 
-class WeightEncryptor:
-    """Fresh ciphertexts of the weights, each value replicated in every slot.
+class SecretKey:
+    """Decryption and fresh encryption with the job's secret key
+    (:class:`hefl.protocols.keys.KeyHolderKeys`).
 
-    Encrypted with the secret key, in this process: symmetric (secret-key) encryption is RLWE
-    encryption like public-key encryption, at less than half the work (2.1 vs 4.8 ms at N=8192),
-    and SEAL stores the uniformly random half of such a ciphertext as the seed it was drawn from,
-    so each one is half the bytes to serialize and send (214 vs 427 KB). Whoever loads it expands
-    the seed; nothing else changes. Encryption is most of a refresh, while the workers wait.
+    Fresh weights are encrypted with the secret key, in this process: symmetric (secret-key)
+    encryption is RLWE encryption like public-key encryption, at less than half the work (2.1 vs
+    4.8 ms at N=8192), and SEAL stores the uniformly random half of such a ciphertext as the seed
+    it was drawn from, so each one is half the bytes to serialize and send (214 vs 427 KB).
+    Whoever loads it expands the seed; nothing else changes. Encryption is most of a refresh,
+    while the workers wait.
+
+    Raises:
+        ProtocolError: ``context`` holds no secret key.
     """
 
     def __init__(self, context: ts.Context) -> None:
+        if not context.is_private():
+            raise ProtocolError("the key holder needs the private context")
         seal_context = context.seal_context().data
+        self._context = context
         self._encoder = sealapi.CKKSEncoder(seal_context)
         self._encryptor = sealapi.Encryptor(seal_context, context.secret_key().data)
         self._scale = context.global_scale
-        self._slots = self._encoder.slot_count()
+        self.slots: int = self._encoder.slot_count()
 
-    def encrypt(self, values: Sequence[float]) -> list[bytes]:
+    def decrypt(self, ciphertext: bytes, *, what: str) -> Array:
+        vector = sealio.deserialize(self._context, ciphertext, what=what)
+        return np.asarray(vector.decrypt(), dtype=np.float64)
+
+    def encrypt_replicated(self, values: Sequence[float]) -> list[bytes]:
         ciphertexts = []
         for value in values:
             plain = sealapi.Plaintext()
             self._encoder.encode(float(value), self._scale, plain)
             ciphertexts.append(
                 sealio.vector_bytes(
-                    self._encryptor.encrypt_symmetric(plain), size=self._slots, scale=self._scale
+                    self._encryptor.encrypt_symmetric(plain), size=self.slots, scale=self._scale
                 )
             )
         return ciphertexts
 
 
-class MaskedOptimizer:
-    """Key-holder half of the masked refresh-and-step protocol.
-
-    Protocol (one round per training iteration; TenSEAL has no bootstrapping, so every
-    iteration's weights come back fresh from here):
-
-    1. The coordinator holds per-column ciphertexts G_j whose slots sum to S_j, the data part
-       of the gradient. It adds a uniform mask vector R_j in [-2^m, 2^m]^slots and sends them.
-    2. Here each is decrypted and its slots summed: S_j + r_j with r_j = sum(R_j).
-    3. The optimizer state is held masked: w + a, v + b. The coordinator sends offsets that
-       replace a, b by fresh uniform masks, then this side applies :func:`nesterov_step` to the
-       masked values. The step is linear, so the result is the true step plus the step of the
-       masks, which the coordinator computes on its own.
-    4. The new masked weights are encrypted, pre-scaled by the sigmoid's weight scale k and
-       replicated in every slot; the coordinator subtracts k times its mask.
-
-    Privacy (honest-but-curious coordinator and key holder, no collusion): every value the key
-    holder sees is a true value plus a fresh uniform mask 2^m wide (m = 25 for the default
-    parameters), i.e. statistical hiding with slack about 2^(m - log2 |value|), roughly 17 bits
-    for per-row contributions and 20 for weights. Not 128-bit; see README "Limits".
-
-    Precision: decryption at the last level adds about 2^-20 absolute per slot; summing 4096
-    masked slots in float64 costs about 2^-15 absolute on S_j, divided by the row count.
-    """
-
-    def __init__(
-        self, context: ts.Context, setup: pb.TrainingSetup, encryptor: WeightEncryptor
-    ) -> None:
-        self._context = context
-        self._encryptor = encryptor
-        self._setup = setup
-        self._columns = setup.columns
-        self._l2 = np.asarray(setup.l2, dtype=np.float64)
-        polynomial = SigmoidPolynomial(0.0, tuple(setup.sigmoid_coefficients))  # type: ignore[arg-type]
-        self._weight_scale = polynomial.encrypted_form()[0]
-        label = sealio.deserialize(context, setup.masked_label_term, what="masked label term")
-        self._label_term = np.asarray(label.decrypt()[: self._columns], dtype=np.float64)
-        self._weights = np.asarray(setup.weights, dtype=np.float64)
-        self._velocity = np.asarray(setup.velocity, dtype=np.float64)
-        if len(self._weights) != self._columns or len(self._velocity) != self._columns:
-            raise ProtocolError("setup state does not have one value per column")
-
-    def refresh(self, task: pb.RefreshTask) -> list[bytes]:
-        if len(task.masked_gradients) != self._columns:
-            raise ProtocolError(
-                f"refresh {task.iteration}: {len(task.masked_gradients)} gradients "
-                f"for {self._columns} columns"
-            )
-        sums = np.array(
-            [
-                float(
-                    np.sum(
-                        sealio.deserialize(self._context, data, what="masked gradient").decrypt()
-                    )
-                )
-                for data in task.masked_gradients
-            ]
-        )
-        self._weights = self._weights + np.asarray(task.weights_offset)
-        self._velocity = self._velocity + np.asarray(task.velocity_offset)
-        self._weights, self._velocity = nesterov_step(
-            weights=self._weights,
-            velocity=self._velocity,
-            gradient_sums=sums,
-            label_term=self._label_term,
-            rows=self._setup.rows,
-            learning_rate=self._setup.learning_rate,
-            l2=self._l2,
-            iteration=task.iteration,
-        )
-        return self._encryptor.encrypt((self._weight_scale * self._weights).tolist())
-
-    def unmask_model(self, mask: np.ndarray) -> np.ndarray:
-        """The model (Nesterov's velocity) once the coordinator reveals its final mask."""
-        if len(mask) != self._columns:
-            raise ProtocolError("model mask does not have one value per column")
-        return self._velocity - mask
-
-
 class KeyHolder:
-    """Executes the coordinator's tasks for one job with the private context."""
+    """Answers the coordinator's tasks for one job, stage by stage (see the module docstring).
+
+    Args:
+        context: The private context (secret key inside).
+        job_id: The job.
+        features: The job's feature names (the key holder's own columns).
+        options: The training options the key holder asked for (its charter's).
+        signing_key: Signs every sealed model.
+        roster: The charter's parties and their signing keys: statistics are accepted and the
+            model sealed for exactly these parties, on their signatures. None without a kit
+            (``--insecure``): what the coordinator relays is taken as it comes.
+    """
 
     def __init__(
         self,
         *,
         context: ts.Context,
         job_id: str,
+        features: Sequence[str],
+        options: pb.TrainingOptions,
         signing_key: SigningKey,
         roster: dict[str, bytes] | None = None,
     ) -> None:
-        """
-        Args:
-            context: The private context (secret key inside).
-            job_id: The job.
-            signing_key: Signs every sealed model.
-            roster: The charter's parties and their signing keys; the model is sealed to these
-                parties only, each to a sealing key it signed. None without a kit
-                (``--insecure``): the keys the coordinator relays are taken as they come.
-        """
-        if not context.is_private():
-            raise ProtocolError("the key holder needs the private context")
+        self._key = SecretKey(context)
         self._context = context
         self._job_id = job_id
+        self._features = tuple(features)
+        self._options = options
         self._signing_key = signing_key
         self._roster = roster
-        self._encryptor = WeightEncryptor(context)
-        self._optimizer: MaskedOptimizer | None = None
-        self.model: np.ndarray | None = None
+        self._stats = StatsProtocol(features=len(self._features), slots=self._key.slots)
+        self._stage = "decrypt_stats"
+        self._summary: AggregateStats | None = None
+        self._hyper: Hyperparameters | None = None
+        self._refresh: RefreshKeyHolder | None = None
+        self._intermediate: list[list[float]] = []
+        self.model: Array | None = None
 
     def handle(self, task: pb.KeyHolderTask) -> pb.KeyHolderResult:
+        """Answer one task.
+
+        Raises:
+            ProtocolError: A task the protocol does not allow now, or a malformed one.
+            PermissionDenied: A share or sealing key whose signature does not verify.
+            InvalidArgument: A ciphertext that does not decrypt under the job's context.
+        """
         kind = task.WhichOneof("task")
+        allowed = {
+            "decrypt_stats": ("decrypt_stats",),
+            "setup": ("setup",),
+            "training": ("refresh", "reveal", "finalize"),
+            "done": (),
+        }[self._stage]
+        if kind not in allowed:
+            raise ProtocolError(
+                f"task {kind!r} refused: the job is at its {self._stage!r} stage, which "
+                f"allows {', '.join(allowed) or 'nothing more'}"
+            )
         log.debug("key holder task %s", kind)
         if kind == "decrypt_stats":
-            return pb.KeyHolderResult(values=pb.Values(values=self._summarize(task.decrypt_stats)))
+            summary = self._summarize(StatsRequest.from_proto(task.decrypt_stats))
+            return pb.KeyHolderResult(values=summary_to_proto(summary))
         if kind == "setup":
-            self._optimizer = MaskedOptimizer(self._context, task.setup, self._encryptor)
+            self._refresh = RefreshKeyHolder(self._checked_setup(task.setup), keys=self._key)
+            self._stage = "training"
             return pb.KeyHolderResult(values=pb.Values())
-        optimizer = self._require_optimizer(kind)
+        assert self._refresh is not None
         if kind == "refresh":
-            return pb.KeyHolderResult(
-                ciphertexts=pb.Ciphertexts(ciphertexts=optimizer.refresh(task.refresh))
-            )
+            response = self._refresh.refresh(RefreshRequest.from_proto(task.refresh))
+            return pb.KeyHolderResult(ciphertexts=response.to_proto())
         if kind == "reveal":
-            weights = optimizer.unmask_model(np.asarray(task.reveal.weights_mask))
-            return pb.KeyHolderResult(values=pb.Values(values=weights.tolist()))
-        if kind == "finalize":
-            return pb.KeyHolderResult(sealed=self._finalize(optimizer, task.finalize))
-        raise ProtocolError(f"unknown key holder task {kind!r}")
+            if not self._options.reveal_intermediate:
+                raise ProtocolError(
+                    "reveal refused: this key holder did not opt in to intermediate models"
+                )
+            model = self._refresh.reveal(RevealRequest.from_proto(task.reveal))
+            self._intermediate.append(model.tolist())
+            return pb.KeyHolderResult(values=pb.Values())
+        request = FinalizeRequest.from_proto(task.finalize)
+        self._check_recipients(request)
+        self.model = self._refresh.finalize(request)
+        self._stage = "done"
+        return pb.KeyHolderResult(sealed=self._seal(self.model, request))
 
-    def _summarize(self, task: pb.DecryptStatsTask) -> list[float]:
-        """Decrypt the parties' summed statistics; only their summary leaves this process."""
-        sums = [
-            value
-            for ciphertext in task.ciphertexts
-            for value in sealio.deserialize(self._context, ciphertext, what="statistics").decrypt()
+    # ----- stage 1: statistics ---------------------------------------------------------------
+
+    def _summarize(self, request: StatsRequest) -> AggregateStats:
+        """Check every share (roster, signature, shape), add them up, decrypt the sum only."""
+        if request.features != len(self._features):
+            raise ProtocolError(
+                f"statistics of {request.features} features refused: the job has "
+                f"{len(self._features)}"
+            )
+        names = [party for party, _ in request.shares]
+        expected = sorted(self._roster) if self._roster is not None else sorted(set(names))
+        if sorted(names) != expected or not names:
+            raise ProtocolError(
+                f"statistics of parties {sorted(names)} refused: the job's parties are {expected}"
+            )
+        for party, share in request.shares:
+            self._check_share(party, share, request.job_id)
+        shares = [share for _, share in request.shares]
+        summary = self._stats.summarize(self._stats.aggregate(self._context, shares), self._key)
+        declared = sum(share.rows for share in shares)
+        if declared != summary.count:
+            raise ProtocolError(
+                f"the parties declare {declared} rows but their statistics count {summary.count}"
+            )
+        self._summary = summary
+        options = self._options
+        self._hyper = choose_hyperparameters(
+            curvature=summary.curvature,
+            iterations=options.iterations,
+            learning_rate=options.learning_rate,
+            l2=options.l2,
+            sigmoid_interval=options.sigmoid_interval,
+        )
+        self._stage = "setup"
+        return summary
+
+    def _check_share(self, party: str, share: StatsShare, job_id: str) -> None:
+        if job_id != self._job_id:
+            raise ProtocolError(f"statistics of job {job_id!r} refused in job {self._job_id!r}")
+        if self._roster is not None:
+            verify_signature(
+                self._roster[party],
+                share.signature,
+                signed.STATS,
+                signed.stats_parts(self._job_id, party, share.rows, share.pieces),
+            )
+        self._stats.check_share(self._context, share, party=party)
+
+    # ----- stage 2: setup ----------------------------------------------------------------------
+
+    def _checked_setup(self, message: pb.TrainingSetup) -> RefreshSetup:
+        """The setup, if it is exactly the training this key holder's summary calls for."""
+        setup = RefreshSetup.from_proto(message)
+        assert self._summary is not None and self._hyper is not None
+        hyper, columns = self._hyper, len(self._features) + 1
+        expected = {
+            "rows": (setup.rows, self._summary.count),
+            "columns": (setup.columns, columns),
+            "iterations": (setup.iterations, hyper.iterations),
+            "learning rate": (setup.learning_rate, hyper.learning_rate),
+            "weight scale": (setup.weight_scale, hyper.sigmoid.encrypted_form()[0]),
+        }
+        wrong = [
+            f"{k} {got} (expected {want})" for k, (got, want) in expected.items() if got != want
         ]
-        return AggregateStats.from_sums(sums, task.features).to_values()
+        if not wrong and list(setup.l2) != l2_vector(columns, hyper.l2).tolist():
+            wrong.append(f"l2 {list(setup.l2)}")
+        if wrong:
+            raise ProtocolError(f"training setup refused: {', '.join(wrong)}")
+        return setup
 
-    def _require_optimizer(self, kind: str | None) -> MaskedOptimizer:
-        if self._optimizer is None:
-            raise ProtocolError(f"task {kind!r} before training setup")
-        return self._optimizer
+    # ----- stage 4: finalize -------------------------------------------------------------------
 
-    def _finalize(self, optimizer: MaskedOptimizer, task: pb.FinalizeTask) -> pb.SealedModels:
-        weights = optimizer.unmask_model(np.asarray(task.model_mask))
-        self.model = weights
+    def _check_recipients(self, request: FinalizeRequest) -> None:
+        names = sorted(r.name for r in request.recipients)
+        if self._roster is not None and names != sorted(self._roster):
+            raise ProtocolError(
+                f"finalize for parties {names} refused: the job's roster is {sorted(self._roster)}"
+            )
+        if len(set(names)) != len(names):
+            raise ProtocolError(f"finalize names a party twice: {names}")
+        for recipient in request.recipients:
+            key = (
+                recipient.signing_public_key
+                if self._roster is None
+                else self._roster[recipient.name]
+            )
+            verify_signature(
+                key,
+                recipient.seal_key_signature,
+                signed.SEAL_KEY,
+                signed.seal_key_parts(self._job_id, recipient.name, recipient.seal_public_key),
+            )
+
+    def _seal(self, model: Array, request: FinalizeRequest) -> pb.SealedModels:
+        """The model, its standardization and any revealed iterates, sealed to each recipient's
+        X25519 key and signed."""
+        assert self._summary is not None
         payload = json.dumps(
             {
                 "job_id": self._job_id,
-                "features": list(task.features),
-                "mean": list(task.standardization.mean),
-                "std": list(task.standardization.std),
-                "weights": weights.tolist(),
+                "features": list(self._features),
+                "mean": self._summary.mean.tolist(),
+                "std": self._summary.std.tolist(),
+                "weights": model.tolist(),
+                "intermediate": self._intermediate,
             }
         ).encode()
-        names = sorted(party.name for party in task.parties)
-        if self._roster is not None and names != sorted(self._roster):
-            raise ProtocolError(
-                f"finalize names parties {names}, but the job's roster is {sorted(self._roster)}"
-            )
         sealed = []
-        for party in task.parties:
-            verify_signature(
-                party.signing_public_key if self._roster is None else self._roster[party.name],
-                party.seal_key_signature,
-                signed.SEAL_KEY,
-                signed.seal_key_parts(self._job_id, party.name, party.seal_public_key),
-            )
+        for party in request.recipients:
             box = seal(
                 party.seal_public_key, payload, associated=associated_data(self._job_id, party.name)
+            )
+            parts = signed.model_parts(
+                self._job_id, party.name, box.ephemeral_public_key, box.nonce, box.ciphertext
             )
             sealed.append(
                 pb.SealedModel(
@@ -234,16 +301,7 @@ class KeyHolder:
                     ephemeral_public_key=box.ephemeral_public_key,
                     nonce=box.nonce,
                     ciphertext=box.ciphertext,
-                    signature=self._signing_key.sign(
-                        signed.MODEL,
-                        signed.model_parts(
-                            self._job_id,
-                            party.name,
-                            box.ephemeral_public_key,
-                            box.nonce,
-                            box.ciphertext,
-                        ),
-                    ),
+                    signature=self._signing_key.sign(signed.MODEL, parts),
                 )
             )
         return pb.SealedModels(models=sealed)

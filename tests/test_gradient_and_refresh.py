@@ -1,16 +1,37 @@
-"""The encrypted maths against plaintext, within stated tolerances."""
+"""The encrypted maths against plaintext, within stated tolerances: the gradient kernel, and the
+whole training loop (the coordinator's code, the real workers' class, the real key holder)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tenseal as ts
 
 from coordinator.gradient import GradientKernel
-from coordinator.refresh import RefreshMasker
-from hefl import sealio
-from hefl.algorithm import SigmoidPolynomial, l2_vector, label_term, nesterov_step
+from coordinator.store import JobStore
+from coordinator.training import TrainingInputs, train
+from coordinator.worker import BlockSource, ShardWorker
+from hefl import sealio, signed
+from hefl.algorithm import (
+    SigmoidPolynomial,
+    add_bias,
+    choose_hyperparameters,
+    label_term,
+    standardize,
+    train_replica,
+)
+from hefl.codec import PackingLayout
 from hefl.params import DEFAULT_PARAMETER_SET, PARAMETER_SETS
+from hefl.protocols.refresh import Recipient
+from hefl.protocols.stats import StatsProtocol, StatsRequest, summary_from_proto
 from hefl.v1 import hefl_pb2 as pb
-from parties.keyholder import MaskedOptimizer, WeightEncryptor
+from parties.identity import SigningKey
+from parties.keyholder import KeyHolder, SecretKey, associated_data
+from parties.sealing import SealedBox, SealingKey
 
 
 def _blocks(context, data, slots):
@@ -63,86 +84,141 @@ def test_encrypted_gradient_sums_equal_plaintext(name):
         )
 
 
-def test_masked_refresh_rounds_follow_plaintext_nesterov(private_context):
-    """The key holder steps masked values, the coordinator steps the masks: the unmasked
-    weights after several rounds equal plain Nesterov on the same gradient sums."""
-    params = PARAMETER_SETS["n8192-depth4"]
-    columns, rows, lr = 4, 1000, 0.8
-    rng = np.random.default_rng(1)
-    l2 = l2_vector(columns, 0.01)
-    sigmoid = SigmoidPolynomial.fit(16.0)
-    k = sigmoid.encrypted_form()[0]
-    constant = rng.normal(size=columns) * 10
-    masker = RefreshMasker(
-        context=private_context,
-        columns=columns,
-        slots=params.slots,
-        mask_bits=params.mask_bits,
-        rows=rows,
-        learning_rate=lr,
-        l2=l2,
-        weight_scale=k,
-        rng=np.random.default_rng(2),
-    )
-    weights0, velocity0 = masker.initial_state()
-    label_ct = ts.ckks_vector(private_context, constant)
-    setup = pb.TrainingSetup(
-        rows=rows,
-        columns=columns,
-        learning_rate=lr,
-        l2=l2.tolist(),
-        sigmoid_coefficients=list(sigmoid.coefficients),
-        masked_label_term=sealio.serialize(masker.mask_label_term(label_ct)),
-        weights=weights0.tolist(),
-        velocity=velocity0.tolist(),
-        slots=params.slots,
-    )
-    optimizer = MaskedOptimizer(private_context, setup, WeightEncryptor(private_context))
-    w = np.zeros(columns)
-    v = np.zeros(columns)
-    for iteration in range(5):
-        slot_values = rng.normal(size=(columns, params.slots))
-        gradients = [ts.ckks_vector(private_context, row) for row in slot_values]
-        masked = masker.mask_round(gradients, iteration)
-        # What the key holder sees is far from the true sums.
-        seen = np.array(
-            [
-                np.sum(sealio.deserialize(private_context, g, what="masked").decrypt())
-                for g in masked.masked_gradients
-            ]
-        )
-        assert np.min(np.abs(seen - slot_values.sum(axis=1))) > 1e3
+class InProcessPool:
+    """One :class:`ShardWorker`, called directly instead of through Ray."""
 
-        fresh = optimizer.refresh(
-            pb.RefreshTask(
-                iteration=iteration,
-                masked_gradients=masked.masked_gradients,
-                weights_offset=masked.weights_offset.tolist(),
-                velocity_offset=masked.velocity_offset.tolist(),
+    def __init__(self, worker: ShardWorker) -> None:
+        self._worker = worker
+        self.size = 1
+
+    def load(self) -> None:
+        self._worker.load()
+
+    def gradient(self, masked_weights, unmask, *, a, b):
+        return [self._worker.gradient(masked_weights, unmask, a, b)]
+
+    def peak_rss_mb(self):
+        return [0.0]
+
+    def shutdown(self) -> None:
+        pass
+
+
+class InProcessLink:
+    """The key holder answering the coordinator's tasks in this process, every task and result
+    serialized as on the wire (the stream's framing is tested over gRPC elsewhere)."""
+
+    def __init__(self, keyholder: KeyHolder) -> None:
+        self._keyholder = keyholder
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.tasks: list[str] = []
+
+    def call(self, task: pb.KeyHolderTask, *, timeout_s: float) -> pb.KeyHolderResult:
+        payload = task.SerializeToString()
+        answer = self._keyholder.handle(pb.KeyHolderTask.FromString(payload)).SerializeToString()
+        self.bytes_sent += len(payload)
+        self.bytes_received += len(answer)
+        self.tasks.append(task.WhichOneof("task"))
+        return pb.KeyHolderResult.FromString(answer)
+
+
+def test_training_loop_delivers_the_float64_replica(
+    tmp_path: Path, private_context, public_context
+):
+    """Two parties' rows in one block; the real key holder summarizes their statistics, then the
+    coordinator's loop, a real worker and the key holder train, reveal every iterate and seal
+    the model: each iterate is hefl's algorithm replayed in float64."""
+    params = PARAMETER_SETS[DEFAULT_PARAMETER_SET]
+    rng = np.random.default_rng(4)
+    raw = rng.normal(size=(280, 4)) * [1.0, 3.0, 0.5, 2.0] + [0.0, 5.0, -1.0, 2.0]
+    labels = (raw @ [1.0, -0.4, 2.0, 0.3] + rng.normal(size=280) > -1.0).astype(float)
+    features = ["f0", "f1", "f2", "f3"]
+    keyholder = KeyHolder(
+        context=private_context,
+        job_id="job-1",
+        features=features,
+        options=pb.TrainingOptions(iterations=6, reveal_intermediate=True),
+        signing_key=SigningKey.generate(),
+    )
+    link = InProcessLink(keyholder)
+    protocol = StatsProtocol(features=4, slots=params.slots)
+    request = StatsRequest(
+        job_id="job-1",
+        features=4,
+        shares=(
+            ("a", protocol.gen_share(public_context, raw[:150])),
+            ("b", protocol.gen_share(public_context, raw[150:])),
+        ),
+    )
+    answer = link.call(pb.KeyHolderTask(decrypt_stats=request.to_proto()), timeout_s=60)
+    stats = summary_from_proto(answer.values, features=4)
+    np.testing.assert_allclose(stats.mean, raw.mean(axis=0), atol=1e-4)
+    columns = add_bias(standardize(raw, stats.mean, stats.std))
+    hyper = choose_hyperparameters(curvature=stats.curvature, iterations=6)
+    layout = PackingLayout.assign(slots=params.slots, party_rows=[("a", 150), ("b", 130)])
+    store = JobStore(tmp_path)
+    store.context_path().write_bytes(public_context.serialize())
+    label_terms = []
+    for party in layout.parties:
+        rows = slice(party.offset, party.offset + party.rows)
+        for block, column, vector in layout.pack(party.name, columns[rows]):
+            path = store.column_path(party.name, block, column)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(sealio.serialize(ts.ckks_vector(public_context, vector)))
+        label_terms.append(
+            sealio.serialize(
+                ts.ckks_vector(public_context, label_term(columns[rows], labels[rows]))
             )
         )
-        unmask = masker.weights_unmask()
-        got = (
-            np.array(
-                [
-                    np.mean(sealio.deserialize(private_context, c, what="w").decrypt()) - u
-                    for c, u in zip(fresh, unmask, strict=False)
-                ]
-            )
-            / k
-        )
-        w, v = nesterov_step(
-            weights=w,
-            velocity=v,
-            gradient_sums=slot_values.sum(axis=1),
-            label_term=constant,
-            rows=rows,
-            learning_rate=lr,
-            l2=l2,
-            iteration=iteration,
-        )
-        np.testing.assert_allclose(got, w, atol=1e-3)
-    np.testing.assert_allclose(optimizer.unmask_model(masker.model_mask), v, atol=1e-4)
+    worker = ShardWorker(
+        parameter_set=params.name,
+        job_root=str(tmp_path),
+        blocks=[BlockSource(0, ("a", "b"))],
+        columns=5,
+    )
+    recipient, recipient_signing = SealingKey(), SigningKey.generate()
+
+    refresh, report = train(
+        TrainingInputs(
+            context=public_context,
+            params=params,
+            hyper=hyper,
+            rows=280,
+            columns=5,
+            label_term=sealio.add_vectors(public_context, label_terms, what="label term"),
+            reveal_intermediate=True,
+        ),
+        pool=InProcessPool(worker),
+        link=link,
+    )
+    signature = recipient_signing.sign(
+        signed.SEAL_KEY, signed.seal_key_parts("job-1", "a", recipient.public_bytes)
+    )
+    finalize = refresh.finalize(
+        recipients=[
+            Recipient("a", recipient.public_bytes, recipient_signing.public_bytes, signature)
+        ]
+    )
+    result = link.call(pb.KeyHolderTask(finalize=finalize.to_proto()), timeout_s=60)
+
+    assert link.tasks == ["decrypt_stats", "setup", *["refresh", "reveal"] * 6, "finalize"]
+    assert report.iterations == 6
+    (sealed,) = result.sealed.models
+    box = SealedBox(sealed.ephemeral_public_key, sealed.nonce, sealed.ciphertext)
+    delivered = json.loads(recipient.open(box, associated=associated_data("job-1", "a")))
+    # The revealed iterates reach the parties, sealed with the model, and never the coordinator.
+    assert len(delivered["intermediate"]) == 6
+    for t, model in enumerate(delivered["intermediate"], start=1):
+        replica = train_replica(columns, labels, replace(hyper, iterations=t))
+        # CKKS noise in the gradients and the refresh grows with the iterations (6e-4 at 6).
+        np.testing.assert_allclose(model, replica.weights, atol=2e-3)
+    np.testing.assert_allclose(
+        delivered["weights"], train_replica(columns, labels, hyper).weights, atol=2e-3
+    )
+    np.testing.assert_allclose(delivered["weights"], keyholder.model)
+    assert delivered["features"] == features
+    np.testing.assert_allclose(delivered["mean"], stats.mean)
 
 
 def test_fresh_weights_are_seeded_and_load_under_the_public_context(
@@ -151,7 +227,7 @@ def test_fresh_weights_are_seeded_and_load_under_the_public_context(
     """The key holder's secret-key ciphertexts: half the bytes of public-key ones, usable by
     workers that hold only the public context, and they decrypt to the value in every slot."""
     slots = PARAMETER_SETS[DEFAULT_PARAMETER_SET].slots
-    (fresh,) = WeightEncryptor(private_context).encrypt([0.375])
+    (fresh,) = SecretKey(private_context).encrypt_replicated([0.375])
     (public,) = sealio.encrypt_replicated(public_context, [0.375], slots)
     assert len(fresh) < 0.6 * len(public)
     vector = sealio.deserialize(public_context, fresh, what="weights")

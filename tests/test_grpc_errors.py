@@ -36,7 +36,13 @@ def _to_uploading(coordinator, private_context, public_context):
     """Both parties joined and sent statistics; the real key holder publishes them."""
     session = KeyHolderSession(
         coordinator.stub,
-        KeyHolder(context=private_context, job_id="job-1", signing_key=SigningKey.generate()),
+        KeyHolder(
+            context=private_context,
+            job_id="job-1",
+            features=FEATURES,
+            options=pb.TrainingOptions(),
+            signing_key=SigningKey.generate(),
+        ),
         job_id="job-1",
         party="kh",
     )

@@ -36,7 +36,6 @@ REPORT = JobReport(
     ),
     reveal_intermediate=True,
     curvature=13.3,
-    intermediate_models=((0.1, 0.2, 0.3, 0.4), (0.2, 0.3, 0.4, 0.5)),
 )
 
 

@@ -289,36 +289,34 @@ class TaskChunk(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., party: _Optional[str] = ..., task_id: _Optional[int] = ..., index: _Optional[int] = ..., count: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class DecryptStatsTask(_message.Message):
-    __slots__ = ("ciphertexts", "features")
-    CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("features", "shares")
     FEATURES_FIELD_NUMBER: _ClassVar[int]
-    ciphertexts: _containers.RepeatedScalarFieldContainer[bytes]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
     features: int
-    def __init__(self, ciphertexts: _Optional[_Iterable[bytes]] = ..., features: _Optional[int] = ...) -> None: ...
+    shares: _containers.RepeatedCompositeFieldContainer[SubmitStatsRequest]
+    def __init__(self, features: _Optional[int] = ..., shares: _Optional[_Iterable[_Union[SubmitStatsRequest, _Mapping]]] = ...) -> None: ...
 
 class TrainingSetup(_message.Message):
-    __slots__ = ("rows", "columns", "iterations", "learning_rate", "l2", "sigmoid_coefficients", "masked_label_term", "weights", "velocity", "slots")
+    __slots__ = ("rows", "columns", "iterations", "learning_rate", "l2", "masked_label_term", "weights", "velocity", "weight_scale")
     ROWS_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     L2_FIELD_NUMBER: _ClassVar[int]
-    SIGMOID_COEFFICIENTS_FIELD_NUMBER: _ClassVar[int]
     MASKED_LABEL_TERM_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     VELOCITY_FIELD_NUMBER: _ClassVar[int]
-    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_SCALE_FIELD_NUMBER: _ClassVar[int]
     rows: int
     columns: int
     iterations: int
     learning_rate: float
     l2: _containers.RepeatedScalarFieldContainer[float]
-    sigmoid_coefficients: _containers.RepeatedScalarFieldContainer[float]
     masked_label_term: bytes
     weights: _containers.RepeatedScalarFieldContainer[float]
     velocity: _containers.RepeatedScalarFieldContainer[float]
-    slots: int
-    def __init__(self, rows: _Optional[int] = ..., columns: _Optional[int] = ..., iterations: _Optional[int] = ..., learning_rate: _Optional[float] = ..., l2: _Optional[_Iterable[float]] = ..., sigmoid_coefficients: _Optional[_Iterable[float]] = ..., masked_label_term: _Optional[bytes] = ..., weights: _Optional[_Iterable[float]] = ..., velocity: _Optional[_Iterable[float]] = ..., slots: _Optional[int] = ...) -> None: ...
+    weight_scale: float
+    def __init__(self, rows: _Optional[int] = ..., columns: _Optional[int] = ..., iterations: _Optional[int] = ..., learning_rate: _Optional[float] = ..., l2: _Optional[_Iterable[float]] = ..., masked_label_term: _Optional[bytes] = ..., weights: _Optional[_Iterable[float]] = ..., velocity: _Optional[_Iterable[float]] = ..., weight_scale: _Optional[float] = ...) -> None: ...
 
 class RefreshTask(_message.Message):
     __slots__ = ("iteration", "masked_gradients", "weights_offset", "velocity_offset")
@@ -333,24 +331,20 @@ class RefreshTask(_message.Message):
     def __init__(self, iteration: _Optional[int] = ..., masked_gradients: _Optional[_Iterable[bytes]] = ..., weights_offset: _Optional[_Iterable[float]] = ..., velocity_offset: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class FinalizeTask(_message.Message):
-    __slots__ = ("model_mask", "parties", "features", "standardization")
+    __slots__ = ("model_mask", "parties")
     MODEL_MASK_FIELD_NUMBER: _ClassVar[int]
     PARTIES_FIELD_NUMBER: _ClassVar[int]
-    FEATURES_FIELD_NUMBER: _ClassVar[int]
-    STANDARDIZATION_FIELD_NUMBER: _ClassVar[int]
     model_mask: _containers.RepeatedScalarFieldContainer[float]
     parties: _containers.RepeatedCompositeFieldContainer[PartyHello]
-    features: _containers.RepeatedScalarFieldContainer[str]
-    standardization: Standardization
-    def __init__(self, model_mask: _Optional[_Iterable[float]] = ..., parties: _Optional[_Iterable[_Union[PartyHello, _Mapping]]] = ..., features: _Optional[_Iterable[str]] = ..., standardization: _Optional[_Union[Standardization, _Mapping]] = ...) -> None: ...
+    def __init__(self, model_mask: _Optional[_Iterable[float]] = ..., parties: _Optional[_Iterable[_Union[PartyHello, _Mapping]]] = ...) -> None: ...
 
 class RevealTask(_message.Message):
-    __slots__ = ("weights_mask", "iteration")
-    WEIGHTS_MASK_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("model_mask", "iteration")
+    MODEL_MASK_FIELD_NUMBER: _ClassVar[int]
     ITERATION_FIELD_NUMBER: _ClassVar[int]
-    weights_mask: _containers.RepeatedScalarFieldContainer[float]
+    model_mask: _containers.RepeatedScalarFieldContainer[float]
     iteration: int
-    def __init__(self, weights_mask: _Optional[_Iterable[float]] = ..., iteration: _Optional[int] = ...) -> None: ...
+    def __init__(self, model_mask: _Optional[_Iterable[float]] = ..., iteration: _Optional[int] = ...) -> None: ...
 
 class KeyHolderTask(_message.Message):
     __slots__ = ("decrypt_stats", "setup", "refresh", "finalize", "reveal")
