@@ -491,14 +491,18 @@ class KeyHolderSession:
             )
 
     def _answer(self, payload: bytes) -> bytes:
-        task = pb.KeyHolderTask()
-        task.ParseFromString(payload)
+        """The key holder's answer to one task; a refusal is answered too, and logged."""
         tick = time.perf_counter()
+        task = pb.KeyHolderTask()
         try:
+            task.ParseFromString(payload)
             result = self._keyholder.handle(task)
         except HeflError as err:
-            log.error("key holder task failed: %s", err)
+            log.error("key holder refused task %r: %s", task.WhichOneof("task"), err)
             result = pb.KeyHolderResult(error=str(err))
+        except Exception as err:  # a malformed task must not end the session
+            log.exception("key holder task %r failed", task.WhichOneof("task"))
+            result = pb.KeyHolderResult(error=f"{type(err).__name__}: {err}")
         if task.WhichOneof("task") == "refresh":
             self.refresh_s += time.perf_counter() - tick
         return result.SerializeToString()
