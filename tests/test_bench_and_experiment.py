@@ -54,7 +54,7 @@ def test_bench_reports_all_four_ways(tmp_path):
 def test_experiment_writes_rows_and_plots(tmp_path):
     config = tmp_path / "grid.toml"
     config.write_text(
-        '[experiment]\noutput = "out"\n'
+        '[experiment]\noutput = "out"\nreveal_intermediate = true\n'
         '[grid]\ndatasets = ["synthetic:500x4"]\nparties = [2]\nsplits = ["iid", "size-skew"]\n'
         "seeds = [0]\n[hyperparameters]\niterations = [4]\n"
     )
@@ -65,6 +65,11 @@ def test_experiment_writes_rows_and_plots(tmp_path):
     assert all(r["finite"] == "True" for r in rows)
     assert all(abs(float(r["accuracy_gap"])) < 0.1 for r in rows)
     assert all(0 < float(r["train_s"]) < float(r["job_s"]) < float(r["total_s"]) for r in rows)
+    # The revealed iterates reached the parties, sealed with the model.
+    key_holder_model = json.loads(
+        (tmp_path / "out" / "runs" / rows[0]["run"] / "hospital-0-model.json").read_text()
+    )
+    assert len(key_holder_model["intermediate"]) == 4
     for plot in ("accuracy.png", "loss.png"):
         assert (tmp_path / "out" / plot).stat().st_size > 5000
     assert "synthetic:500x4" in out

@@ -112,7 +112,7 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
-def simulation_config(cell: Cell, workdir: Path) -> SimulationConfig:
+def simulation_config(cell: Cell, workdir: Path, *, reveal: bool = False) -> SimulationConfig:
     hyper = dict(cell.hyper)
     source: dict[str, Any] = {"dataset": None}
     if cell.dataset.startswith("synthetic:"):
@@ -131,6 +131,7 @@ def simulation_config(cell: Cell, workdir: Path) -> SimulationConfig:
         learning_rate=hyper["learning_rate"],
         l2=hyper["l2"],
         sigmoid_interval=hyper["sigmoid_interval"],
+        reveal_intermediate=reveal,
         workdir=workdir,
         **source,
     )
@@ -179,24 +180,20 @@ def run_experiment(config_path: Path, *, progress: bool = True) -> list[dict[str
     settings = config.get("experiment", {})
     output = (config_path.parent / settings.get("output", "out")).resolve()
     output.mkdir(parents=True, exist_ok=True)
-    if settings.get("reveal_intermediate", False):
-        log.warning(
-            "%s: reveal_intermediate is ignored: the coordinator's API serves no decrypted "
-            "iterates, so loss.png shows the plaintext replica only",
-            config_path,
-        )
+    # The key holder then unmasks every iterate and seals them with the model for the parties.
+    reveal = bool(settings.get("reveal_intermediate", False))
     todo = cells(config)
     rows: list[dict[str, Any]] = []
-    trained: list[tuple[Cell, Hyperparameters]] = []
+    trained: list[tuple[Cell, Hyperparameters, tuple[tuple[float, ...], ...]]] = []
     jsonl = (output / "results.jsonl").open("w")
     bar = tqdm(todo, desc="experiment", unit="run", disable=not progress)
     for cell in bar:
         bar.set_postfix_str(cell.name)
         tick = time.perf_counter()
-        report = simulate(simulation_config(cell, output / "runs" / cell.name))
+        report = simulate(simulation_config(cell, output / "runs" / cell.name, reveal=reveal))
         row = row_of(cell, report)
         rows.append(row)
-        trained.append((cell, report.encrypted.hyperparameters))
+        trained.append((cell, report.encrypted.hyperparameters, report.encrypted.intermediate))
         jsonl.write(json.dumps(row) + "\n")
         jsonl.flush()
         _write_csv(output / "results.csv", rows)
@@ -277,28 +274,39 @@ def plot_accuracy(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_losses(trained: list[tuple[Cell, Hyperparameters]], path: Path) -> None:
+def plot_losses(
+    trained: list[tuple[Cell, Hyperparameters, tuple[tuple[float, ...], ...]]], path: Path
+) -> None:
     """Training loss per iteration of hefl's algorithm, from its plaintext replica, for every
-    dataset and seed with the hyperparameters the job chose."""
+    dataset and seed with the hyperparameters the job chose, and of the encrypted run's own
+    iterates when the key holder revealed them to the parties."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hefl.algorithm import add_bias, standardize, train_replica
+    from hefl.algorithm import add_bias, logistic_loss, standardize, train_replica
     from hefl.codec import AggregateStats
     from tools.simulate import load_dataset, partition
 
     fig, ax = plt.subplots(figsize=(6, 4))
     seen: set[tuple[str, int]] = set()
-    for cell, hyper in trained:
-        if (cell.dataset, cell.seed) in seen:
-            continue
-        seen.add((cell.dataset, cell.seed))
+    for cell, hyper, iterates in trained:
         config = simulation_config(cell, Path("."))
         train = partition(load_dataset(config), config).train_union
         stats = AggregateStats.of_rows(train.features)
         x = add_bias(standardize(train.features, stats.mean, stats.std))
+        if iterates:
+            ax.plot(
+                range(1, len(iterates) + 1),
+                [logistic_loss(np.asarray(w), x, train.labels) for w in iterates],
+                color="C1",
+                alpha=0.4,
+                label="encrypted (revealed iterates)" if not seen else None,
+            )
+        if (cell.dataset, cell.seed) in seen:
+            continue
+        seen.add((cell.dataset, cell.seed))
         losses = train_replica(x, train.labels, hyper).losses
         ax.plot(
             range(1, len(losses) + 1),

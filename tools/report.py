@@ -39,12 +39,16 @@ class EncryptedResult:
     hyperparameters: Hyperparameters
     curvature: float
     weights: tuple[float, ...]
+    # The model after every iteration, when the key holder opted in to reveal them: sealed to
+    # the parties with the model (the coordinator never sees them).
+    intermediate: tuple[tuple[float, ...], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             **asdict(self),
             "party_accuracy": list(self.party_accuracy),
             "weights": list(self.weights),
+            "intermediate": [list(w) for w in self.intermediate],
         }
 
 

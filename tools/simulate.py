@@ -360,6 +360,7 @@ def _encrypted_result(
         hyperparameters=messages.hyperparameters_of(job.options),
         curvature=job.curvature,
         weights=tuple(model["weights"]),
+        intermediate=tuple(tuple(w) for w in model.get("intermediate", [])),
     )
 
 
