@@ -16,6 +16,7 @@ import json
 import logging
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,11 @@ def machine() -> dict[str, Any]:
 
 
 def run_bench(
-    config: SimulationConfig, *, skip: set[str], seed_style_rows: int = SEED_STYLE_MAX_ROWS
+    config: SimulationConfig,
+    *,
+    skip: set[str],
+    seed_style_rows: int = SEED_STYLE_MAX_ROWS,
+    tls_cost_runs: int = 0,
 ) -> dict[str, Any]:
     """Run (a)-(d) on the same data and split; returns the report (also written if asked).
 
@@ -60,6 +65,8 @@ def run_bench(
         config: Data, split, parties and Ray settings shared by every way.
         skip: Ways not to run: ``seed_style`` and/or ``hefl``.
         seed_style_rows: Train (c) on at most this many rows and extrapolate its epoch time.
+        tls_cost_runs: Also run (d) this many more times with and as often without TLS and
+            signatures (``--insecure``), alternating, to measure what they cost.
     """
     dataset = load_dataset(config)
     parts = partition(dataset, config)
@@ -139,9 +146,32 @@ def run_bench(
         report.setdefault("ratios", {})["hefl_iteration_over_replica_iteration"] = report["hefl"][
             "iteration_s"
         ] / max(report["replica"]["iteration_s"], 1e-9)
+    if tls_cost_runs:
+        report["tls_cost"] = tls_cost(config, tls_cost_runs)
     if config.report is not None:
         Path(config.report).write_text(json.dumps(report, indent=1))
     return report
+
+
+def tls_cost(config: SimulationConfig, runs: int) -> dict[str, Any]:
+    """(d) with mutual TLS and signatures against (d) ``--insecure``, alternating so that the
+    machine's drift hits both alike; key generation to models delivered, and per iteration."""
+    measured: dict[str, dict[str, list[float]]] = {
+        "secure": {"job_s": [], "iteration_s": []},
+        "insecure": {"job_s": [], "iteration_s": []},
+    }
+    for _ in range(runs):
+        for mode in ("secure", "insecure"):
+            sim = simulate(replace(config, insecure=mode == "insecure", report=None))
+            measured[mode]["job_s"].append(sim.timings.job)
+            measured[mode]["iteration_s"].append(sim.encrypted.iteration_s)
+    mean = {m: {k: sum(v) / len(v) for k, v in d.items()} for m, d in measured.items()}
+    return {
+        "runs": runs,
+        **measured,
+        "mean": mean,
+        "job_overhead": mean["secure"]["job_s"] / mean["insecure"]["job_s"] - 1.0,
+    }
 
 
 def format_bench(report: dict[str, Any]) -> str:
@@ -215,6 +245,15 @@ def format_bench(report: dict[str, Any]) -> str:
         lines.append(
             f"(d) wall {report['hefl']['total_s']:.1f} s = data preparation, processes up and "
             f"down, and key generation to models delivered {report['hefl']['job_s']:.1f} s"
+        )
+    if "tls_cost" in report:
+        cost = report["tls_cost"]
+        secure, insecure = cost["mean"]["secure"], cost["mean"]["insecure"]
+        lines.append(
+            f"(e) mutual TLS and signatures, {cost['runs']} runs each way: key generation to "
+            f"models {secure['job_s']:.2f} s vs {insecure['job_s']:.2f} s --insecure "
+            f"({100 * cost['job_overhead']:+.1f} %), per iteration "
+            f"{secure['iteration_s']:.3f} vs {insecure['iteration_s']:.3f} s"
         )
     for name, value in report.get("ratios", {}).items():
         lines.append(f"ratio {name.replace('_', ' ')}: {value:.1f}x")

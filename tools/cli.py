@@ -73,6 +73,11 @@ def main(verbose: bool) -> None:
 @click.option(
     "--report", type=click.Path(dir_okay=False, path_type=Path), help="write the report JSON here"
 )
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="plaintext gRPC, no identities or signatures (default: a throwaway project over TLS)",
+)
 def simulate(**kwargs: object) -> None:
     """Simulate N hospitals on this machine: coordinator and parties as separate processes."""
     from tools.report import format_report
@@ -97,6 +102,12 @@ def simulate(**kwargs: object) -> None:
 @click.option("--workers", type=int, default=0, help="Ray actors (0: one per CPU)")
 @click.option("--seed", type=int, default=0)
 @click.option("--iterations", type=int, default=0, help="0: 15")
+@click.option(
+    "--tls-cost",
+    type=int,
+    default=0,
+    help="also run hefl N times with and N times without TLS and signatures, alternating",
+)
 @click.option("--skip", type=click.Choice(["seed_style", "hefl"]), multiple=True)
 @click.option(
     "--seed-style-rows",
@@ -120,6 +131,7 @@ def bench(
     iterations: int,
     skip: tuple[str, ...],
     seed_style_rows: int,
+    tls_cost: int,
     workdir: Path,
     ray_address: str | None,
     report: Path | None,
@@ -142,7 +154,9 @@ def bench(
         report=report,
     )
     try:
-        result = run_bench(config, skip=set(skip), seed_style_rows=seed_style_rows)
+        result = run_bench(
+            config, skip=set(skip), seed_style_rows=seed_style_rows, tls_cost_runs=tls_cost
+        )
     except HeflError as err:
         raise click.ClickException(str(err)) from err
     click.echo(format_bench(result))

@@ -69,6 +69,9 @@ class SimulationConfig:
     workers: int = 0
     ray_num_cpus: int | None = None
     report: Path | None = None
+    # Plaintext gRPC without kits (to measure what TLS and signatures cost); default: a
+    # throwaway provisioned project, mutual TLS, signed charter, statistics and models.
+    insecure: bool = False
 
 
 class SimulationFailed(HeflError):
@@ -209,7 +212,8 @@ def simulate(config: SimulationConfig) -> SimulationReport:
     # charter, statistics and models.
     project = workdir / "project"
     remove_project(project)
-    provision(project, parties=[p.name for p in parties], coordinator_hosts=("127.0.0.1",))
+    if not config.insecure:
+        provision(project, parties=[p.name for p in parties], coordinator_hosts=("127.0.0.1",))
     coordinator = _spawn(_coordinator_args(config, project, workdir, ready), coordinator_log)
     processes: list[subprocess.Popen[bytes]] = []
     memory = MemorySampler()
@@ -233,7 +237,8 @@ def simulate(config: SimulationConfig) -> SimulationReport:
                     f"{files.name} exited with code {code}; see {files.log}:\n{_tail(files.log)}"
                 )
         total_s = time.perf_counter() - started
-        job = fetch_job_report(address, job_id, kit=project / parties[0].name)
+        kit = None if config.insecure else project / parties[0].name
+        job = fetch_job_report(address, job_id, kit=kit)
     finally:
         memory.stop()
         for process in processes:
@@ -270,15 +275,19 @@ def simulate(config: SimulationConfig) -> SimulationReport:
     return report
 
 
-def fetch_job_report(address: str, job_id: str, *, kit: Path) -> pb.JobReport:
+def fetch_job_report(address: str, job_id: str, *, kit: Path | None) -> pb.JobReport:
     """The coordinator's report of the finished job, asked over its API by one of the job's
     parties (``kit``), as any party could.
 
     Raises:
         SimulationFailed: The coordinator did not answer with the report.
     """
-    credentials = channel_credentials(TlsFiles.load(kit))
-    with grpc.secure_channel(address, credentials, options=chunks.CHANNEL_OPTIONS) as channel:
+    if kit is None:
+        channel = grpc.insecure_channel(address, options=chunks.CHANNEL_OPTIONS)
+    else:
+        credentials = channel_credentials(TlsFiles.load(kit))
+        channel = grpc.secure_channel(address, credentials, options=chunks.CHANNEL_OPTIONS)
+    with channel:
         stub = pb_grpc.CoordinatorStub(channel)
         try:
             return stub.GetReport(pb.GetReportRequest(job_id=job_id), timeout=REPORT_TIMEOUT_S)
@@ -296,7 +305,8 @@ def _hefl_command(*args: str) -> list[str]:
 def _coordinator_args(
     config: SimulationConfig, project: Path, workdir: Path, ready: Path
 ) -> list[str]:
-    args = ["coordinator", "--kit", str(project / "coordinator"), "--listen", "127.0.0.1:0"]
+    identity = ["--insecure"] if config.insecure else ["--kit", str(project / "coordinator")]
+    args = ["coordinator", *identity, "--listen", "127.0.0.1:0"]
     args += ["--workdir", str(workdir)]
     args += ["--ready-file", str(ready)]
     if config.ray_address:
@@ -319,12 +329,17 @@ def _party_args(
     *,
     key_holder: bool,
 ) -> list[str]:
-    args = ["party", "--coordinator", address, "--kit", str(project / files.name)]
-    args += ["--roster", ",".join(p.name for p in parties), "--job", job_id]
+    args = ["party", "--coordinator", address, "--job", job_id]
+    if config.insecure:
+        args += ["--insecure", "--name", files.name]
+    else:
+        args += ["--kit", str(project / files.name), "--roster", ",".join(p.name for p in parties)]
     args += ["--data", str(files.train), "--label", label_name, "--test", str(files.test)]
     args += ["--model-out", str(files.model), "--result-out", str(files.result_path)]
     if key_holder:
         args += ["--key-holder", "--parameter-set", config.parameter_set, *_option_args(config)]
+        if config.insecure:  # without a charter, the job only knows how many to wait for
+            args += ["--parties", str(config.parties)]
     else:
         args += ["--join-timeout", "120"]
     return _hefl_command(*args)
