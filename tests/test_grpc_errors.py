@@ -96,7 +96,9 @@ def _whole_upload(context: ts.Context, party: str) -> Iterator[pb.UploadChunk]:
     yield pb.UploadChunk(job_id="job-1", party=party, seq=columns, label_term=label_term, last=True)
 
 
-def test_private_context_is_refused(coordinator, private_context):
+def test_private_context_is_refused(
+    coordinator: RunningCoordinator, private_context: ts.Context
+) -> None:
     code, details = _code(
         lambda: create_job(coordinator.stub, private_context.serialize(save_secret_key=True))
     )
@@ -104,13 +106,13 @@ def test_private_context_is_refused(coordinator, private_context):
     assert "secret key" in details
 
 
-def test_garbage_context_is_refused(coordinator):
+def test_garbage_context_is_refused(coordinator: RunningCoordinator) -> None:
     code, details = _code(lambda: create_job(coordinator.stub, b"not a context"))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "does not deserialize" in details
 
 
-def test_duplicate_party_name(job):
+def test_duplicate_party_name(job: RunningCoordinator) -> None:
     code, details = _code(
         lambda: job.stub.JoinJob(pb.JoinJobRequest(job_id="job-1", party=hello("kh")))
     )
@@ -118,14 +120,14 @@ def test_duplicate_party_name(job):
     assert "'kh'" in details and "job-1" in details
 
 
-def test_party_with_other_columns(job):
+def test_party_with_other_columns(job: RunningCoordinator) -> None:
     request = pb.JoinJobRequest(job_id="job-1", party=hello("h2", ["a", "b", "zz"]))
     code, details = _code(lambda: job.stub.JoinJob(request))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "missing ['c']" in details and "unexpected ['zz']" in details and "'h2'" in details
 
 
-def test_unknown_job(job):
+def test_unknown_job(job: RunningCoordinator) -> None:
     code, details = _code(
         lambda: job.stub.JoinJob(pb.JoinJobRequest(job_id="nope", party=hello("x")))
     )
@@ -133,7 +135,7 @@ def test_unknown_job(job):
     assert "'nope'" in details
 
 
-def test_undeserializable_and_foreign_ciphertexts(job):
+def test_undeserializable_and_foreign_ciphertexts(job: RunningCoordinator) -> None:
     bad = pb.SubmitStatsRequest(job_id="job-1", party="kh", ciphertexts=[b"\x00garbage"], rows=3)
     code, details = _code(lambda: job.stub.SubmitStats(bad))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
@@ -146,7 +148,7 @@ def test_undeserializable_and_foreign_ciphertexts(job):
     assert "not a CKKS ciphertext under the job's parameters" in details
 
 
-def test_statistics_of_wrong_length(job, public_context):
+def test_statistics_of_wrong_length(job: RunningCoordinator, public_context: ts.Context) -> None:
     code, details = _code(
         lambda: job.stub.SubmitStats(stats_request(public_context, "job-1", "kh", columns=2))
     )
@@ -154,7 +156,7 @@ def test_statistics_of_wrong_length(job, public_context):
     assert "pieces of [6] values, expected [10]" in details
 
 
-def test_message_over_the_size_limit(job):
+def test_message_over_the_size_limit(job: RunningCoordinator) -> None:
     huge = pb.SubmitStatsRequest(job_id="job-1", party="kh", ciphertexts=[b"x" * (5 * 1024 * 1024)])
     channel = grpc.insecure_channel(job.address)  # client side without our send limit
     stub = pb_grpc.CoordinatorStub(channel)
@@ -166,8 +168,8 @@ def test_message_over_the_size_limit(job):
 
 
 def test_uploads_out_of_order_and_bad_blocks_keep_what_was_accepted(
-    job, private_context, public_context
-):
+    job: RunningCoordinator, private_context: ts.Context, public_context: ts.Context
+) -> None:
     session, status = _to_uploading(job, private_context, public_context)
     try:
         good = pb.UploadChunk(job_id="job-1", party="h2", seq=0, columns=[_column(public_context)])
@@ -227,7 +229,7 @@ def test_a_job_whose_workers_cannot_start_fails_with_the_reason_and_refuses_uplo
         running.stop()
 
 
-def test_model_before_training_and_foreign_key_holder(job):
+def test_model_before_training_and_foreign_key_holder(job: RunningCoordinator) -> None:
     code, _ = _code(lambda: job.stub.GetModel(pb.GetModelRequest(job_id="job-1", party="kh")))
     assert code == grpc.StatusCode.FAILED_PRECONDITION
     stream = job.stub.KeyHolderTasks(pb.KeyHolderTasksRequest(job_id="job-1", party="mallory"))
@@ -236,7 +238,9 @@ def test_model_before_training_and_foreign_key_holder(job):
     assert "'mallory' is not the key holder" in details
 
 
-def test_feature_names_are_checked_at_creation(coordinator, public_context_bytes):
+def test_feature_names_are_checked_at_creation(
+    coordinator: RunningCoordinator, public_context_bytes: bytes
+) -> None:
     spec_features = FEATURES + ["a"]
     spec = pb.JobSpec(job_id="dup", key_holder=hello("kh", spec_features), expected_parties=1)
     request = iter(
@@ -248,8 +252,8 @@ def test_feature_names_are_checked_at_creation(coordinator, public_context_bytes
 
 
 def test_published_standardization_is_the_aggregate_of_every_party(
-    job, private_context, public_context
-):
+    job: RunningCoordinator, private_context: ts.Context, public_context: ts.Context
+) -> None:
     session, status = _to_uploading(job, private_context, public_context)
     session.stop()
     union = np.vstack([party_features(5, 3), party_features(7, 3)])
