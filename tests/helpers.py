@@ -58,11 +58,13 @@ def party_features(rows: int, columns: int) -> np.ndarray:
 
 
 def watch_until(
-    stub: pb_grpc.CoordinatorStub, phase: pb.Phase, *, job_id: str = "job-1"
+    stub: pb_grpc.CoordinatorStub, phase: pb.Phase, *, job_id: str = "job-1", party: str = "kh"
 ) -> pb.JobStatus:
-    """Follow the job until it reaches ``phase``; fail with its message if it ends elsewhere."""
+    """Follow the job, as its member ``party``, until it reaches ``phase``; fail with the job's
+    message if it ends elsewhere."""
     status = None
-    for status in stub.WatchJob(pb.WatchJobRequest(job_id=job_id, party="watcher"), timeout=120):
+    request = pb.WatchJobRequest(job_id=job_id, party=party)
+    for status in stub.WatchJob(request, timeout=120):
         if status.phase == phase:
             return status
     last = "no status" if status is None else f"{pb.Phase.Name(status.phase)} {status.message!r}"

@@ -47,13 +47,15 @@ def job(coordinator: RunningCoordinator, public_context_bytes: bytes) -> Running
     return coordinator
 
 
-def _key_holder(coordinator: RunningCoordinator, private_context: ts.Context) -> KeyHolderSession:
-    session = KeyHolderSession(
-        coordinator.stub,
-        KeyHolder(context=private_context, job_id="job-1"),
-        job_id="job-1",
-        party="kh",
-    )
+@pytest.fixture
+def keyholder(private_context: ts.Context) -> KeyHolder:
+    """The key holder's state for job-1: it outlives its streams to the coordinator."""
+    return KeyHolder(context=private_context, job_id="job-1")
+
+
+def _key_holder(coordinator: RunningCoordinator, keyholder: KeyHolder) -> KeyHolderSession:
+    """The key holder's task loop, connected to ``coordinator``."""
+    session = KeyHolderSession(coordinator.stub, keyholder, job_id="job-1", party="kh")
     session.start()
     return session
 
@@ -66,10 +68,10 @@ def _submit_statistics(coordinator: RunningCoordinator, public_context: ts.Conte
 
 
 def _to_uploading(
-    coordinator: RunningCoordinator, private_context: ts.Context, public_context: ts.Context
+    coordinator: RunningCoordinator, keyholder: KeyHolder, public_context: ts.Context
 ) -> tuple[KeyHolderSession, pb.JobStatus]:
     """Both parties joined and sent statistics; the real key holder publishes them."""
-    session = _key_holder(coordinator, private_context)
+    session = _key_holder(coordinator, keyholder)
     _submit_statistics(coordinator, public_context)
     return session, watch_until(coordinator.stub, pb.UPLOADING)
 
@@ -168,9 +170,9 @@ def test_message_over_the_size_limit(job: RunningCoordinator) -> None:
 
 
 def test_uploads_out_of_order_and_bad_blocks_keep_what_was_accepted(
-    job: RunningCoordinator, private_context: ts.Context, public_context: ts.Context
+    job: RunningCoordinator, keyholder: KeyHolder, public_context: ts.Context
 ) -> None:
-    session, status = _to_uploading(job, private_context, public_context)
+    session, status = _to_uploading(job, keyholder, public_context)
     try:
         good = pb.UploadChunk(job_id="job-1", party="h2", seq=0, columns=[_column(public_context)])
         skipped = pb.UploadChunk(
@@ -204,7 +206,7 @@ def test_uploads_out_of_order_and_bad_blocks_keep_what_was_accepted(
 
 def test_a_job_whose_workers_cannot_start_fails_with_the_reason_and_refuses_uploads(
     tmp_path: Path,
-    private_context: ts.Context,
+    keyholder: KeyHolder,
     public_context: ts.Context,
     public_context_bytes: bytes,
 ) -> None:
@@ -214,7 +216,7 @@ def test_a_job_whose_workers_cannot_start_fails_with_the_reason_and_refuses_uplo
     factory = ray_pool_factory(CoordinatorConfig(workdir=tmp_path, workers=2), ray_down)
     running = RunningCoordinator(tmp_path, factory)
     create_job(running.stub, public_context_bytes)
-    session = _key_holder(running, private_context)
+    session = _key_holder(running, keyholder)
     try:
         _submit_statistics(running, public_context)
         failed = watch_until(running.stub, pb.FAILED)
@@ -252,9 +254,9 @@ def test_feature_names_are_checked_at_creation(
 
 
 def test_published_standardization_is_the_aggregate_of_every_party(
-    job: RunningCoordinator, private_context: ts.Context, public_context: ts.Context
+    job: RunningCoordinator, keyholder: KeyHolder, public_context: ts.Context
 ) -> None:
-    session, status = _to_uploading(job, private_context, public_context)
+    session, status = _to_uploading(job, keyholder, public_context)
     session.stop()
     union = np.vstack([party_features(5, 3), party_features(7, 3)])
     published = status.standardization
@@ -268,13 +270,13 @@ def test_published_standardization_is_the_aggregate_of_every_party(
 
 def test_restored_job_keeps_its_uploads_and_takes_no_workers_until_the_key_holder_returns(
     coordinator: RunningCoordinator,
-    private_context: ts.Context,
+    keyholder: KeyHolder,
     public_context: ts.Context,
     public_context_bytes: bytes,
 ) -> None:
     job = coordinator
     create_job(job.stub, public_context_bytes, options=pb.TrainingOptions(iterations=2))
-    session, _ = _to_uploading(job, private_context, public_context)
+    session, _ = _to_uploading(job, keyholder, public_context)
     chunk = pb.UploadChunk(job_id="job-1", party="h2", seq=0, columns=[_column(public_context)])
     job.stub.Upload(iter([chunk]))
     session.stop()
@@ -305,7 +307,7 @@ def test_restored_job_keeps_its_uploads_and_takes_no_workers_until_the_key_holde
         watch_until(restored.stub, pb.TRAINING)
         assert key_holder_connected == []
 
-        returned = _key_holder(restored, private_context)
+        returned = _key_holder(restored, keyholder)  # the same key holder, reconnecting
         try:
             done = watch_until(restored.stub, pb.DONE)
         finally:
