@@ -14,6 +14,7 @@ import pytest
 import tenseal as ts
 
 from coordinator.inprocess_pool import InProcessPool
+from coordinator.ray_pool import WorkerPool
 from coordinator.store import JobStore, atomic_write
 from coordinator.training import GradientPool
 from hefl import sealio
@@ -126,8 +127,6 @@ def test_ray_workers_give_the_plaintext_gradient(
     public_context_bytes: bytes,
     private_context: ts.Context,
 ) -> None:
-    from coordinator.ray_pool import WorkerPool
-
     job: UploadedJob = request.getfixturevalue(uploaded)
     pool = WorkerPool(
         context_bytes=public_context_bytes,
