@@ -7,6 +7,7 @@ protocols in :mod:`parties.keyholder` return.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
@@ -445,7 +446,10 @@ class KeyHolderSession:
         self.job_id = job_id
         self._stopped = threading.Event()
         self._call: Any = None
-        self._answers: dict[int, bytes] = {}
+        # The latest task and its answer, by (task id, SHA-256 of the task): a task re-sent after
+        # a broken stream is answered again without being applied twice, while a new task that
+        # reuses an id (a restarted coordinator counts from 1 again) is a new task.
+        self._answers: dict[tuple[int, bytes], bytes] = {}
         self._thread = threading.Thread(target=self._loop, name="key-holder", daemon=True)
         self.refresh_s = 0.0
 
@@ -479,10 +483,11 @@ class KeyHolderSession:
                 continue
             header, payload = chunks.join_task_chunks(received)
             received = []
-            answer = self._answers.get(header.task_id)
+            key = (header.task_id, hashlib.sha256(payload).digest())
+            answer = self._answers.get(key)
             if answer is None:
                 answer = self._answer(payload)
-                self._answers = {header.task_id: answer}  # only the latest can be re-asked
+                self._answers = {key: answer}  # only the latest can be re-asked
             self._stub.CompleteTask(
                 chunks.task_chunks(
                     job_id=self.job_id, party=self._party, task_id=header.task_id, payload=answer

@@ -1,5 +1,6 @@
-"""Shared fixtures: real TenSEAL contexts, a real gRPC coordinator on loopback port 0, and one
-real local Ray (2 CPUs, loopback only) for the whole session."""
+"""Shared fixtures: real TenSEAL contexts, a real gRPC coordinator on loopback port 0 whose
+workers run in its own process, and one real local Ray (2 CPUs, loopback only) for the tests
+that exercise Ray."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ import grpc
 import pytest
 import tenseal as ts
 
+from coordinator.driver import PoolFactory
+from coordinator.inprocess_pool import in_process_pool_factory
 from coordinator.registry import Registry
-from coordinator.server import CoordinatorConfig, create_server, ray_pool_factory
+from coordinator.server import create_server
 from hefl import chunks
 from hefl.params import DEFAULT_PARAMETER_SET, PARAMETER_SETS
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
@@ -49,10 +52,15 @@ def ray_session() -> Iterator[None]:
 
 
 class RunningCoordinator:
-    def __init__(self, workdir: Path, *, with_ray: bool) -> None:
+    """A coordinator serving ``workdir`` on a loopback port, with a client stub.
+
+    Its jobs' workers come from ``pool_factory``; a workdir that already holds jobs is
+    restored, as after a coordinator restart.
+    """
+
+    def __init__(self, workdir: Path, pool_factory: PoolFactory) -> None:
         self.workdir = workdir
-        factory = ray_pool_factory(CoordinatorConfig(workdir=workdir, workers=2))
-        self.registry = Registry(workdir, factory)
+        self.registry = Registry(workdir, pool_factory)
         self.server, self.port = create_server("127.0.0.1:0", self.registry, tls=None)
         self.server.start()
         self.address = f"127.0.0.1:{self.port}"
@@ -66,7 +74,8 @@ class RunningCoordinator:
 
 
 @pytest.fixture
-def coordinator(tmp_path: Path, ray_session: None) -> Iterator[RunningCoordinator]:
-    running = RunningCoordinator(tmp_path / "coordinator", with_ray=True)
+def coordinator(tmp_path: Path) -> Iterator[RunningCoordinator]:
+    """A coordinator whose workers run in its own process: no Ray."""
+    running = RunningCoordinator(tmp_path / "coordinator", in_process_pool_factory(workers=2))
     yield running
     running.stop()

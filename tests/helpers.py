@@ -38,8 +38,11 @@ def create_job(
     job_id: str = "job-1",
     parties: int = 2,
     key_holder: str = "kh",
+    options: pb.TrainingOptions | None = None,
 ) -> pb.JobInfo:
-    spec = pb.JobSpec(job_id=job_id, key_holder=hello(key_holder), expected_parties=parties)
+    spec = pb.JobSpec(
+        job_id=job_id, key_holder=hello(key_holder), expected_parties=parties, options=options
+    )
 
     def requests() -> Iterator[pb.CreateJobRequest]:
         yield pb.CreateJobRequest(spec=spec)
@@ -61,3 +64,17 @@ def stats_request(
 def party_features(rows: int, columns: int) -> np.ndarray:
     """The rows :func:`stats_request` summarizes (perfectly correlated columns)."""
     return np.arange(rows * columns, dtype=float).reshape(rows, columns)
+
+
+def watch_until(
+    stub: pb_grpc.CoordinatorStub, phase: pb.Phase, *, job_id: str = "job-1", party: str = "kh"
+) -> pb.JobStatus:
+    """Follow the job, as its member ``party``, until it reaches ``phase``; fail with the job's
+    message if it ends elsewhere."""
+    status = None
+    request = pb.WatchJobRequest(job_id=job_id, party=party)
+    for status in stub.WatchJob(request, timeout=120):
+        if status.phase == phase:
+            return status
+    last = "no status" if status is None else f"{pb.Phase.Name(status.phase)} {status.message!r}"
+    raise AssertionError(f"job {job_id} never reached {pb.Phase.Name(phase)}; it ended {last}")

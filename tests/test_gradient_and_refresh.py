@@ -216,6 +216,7 @@ def test_training_loop_delivers_the_float64_replica(
     np.testing.assert_allclose(
         delivered["weights"], train_replica(columns, labels, hyper).weights, atol=2e-3
     )
+    assert keyholder.model is not None
     np.testing.assert_allclose(delivered["weights"], keyholder.model)
     assert delivered["features"] == features
     np.testing.assert_allclose(delivered["mean"], stats.mean)

@@ -11,6 +11,7 @@ import pytest
 from coordinator.registry import Registry
 from coordinator.report import JobReport
 from coordinator.server import create_server
+from coordinator.training import GradientPool
 from hefl import chunks, messages
 from hefl.algorithm import Hyperparameters
 from hefl.v1 import hefl_pb2 as pb
@@ -55,7 +56,7 @@ class Served:
         self.server.stop(1).wait()
 
 
-def _no_workers(*_: object) -> None:
+def _no_workers(*_: object) -> GradientPool:
     raise AssertionError("these jobs never train")
 
 

@@ -1,0 +1,144 @@
+"""The job's workers compute the gradient sums of the uploaded data, in this process or on Ray.
+
+Both pools read a real job directory (the parties' encrypted columns) and must give the
+plaintext gradient sums within CKKS noise, whatever the number of workers and the sharding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tenseal as ts
+
+from coordinator.inprocess_pool import InProcessPool
+from coordinator.ray_pool import WorkerPool
+from coordinator.store import JobStore, atomic_write
+from coordinator.training import GradientPool
+from hefl import sealio
+from hefl.algorithm import SigmoidPolynomial
+from hefl.codec import PackingLayout
+from hefl.params import DEFAULT_PARAMETER_SET, PARAMETER_SETS
+
+PARAMS = PARAMETER_SETS[DEFAULT_PARAMETER_SET]
+SIGMOID = SigmoidPolynomial.fit(16.0)
+
+
+@dataclass(frozen=True)
+class UploadedJob:
+    root: Path
+    layout: PackingLayout
+    data: np.ndarray  # every party's rows, in layout order, bias column included
+
+    @property
+    def columns(self) -> int:
+        return self.data.shape[1]
+
+
+def _uploaded_job(
+    root: Path, public_context_bytes: bytes, party_rows: list[tuple[str, int]]
+) -> UploadedJob:
+    """A job directory as the coordinator leaves it after the uploads: the public context and
+    every party's encrypted columns of its own rows."""
+    context = ts.context_from(public_context_bytes)
+    store = JobStore(root)
+    atomic_write(store.context_path(), public_context_bytes)
+    layout = PackingLayout.assign(slots=PARAMS.slots, party_rows=party_rows)
+    rng = np.random.default_rng(7)
+    parts = []
+    for name, rows in party_rows:
+        rows_data = np.hstack([rng.normal(size=(rows, 3)) * 2.0, np.ones((rows, 1))])
+        for block, column, vector in layout.pack(name, rows_data):
+            data = sealio.serialize(ts.ckks_vector(context, vector))
+            atomic_write(store.column_path(name, block, column), data)
+        parts.append(rows_data)
+    return UploadedJob(root=root, layout=layout, data=np.vstack(parts))
+
+
+@pytest.fixture(scope="module")
+def two_blocks(
+    tmp_path_factory: pytest.TempPathFactory, public_context_bytes: bytes
+) -> UploadedJob:
+    """Two parties in two blocks; block 0 holds rows of both."""
+    root = tmp_path_factory.mktemp("two-blocks") / "job"
+    return _uploaded_job(root, public_context_bytes, [("a", 3000), ("b", 2000)])
+
+
+@pytest.fixture(scope="module")
+def one_block(tmp_path_factory: pytest.TempPathFactory, public_context_bytes: bytes) -> UploadedJob:
+    root = tmp_path_factory.mktemp("one-block") / "job"
+    return _uploaded_job(root, public_context_bytes, [("a", 60), ("b", 40)])
+
+
+def _assert_plaintext_gradient(
+    pool: GradientPool, job: UploadedJob, private_context: ts.Context
+) -> None:
+    """Masked weights in, the plaintext gradient sums out (summed over the workers' lists)."""
+    rng = np.random.default_rng(3)
+    weights = rng.normal(size=job.columns) * 0.3
+    mask = rng.normal(size=job.columns) * 100.0
+    k, a, b = SIGMOID.encrypted_form()
+    masked = sealio.encrypt_replicated(
+        private_context, (k * (weights + mask)).tolist(), PARAMS.slots
+    )
+
+    partials = pool.gradient(masked, (k * mask).tolist(), a=a, b=b)
+
+    sums = sealio.add_up(private_context, partials, what="worker gradient")
+    got = np.array([np.sum(vector.decrypt()) for vector in sums])
+    expected = (SIGMOID(job.data @ weights) - 0.5) @ job.data
+    # CKKS noise: about 1e-3 per slot at the 30-bit scale, summed over the job's slots.
+    rows = len(job.data)
+    np.testing.assert_allclose(
+        got, expected, atol=0.05 * np.sqrt(rows / 455) + 1e-3 * np.abs(expected).max()
+    )
+
+
+@pytest.mark.parametrize(("workers", "size"), [(1, 1), (2, 2), (3, 2)])
+def test_in_process_workers_give_the_plaintext_gradient(
+    two_blocks: UploadedJob, private_context: ts.Context, workers: int, size: int
+) -> None:
+    pool = InProcessPool(
+        parameter_set=PARAMS.name,
+        job_root=str(two_blocks.root),
+        layout=two_blocks.layout,
+        columns=two_blocks.columns,
+        workers=workers,
+    )
+    pool.load()
+    assert pool.size == size  # never more workers than blocks
+    _assert_plaintext_gradient(pool, two_blocks, private_context)
+
+
+@pytest.mark.slow  # starts the session's local Ray and its actors
+@pytest.mark.parametrize(
+    "uploaded",
+    [
+        pytest.param("two_blocks", id="block-sharding"),
+        pytest.param("one_block", id="column-sharding"),
+    ],
+)
+def test_ray_workers_give_the_plaintext_gradient(
+    uploaded: str,
+    request: pytest.FixtureRequest,
+    ray_session: None,
+    public_context_bytes: bytes,
+    private_context: ts.Context,
+) -> None:
+    job: UploadedJob = request.getfixturevalue(uploaded)
+    pool = WorkerPool(
+        context_bytes=public_context_bytes,
+        parameter_set=PARAMS.name,
+        job_root=str(job.root),
+        layout=job.layout,
+        columns=job.columns,
+        workers=2,
+    )
+    try:
+        pool.load()
+        assert pool.size == 2
+        _assert_plaintext_gradient(pool, job, private_context)
+    finally:
+        pool.shutdown()
