@@ -2,7 +2,7 @@
 
 :class:`InProcessPool` is a :class:`coordinator.training.GradientPool` that runs
 :class:`coordinator.worker.ShardWorker` objects directly, one after the other, on the block runs
-the Ray pool's block sharding gives them (:func:`coordinator.ray_pool.assign_blocks`). It reads
+the Ray pool's block sharding gives them (:func:`coordinator.sharding.assign_blocks`). It reads
 the same job directory and returns the same per-worker gradient sums as Ray workers holding
 those blocks; it just computes them without parallelism and without a Ray cluster.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from coordinator.driver import PoolFactory
-from coordinator.ray_pool import assign_blocks
+from coordinator.sharding import assign_blocks
 from coordinator.worker import ShardWorker
 from hefl.codec import PackingLayout
 

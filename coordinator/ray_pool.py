@@ -10,7 +10,8 @@ from typing import Any
 
 import ray
 
-from coordinator.worker import BlockSource, ShardWorker
+from coordinator.sharding import all_blocks, assign_blocks, balanced_ranges
+from coordinator.worker import ShardWorker
 from hefl import sealio
 from hefl.codec import PackingLayout
 
@@ -58,32 +59,6 @@ def _init(address: str | None, num_cpus: int | None) -> None:
 
 def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
-
-
-def assign_blocks(layout: PackingLayout, workers: int) -> list[list[BlockSource]]:
-    """Contiguous, balanced runs of blocks per worker; never an empty worker."""
-    blocks = all_blocks(layout)
-    return [blocks[lo:hi] for lo, hi in balanced_ranges(len(blocks), workers)]
-
-
-def all_blocks(layout: PackingLayout) -> list[BlockSource]:
-    return [
-        BlockSource(block, tuple(layout.parties_in_block(block)))
-        for block in range(layout.n_blocks)
-    ]
-
-
-def balanced_ranges(count: int, parts: int) -> list[tuple[int, int]]:
-    """[lo, hi) ranges cutting ``count`` items into at most ``parts`` contiguous runs whose
-    sizes differ by at most one; never an empty run (``count`` >= 1)."""
-    parts = max(1, min(parts, count))
-    share, extra = divmod(count, parts)
-    ranges, start = [], 0
-    for i in range(parts):
-        stop = start + share + (1 if i < extra else 0)
-        ranges.append((start, stop))
-        start = stop
-    return ranges
 
 
 class WorkerPool:

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from coordinator.ray_pool import all_blocks, assign_blocks, balanced_ranges
+from coordinator.sharding import all_blocks, assign_blocks, balanced_ranges
 from coordinator.worker import BlockSource
 from hefl.codec import PackingLayout
 
