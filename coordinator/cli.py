@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import click
@@ -51,6 +52,8 @@ def coordinator(
     """Run the (untrusted) coordinator until SIGTERM."""
     if (kit is None) == (not insecure):
         raise click.UsageError("give either --kit (see `hefl provision`) or --insecure")
+    if importlib.util.find_spec("ray") is None:
+        raise click.ClickException("the coordinator needs Ray: pip install 'hefl[coordinator]'")
     from coordinator.local_ray import LocalRayCluster
 
     # Without a cluster, start a private one first (before `import ray`, see LocalRayCluster):

@@ -76,3 +76,9 @@ def test_a_party_runs_without_ray_or_the_tools():
     )
     assert result.returncode == 0, result.stderr
     assert "--key-holder" in result.stdout
+
+
+def test_a_tool_says_which_extra_it_needs():
+    result = _without_extras("from tools.cli import main\nmain(['simulate'])\n")
+    assert result.returncode != 0
+    assert "pip install 'hefl[tools]'" in result.stderr

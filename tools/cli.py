@@ -7,6 +7,7 @@ Every option can also come from the environment as ``HEFL_<COMMAND>_<OPTION>``
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -17,6 +18,17 @@ from coordinator.cli import coordinator
 from hefl.errors import HeflError
 from parties.cli import party, training_options
 from tools.splits import SPLITS
+
+
+def require_extra(extra: str) -> None:
+    """Say which extra to install when a command's packages are missing (a party-only install
+    has no Ray, scikit-learn or matplotlib)."""
+    modules = {"coordinator": ["ray"], "tools": ["ray", "sklearn", "matplotlib", "psutil", "tqdm"]}
+    missing = [m for m in modules[extra] if importlib.util.find_spec(m) is None]
+    if missing:
+        raise click.ClickException(
+            f"this command needs {', '.join(missing)}: pip install 'hefl[{extra}]'"
+        )
 
 
 def _logging(verbose: bool) -> None:
@@ -80,6 +92,7 @@ def main(verbose: bool) -> None:
 )
 def simulate(**kwargs: object) -> None:
     """Simulate N hospitals on this machine: coordinator and parties as separate processes."""
+    require_extra("tools")
     from tools.report import format_report
     from tools.simulate import SimulationConfig
     from tools.simulate import simulate as run
@@ -137,6 +150,7 @@ def bench(
     report: Path | None,
 ) -> None:
     """Benchmark sklearn, hefl's plaintext replica, the seed approach and hefl end to end."""
+    require_extra("tools")
     from bench.run import format_bench, run_bench
     from tools.simulate import SimulationConfig
 
@@ -167,6 +181,7 @@ def bench(
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 def experiment(config: Path, no_progress: bool) -> None:
     """Run a grid of simulations from CONFIG.toml; write results and plots."""
+    require_extra("tools")
     from tools.experiment import run_experiment, summarize
 
     try:
