@@ -34,7 +34,8 @@ def training_options(function: Callable[..., Any]) -> Callable[..., Any]:
             click.option(
                 "--reveal-intermediate",
                 is_flag=True,
-                help="decrypt every iterate for loss curves (the key holder then sees them)",
+                help="key holder: unmask every iterate for loss curves; it sees them and seals "
+                "them with the model to every party (the coordinator never sees them)",
             ),
             click.option(
                 "--parameter-set",

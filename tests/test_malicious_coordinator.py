@@ -56,6 +56,7 @@ class Tampering:
     def __init__(self) -> None:
         self.context: Callable[[bytes], bytes] = lambda data: data
         self.model: Callable[[pb.SealedModel], pb.SealedModel] = lambda sealed: sealed
+        self.offer: Callable[[pb.JobInfo], pb.JobInfo] = lambda info: info
         self.task: Callable[[pb.KeyHolderTask], pb.KeyHolderTask] = lambda task: task
         self.answers: list[pb.KeyHolderResult] = []
 
@@ -73,6 +74,9 @@ class TamperingServicer(CoordinatorServicer):
 
     def GetModel(self, request: pb.GetModelRequest, context: Any) -> pb.SealedModel:
         return self._tampering.model(super().GetModel(request, context))
+
+    def JoinJob(self, request: pb.JoinJobRequest, context: Any) -> pb.JobInfo:
+        return self._tampering.offer(super().JoinJob(request, context))
 
 
 class TamperingRegistry(Registry):
@@ -151,6 +155,20 @@ def test_a_swapped_context_is_refused_by_the_joining_party(project, tmp_path):
 
     assert isinstance(outcome["h2"], PermissionDenied)
     assert "the context is not the one its key holder signed" in str(outcome["h2"])
+
+
+def test_a_party_added_to_the_roster_is_refused_by_the_joining_party(project, tmp_path):
+    tampering = Tampering()
+
+    def add_party(info: pb.JobInfo) -> pb.JobInfo:
+        info.charter.roster.add(name="mallory", fingerprint="00" * 32, signing_public_key=bytes(32))
+        return info
+
+    tampering.offer = add_party
+    outcome = _run(project, tmp_path, tampering)
+
+    assert isinstance(outcome["h2"], PermissionDenied)
+    assert "is not the expected ['h2', 'kh']" in str(outcome["h2"])
 
 
 def test_a_forged_model_is_refused(project, tmp_path):
