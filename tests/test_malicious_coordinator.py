@@ -133,8 +133,12 @@ def _run(project: Path, tmp_path: Path, tampering: Tampering) -> dict[str, BaseE
     threads[1].start()
     try:
         threads[1].join(timeout=120)
+        # A job that ended (DONE or FAILED) ends the key holder too; one that stalls because the
+        # joining party refused it leaves the key holder waiting, until the server stops.
+        jobs = registry.jobs()
+        if jobs and jobs[0].status().phase in (pb.DONE, pb.FAILED):
+            threads[0].join(timeout=120)
     finally:
-        # A party that refused leaves the other waiting for it: stopping the server ends that.
         registry.shutdown()
         server.stop(0).wait()
         threads[0].join(timeout=60)
