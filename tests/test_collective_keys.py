@@ -12,8 +12,12 @@ import numpy as np
 import pytest
 import tenseal as ts
 
+from coordinator.gradient import GradientKernel
+from hefl import sealio
+from hefl.algorithm import SigmoidPolynomial
 from hefl.errors import InvalidArgument, PermissionDenied, ProtocolError
 from hefl.params import PARAMETER_SETS, check_public_context
+from hefl.protocols.collective.crs import CrsLabel
 from hefl.protocols.collective.keygen import (
     PublicKeyGenProtocol,
     PublicKeyShare,
@@ -22,6 +26,14 @@ from hefl.protocols.collective.keygen import (
     RelinKeyRound2Share,
     relin_key_noise_std,
 )
+from hefl.protocols.collective.keyswitch import (
+    REVEAL_SCALE_BITS,
+    CollectiveDecryptProtocol,
+    Smudging,
+    ciphertext_of,
+    refreshed_noise_std,
+)
+from hefl.protocols.collective.refresh import MaskedTransformProtocol, RefreshProtocol
 from hefl.protocols.collective.sampling import CBD_STD
 from hefl.protocols.collective.seal_layout import CiphertextPolys
 from hefl.protocols.collective.secret import SecretKeyShare
@@ -29,6 +41,7 @@ from tests.collective_support import (
     PARAMETER_SET_NAMES,
     PARTIES,
     Collective,
+    at_last_level,
     collective,
     decrypt_with,
     job_for,
@@ -48,6 +61,19 @@ def keys(request: pytest.FixtureRequest) -> Collective:
 @pytest.fixture(scope="module")
 def default_keys() -> Collective:
     return collective(DEFAULT)
+
+
+def _reveal(keys: Collective, ciphertext: CiphertextPolys, purpose: str) -> np.ndarray:
+    """Decrypt a fresh (refreshed) ciphertext collectively, smudged for 40 bits."""
+    protocol = CollectiveDecryptProtocol(
+        keys.job,
+        ciphertext,
+        purpose=purpose,
+        noise_std=refreshed_noise_std(keys.job.params, keys.job.size),
+        smudging=Smudging(),
+    )
+    shares = {p: protocol.gen_share(s) for p, s in keys.shares.items()}
+    return protocol.decrypt(protocol.aggregate_shares(shares))
 
 
 # -- the key share -----------------------------------------------------------------------------
@@ -132,8 +158,7 @@ def test_what_is_encrypted_under_the_collective_key_decrypts_under_the_summed_sh
 
     vector = ts.ckks_vector(keys.context, values)
     wire = ts.ckks_vector_from(ts.context_from(keys.context.serialize()), vector.serialize())
-    ciphertext = CiphertextPolys.of(wire.ciphertext()[0])
-    decrypted = decrypt_with(keys.ring, ciphertext, joint_secret(keys.ring, keys.shares))
+    decrypted = decrypt_with(keys.ring, ciphertext_of(wire), joint_secret(keys.ring, keys.shares))
 
     np.testing.assert_allclose(decrypted[: values.size], values, atol=1e-4)
 
@@ -177,6 +202,89 @@ def test_an_ephemeral_key_serves_one_second_round_of_its_own_run(default_keys: C
         protocol.gen_round2(share, foreign, aggregate)
     with pytest.raises(TypeError):
         pickle.dumps(foreign)
+
+
+def test_a_product_and_relinearization_under_the_collective_keys_decrypt_collectively(
+    default_keys: Collective,
+) -> None:
+    keys = default_keys
+    ring = keys.ring
+    x = uniform_values(keys.job.params.slots, seed=2)
+    y = uniform_values(keys.job.params.slots, seed=3)
+
+    product = ts.ckks_vector(keys.context, x) * ts.ckks_vector(keys.context, y)  # relin + rescale
+    ciphertext = ciphertext_of(product)
+    refresh = RefreshProtocol(
+        keys.job,
+        at_last_level(ciphertext, ring),
+        label=CrsLabel(keys.job.job_id, "refresh", key="x*y"),
+        scale_up_bits=REVEAL_SCALE_BITS - keys.job.params.scale_bits,
+    )
+    fresh = refresh.finalize(
+        refresh.aggregate_shares({p: refresh.gen_share(s) for p, s in keys.shares.items()})
+    )
+    revealed = _reveal(keys, fresh, "x*y")
+
+    errors = np.abs(revealed[: x.size] - x * y)
+    assert ciphertext.rows == ring.top_rows - 1
+    # The collective key's noise (std ~1000, not 3.24) meets SEAL's digits, which lie in
+    # [0, q_j) and so have a mean q_j / 2: the slots whose roots lie near 1 (slot 0 first)
+    # carry a key-dependent bias of ~1e-3 (module docstring of keygen); every other slot is
+    # within a few 1e-5.
+    assert errors.max() < 4e-3
+    assert np.median(errors) < 3e-5
+
+
+def test_the_training_kernel_runs_unchanged_on_the_collective_context(
+    default_keys: Collective,
+) -> None:
+    """coordinator.gradient on the collective keys; each column's slot sum S_j revealed through
+    the slot-sum refresh and a smudged collective decryption, against float64 and against the
+    same kernel under a single SEAL key."""
+    keys = default_keys
+    slots = keys.job.params.slots
+    sigmoid = SigmoidPolynomial.fit(16.0)
+    k, a, b = sigmoid.encrypted_form()
+    rng = np.random.default_rng(5)
+    features = np.column_stack([rng.uniform(-2, 2, (slots, 3)), np.ones(slots)])
+    weights = np.array([0.8, -0.5, 0.3, 0.1])
+    terms = (sigmoid(features @ weights) - 0.5)[:, None] * features
+    single = keys.job.params.make_context()
+
+    def gradient_sums(context: ts.Context) -> list[CiphertextPolys]:
+        kernel = GradientKernel(context)
+        columns = [kernel.open(ts.ckks_vector(context, features[:, j])) for j in range(4)]
+        scaled = [kernel.open(ts.ckks_vector(context, np.full(slots, k * w))) for w in weights]
+        return [CiphertextPolys.of(g) for g in kernel.gradient_sums(scaled, [columns], a=a, b=b)]
+
+    revealed = []
+    for j, gradient in enumerate(gradient_sums(keys.context)):
+        transform = MaskedTransformProtocol(
+            keys.job,
+            gradient,
+            label=CrsLabel(keys.job.job_id, "refresh", key=f"column-{j}"),
+            transform=lambda total: total,
+            transform_id="identity",
+            output_scale_bits=REVEAL_SCALE_BITS,
+        )
+        shares = {p: transform.gen_share(s) for p, s in keys.shares.items()}
+        fresh = transform.finalize(transform.aggregate_shares(shares))
+        revealed.append(_reveal(keys, fresh, f"S/{j}")[0])
+    single_sums = [
+        float(
+            np.sum(
+                ts.ckks_vector_from(
+                    single, sealio.vector_bytes(g.to_seal(keys.ring), size=slots, scale=g.scale)
+                ).decrypt()
+            )
+        )
+        for g in gradient_sums(single)
+    ]
+
+    # Both keys share TenSEAL's scale labelling (7.5e-4 relative); the collective keys add ~0.02.
+    exact = terms.sum(axis=0)
+    assert np.abs(np.array(revealed) - single_sums).max() < 0.05, (revealed, single_sums)
+    assert (np.abs(np.array(revealed) - exact) < 2e-3 * np.abs(terms).sum(axis=0)).all()
 
 
 # -- shares: wire, roster, jobs ---------------------------------------------------------------
