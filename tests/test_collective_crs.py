@@ -254,3 +254,14 @@ def test_no_numpy_generator_in_the_collective_protocols() -> None:
                     offending.append(f"{path.name}:{node.lineno}")
 
     assert offending == []
+
+
+def test_fresh_noise_is_the_same_with_or_without_numpys_popcount(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with_popcount = sampling.centered_binomial(4096, random_bytes=seeded_bytes("cbd"))
+    monkeypatch.delattr(np, "bitwise_count", raising=False)
+
+    without = sampling.centered_binomial(4096, random_bytes=seeded_bytes("cbd"))
+
+    assert (with_popcount == without).all()

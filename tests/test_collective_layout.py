@@ -198,3 +198,17 @@ def test_seal_checks_what_it_loads(private_context: ts.Context) -> None:
         CiphertextPolys(polys.parms_id, polys.scale, unreduced).to_seal(ring)
     with pytest.raises(ValueError):
         seal_layout.load_stream(seal.Ciphertext(), ring.seal_context, b"\x00" * 64)
+
+
+@pytest.mark.parametrize(("value", "scale_bits"), [(0.7351, 30), (-123456.789, 70), (3.0e8, 40)])
+def test_a_scalar_encodes_as_seals_encoder_encodes_it(value: float, scale_bits: int) -> None:
+    ring = ring_for(PARAMETER_SETS["n8192-depth4"])
+    plain = seal.Plaintext()
+    seal.CKKSEncoder(ring.seal_context).encode(
+        value, list(ring.parms_id(ring.top_rows)), 2.0**scale_bits, plain
+    )
+
+    _, _, words = seal_layout.parse_plaintext(seal_layout.body_of(seal_layout.save_stream(plain)))
+    ours = seal_layout.encode(ring, value, rows=ring.top_rows, scale=2.0**scale_bits)
+
+    assert (ours == words.reshape(ring.top_rows, ring.n)).all()

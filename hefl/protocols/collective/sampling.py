@@ -59,6 +59,8 @@ def centered_binomial(n: int, *, random_bytes: RandomBytes = os.urandom) -> Sign
 
 
 def _popcount(words: np.ndarray) -> SignedPoly:
+    if hasattr(np, "bitwise_count"):  # numpy >= 2.0
+        return np.bitwise_count(words).astype(np.int64)
     bits = np.unpackbits(words.astype("<u8").view(np.uint8)).reshape(words.size, 64)
     return bits.sum(axis=1, dtype=np.int64)
 

@@ -288,16 +288,21 @@ def decode(ring: RnsRing, parms_id: Sequence[int], scale: float, poly: Poly) -> 
 
 
 def encode(ring: RnsRing, values: Sequence[float] | float, *, rows: int, scale: float) -> Poly:
-    """CKKS-encode with SEAL's encoder at the level with ``rows`` primes (a scalar fills every
-    slot): the NTT-form polynomial, shape (rows, N)."""
+    """CKKS-encode at the level with ``rows`` primes: the NTT-form polynomial, shape (rows, N).
+
+    A scalar fills every slot: like SEAL's encoder, it becomes the constant polynomial
+    round(value x scale), whose NTT form is that constant everywhere (no transform, no file).
+    A vector goes through SEAL's encoder.
+    """
     import tenseal.sealapi as seal
 
+    if isinstance(values, float | int):
+        constant = int(round(float(values) * scale))
+        column = np.array([constant % q for q in ring.primes[:rows]], dtype=np.uint64)
+        return np.repeat(column[:, None], ring.n, axis=1)
     plain = seal.Plaintext()
     encoder = seal.CKKSEncoder(ring.seal_context)
-    if isinstance(values, float | int):
-        encoder.encode(float(values), list(ring.parms_id(rows)), scale, plain)
-    else:
-        encoder.encode([float(v) for v in values], list(ring.parms_id(rows)), scale, plain)
+    encoder.encode([float(v) for v in values], list(ring.parms_id(rows)), scale, plain)
     _, _, words = parse_plaintext(body_of(save_stream(plain)))
     return words.reshape(rows, ring.n)
 
