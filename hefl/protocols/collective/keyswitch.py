@@ -127,6 +127,7 @@ class DecryptionBudget:
 
     Attributes:
         parties: n.
+        ring_degree: N.
         noise_std: sigma_e, the ciphertext's noise.
         flooding_std: sigma, what each party adds.
         security_bits: s over ``decryptions`` revealed decryptions (KL <= 2^-s).

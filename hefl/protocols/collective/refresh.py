@@ -117,7 +117,6 @@ class _Refresh:
     """What both refresh variants share: the CRP, the masks, the re-encryption share."""
 
     PROTOCOL = "refresh"
-    WIDTH: int
 
     def __init__(
         self, job: CollectiveJob, ciphertext: CiphertextPolys, *, label: CrsLabel, variant: str

@@ -3,7 +3,10 @@
 The SEAL binding in TenSEAL saves and loads objects only through files, and exposes no
 polynomial coefficients. The collective protocols therefore read a SEAL object by saving it
 and parsing its bytes, and make one by writing bytes SEAL then loads (and validates: SEAL checks
-sizes, parms_id and that every coefficient is reduced). The layout is that of the SEAL (streams say 4.3) bundled by
+sizes, parms_id and that every coefficient is reduced). The files are ``mkstemp`` files (mode
+0600) in ``/dev/shm`` (RAM) where it exists, removed at once; they hold keys, ciphertexts and,
+in :func:`decode` and the vector case of :func:`encode`, plaintexts (a decoded value, or a
+party's transformed mask share), never a secret key share. The layout is that of the SEAL (streams say 4.3) bundled by
 TenSEAL :data:`TENSEAL_VERSION`; ``tests/test_collective_layout.py`` pins both against the
 installed library and ``pyproject.toml``.
 
