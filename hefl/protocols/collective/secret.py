@@ -106,7 +106,10 @@ class SecretKeyShare(_Secret):
         (length,) = struct.unpack_from("<H", data, len(_MAGIC))
         start = len(_MAGIC) + 2
         name = data[start : start + length]
-        ring = ring_for(get_parameter_set(name.decode()))
+        try:
+            ring = ring_for(get_parameter_set(name.decode()))
+        except UnicodeDecodeError as err:
+            raise InvalidArgument("saved secret key share names no parameter set") from err
         body = data[start + length : start + length + ring.n]
         digest = data[start + length + ring.n :]
         if len(body) != ring.n or hashlib.sha256(_MAGIC + name + body).digest() != digest:
