@@ -1,0 +1,218 @@
+"""The RNS ring of a parameter set, with SEAL's own primes and number-theoretic transform.
+
+Every polynomial of the collective protocols is an array of shape (rows, N) of uint64: row j
+holds the residues modulo the j-th prime of the key-level chain (q_0, ..., q_{L-1}, then the
+special prime P), in SEAL's NTT form unless a name says otherwise. A ciphertext at a level with
+l primes uses rows 0..l-1; keys use all L+1 rows. This is exactly how SEAL stores ciphertexts,
+public keys and key-switching keys, so the protocols' results load into SEAL unchanged
+(:mod:`hefl.protocols.collective.seal_layout`).
+
+The transform is SEAL's own (``tenseal.sealapi.util.ntt_negacyclic_harvey`` with SEAL's tables
+for each prime), so there is no second NTT to keep bit-compatible. Products modulo a prime are
+exact: in uint64 when the prime is below 2^32 (the product fits), with Python integers
+otherwise; no floating point is involved.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from hefl.params import CkksParameters
+
+Poly = NDArray[np.uint64]
+SignedPoly = NDArray[np.int64]
+
+_SMALL_PRIME = 1 << 32
+
+
+@dataclass(frozen=True, eq=False)
+class RnsRing:
+    """The key-level RNS basis of one CKKS parameter set.
+
+    Built by :func:`ring_for` (one per parameter set and process). The SEAL context made here
+    holds parameters only: no key is ever generated in it.
+
+    Attributes:
+        params: The parameter set.
+        n: Ring dimension N.
+        primes: q_0, ..., q_{L-1}, P: the data primes, then the special prime.
+    """
+
+    params: CkksParameters
+    n: int
+    primes: tuple[int, ...]
+    _seal_context: Any = field(repr=False)
+    _moduli: tuple[Any, ...] = field(repr=False)
+    _tables: tuple[Any, ...] = field(repr=False)
+    _parms_ids: dict[int, tuple[int, ...]] = field(repr=False)
+
+    @property
+    def key_rows(self) -> int:
+        """Rows of a key: every data prime and the special prime."""
+        return len(self.primes)
+
+    @property
+    def top_rows(self) -> int:
+        """Rows of a fresh ciphertext: every data prime."""
+        return len(self.primes) - 1
+
+    @property
+    def special_prime(self) -> int:
+        return self.primes[-1]
+
+    @property
+    def seal_context(self) -> Any:
+        """SEAL's context of these parameters (no keys), to load and decode SEAL objects."""
+        return self._seal_context
+
+    def parms_id(self, rows: int) -> tuple[int, ...]:
+        """SEAL's parms_id of the level with ``rows`` primes (``key_rows`` for keys)."""
+        return self._parms_ids[rows]
+
+    def rows_of(self, parms_id: Sequence[int]) -> int:
+        """How many primes the level ``parms_id`` has.
+
+        Raises:
+            ValueError: ``parms_id`` is no level of these parameters.
+        """
+        for rows, candidate in self._parms_ids.items():
+            if tuple(parms_id) == candidate:
+                return rows
+        raise ValueError(f"parms_id {tuple(parms_id)} is no level of {self.params.name}")
+
+    def modulus(self, rows: int) -> int:
+        """Q of the level with ``rows`` primes: the product of its primes."""
+        return functools.reduce(lambda a, b: a * b, self.primes[:rows], 1)
+
+    def _column(self, rows: int) -> NDArray[np.uint64]:
+        return np.array(self.primes[:rows], dtype=np.uint64)[:, None]
+
+    # -- arithmetic, modulo each row's prime ------------------------------------------------
+    # Rows are the second-to-last axis; leading axes (stacks of polynomials) broadcast.
+
+    def add(self, a: Poly, b: Poly) -> Poly:
+        q = self._column(a.shape[-2])
+        total = a + b  # < 2^61, no overflow
+        return np.where(total >= q, total - q, total)
+
+    def sub(self, a: Poly, b: Poly) -> Poly:
+        q = self._column(a.shape[-2])
+        return np.where(a >= b, a - b, a + (q - b))
+
+    def neg(self, a: Poly) -> Poly:
+        q = self._column(a.shape[-2])
+        return np.where(a == 0, a, q - a)
+
+    def mul(self, a: Poly, b: Poly) -> Poly:
+        """Coefficient-wise product (a product of polynomials when both are in NTT form)."""
+        a, b = np.broadcast_arrays(a, b)
+        out = np.empty(a.shape, dtype=np.uint64)
+        for j in range(a.shape[-2]):
+            q = self.primes[j]
+            if q < _SMALL_PRIME:
+                out[..., j, :] = (a[..., j, :] * b[..., j, :]) % np.uint64(q)
+            else:
+                exact = a[..., j, :].astype(object) * b[..., j, :].astype(object) % q
+                out[..., j, :] = exact.astype(np.uint64)
+        return out
+
+    def sum(self, polys: Sequence[Poly]) -> Poly:
+        total = polys[0]
+        for poly in polys[1:]:
+            total = self.add(total, poly)
+        return total
+
+    # -- transforms and conversions -----------------------------------------------------------
+
+    def ntt(self, a: Poly) -> Poly:
+        """Coefficient form -> SEAL's NTT form, row by row."""
+        import tenseal.sealapi.util as seal_util
+
+        return np.stack(
+            [
+                np.array(seal_util.ntt_negacyclic_harvey(a[j].tolist(), self._tables[j]), np.uint64)
+                for j in range(a.shape[0])
+            ]
+        )
+
+    def intt(self, a: Poly) -> Poly:
+        """SEAL's NTT form -> coefficient form, row by row (fully reduced)."""
+        import tenseal.sealapi.util as seal_util
+
+        out = np.stack(
+            [
+                np.array(
+                    seal_util.inverse_ntt_negacyclic_harvey(a[j].tolist(), self._tables[j]),
+                    np.uint64,
+                )
+                for j in range(a.shape[0])
+            ]
+        )
+        q = self._column(a.shape[0])
+        return np.where(out >= q, out - q, out)  # SEAL's inverse leaves values below 2q
+
+    def from_signed(self, coefficients: SignedPoly, rows: int) -> Poly:
+        """Signed integer coefficients (|c| < 2^63) -> residues on the first ``rows`` primes."""
+        c = np.asarray(coefficients, dtype=np.int64)
+        return np.stack([np.mod(c, np.int64(q)).astype(np.uint64) for q in self.primes[:rows]])
+
+    def small_ntt(self, coefficients: SignedPoly, rows: int) -> Poly:
+        """A signed integer polynomial in NTT form on the first ``rows`` primes."""
+        return self.ntt(self.from_signed(coefficients, rows))
+
+    def from_integers(self, coefficients: NDArray[Any], rows: int) -> Poly:
+        """Arbitrary Python integers (an object array) -> residues on the first ``rows`` primes."""
+        return np.stack([(coefficients % q).astype(np.uint64) for q in self.primes[:rows]])
+
+    def to_integers(self, a: Poly) -> NDArray[Any]:
+        """Coefficient-form residues -> the integers they represent, centered in (-Q/2, Q/2]
+        for the Q of their rows (Chinese remaindering); an object array of Python integers."""
+        rows = a.shape[0]
+        modulus = self.modulus(rows)
+        total = np.zeros(a.shape[1], dtype=object)
+        for j in range(rows):
+            q = self.primes[j]
+            cofactor = modulus // q
+            basis = cofactor * pow(cofactor, -1, q)
+            total = total + a[j].astype(object) * basis
+        total = total % modulus
+        return np.where(total > modulus // 2, total - modulus, total)
+
+
+@functools.cache
+def ring_for(params: CkksParameters) -> RnsRing:
+    """The ring of ``params``: SEAL's primes for (N, bit sizes), its parms_ids and NTT tables."""
+    import tenseal.sealapi as seal
+    import tenseal.sealapi.util as seal_util
+
+    parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
+    parms.set_poly_modulus_degree(params.poly_modulus_degree)
+    parms.set_coeff_modulus(
+        seal.CoeffModulus.Create(params.poly_modulus_degree, list(params.coeff_mod_bit_sizes))
+    )
+    context = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
+    if not context.parameters_set():
+        raise ValueError(f"SEAL refuses {params.name}: {context.parameters_error_message()}")
+    key_data = context.key_context_data()
+    moduli = tuple(key_data.parms().coeff_modulus())
+    log_n = params.poly_modulus_degree.bit_length() - 1
+    parms_ids = {len(moduli): tuple(context.key_parms_id())}
+    data = context.first_context_data()
+    while data is not None:
+        parms_ids[len(data.parms().coeff_modulus())] = tuple(data.parms_id())
+        data = data.next_context_data()
+    return RnsRing(
+        params=params,
+        n=params.poly_modulus_degree,
+        primes=tuple(int(m.value()) for m in moduli),
+        _seal_context=context,
+        _moduli=moduli,
+        _tables=tuple(seal_util.NTTTables(log_n, m) for m in moduli),
+        _parms_ids=parms_ids,
+    )
