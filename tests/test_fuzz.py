@@ -14,6 +14,7 @@ Counts are printed (run with ``-s``) and asserted loosely; the run takes about 4
 
 from __future__ import annotations
 
+import contextlib
 import random
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import psutil
 import pytest
 import tenseal as ts
 
@@ -93,6 +95,8 @@ class CoordinatorProcess:
             time.sleep(0.05)
         self.address = ready.read_text().strip()
         self.peak_rss_mb = 0.0
+        self.exit_s = 0.0
+        self.exit_code: int | None = None
         self._stop = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
@@ -117,14 +121,24 @@ class CoordinatorProcess:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
 
     def stop(self) -> None:
+        """SIGTERM, then SIGKILL whatever the coordinator started and left behind (its local
+        Ray: Ray's own SIGTERM handler can end the process before it stops the cluster)."""
         self._stop.set()
-        if self.alive():
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=30)
+        if not self.alive():
+            return
+        descendants = psutil.Process(self.process.pid).children(recursive=True)
+        tick = time.perf_counter()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        self.exit_s = time.perf_counter() - tick
+        self.exit_code = self.process.returncode
+        for process in descendants:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
 
 
 # ----- the fuzzer's side -------------------------------------------------------------------------
@@ -517,7 +531,8 @@ def test_fuzzed_requests_get_status_codes_and_an_honest_job_trains_alongside(
         f"({dict(tally.calls)}), {fuzz_s:.0f} s (in calls: "
         f"{ {rpc: round(t, 1) for rpc, t in tally.seconds.items()} }); statuses {dict(codes)}; by RPC "
         f"{dict(sorted(tally.codes.items()))}; crashes 0; coordinator peak RSS "
-        f"{coordinator.peak_rss_mb:.0f} MB (bound {RSS_BOUND_MB}), at the end {final_rss:.0f} MB"
+        f"{coordinator.peak_rss_mb:.0f} MB (bound {RSS_BOUND_MB}), at the end {final_rss:.0f} MB; "
+        f"stopped in {coordinator.exit_s:.1f} s with exit code {coordinator.exit_code}"
     )
     assert sum(tally.calls.values()) == sum(CALLS.values())
     assert set(codes) <= EXPECTED_CODES, codes
