@@ -2,12 +2,14 @@
 
 Phases: WAITING_FOR_PARTIES -> COLLECTING_STATS -> UPLOADING -> TRAINING -> DONE (or FAILED).
 
-- Parties join until ``expected_parties`` have; each submits an encrypted statistics vector.
+- Parties join until ``expected_parties`` have; each streams its encrypted statistics, each
+  piece checked and written to the job directory as it arrives.
 - The driver (:mod:`coordinator.driver`) sums the statistics, has the key holder decrypt the
   *aggregate* only and answer with its summary (count, mean, std, curvature), publishes that
   and the packing layout, and opens uploads.
-- Parties upload their packed columns; every ciphertext is checked and written to the job
-  directory before it is acknowledged.
+- Parties upload their packed columns; every ciphertext is checked
+  (:mod:`coordinator.validation`) and its re-serialized form written to the job directory
+  before it is acknowledged.
 - With every upload complete and the key holder connected, the driver trains, then asks the
   key holder to seal the model for each party.
 
@@ -16,9 +18,10 @@ Every domain error names the job, party, block or column at fault.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,8 @@ import tenseal as ts
 from coordinator.keyholder_link import KeyHolderLink
 from coordinator.report import JobReport
 from coordinator.store import JobStore, atomic_write, check_name
-from hefl import sealio, signed
+from coordinator.validation import LABEL_TERM, JobInputs
+from hefl import signed
 from hefl.codec import PackingLayout
 from hefl.errors import (
     AlreadyExists,
@@ -39,7 +43,6 @@ from hefl.errors import (
 )
 from hefl.identity import same_bytes, verify_signature
 from hefl.params import CkksParameters, check_public_context, get_parameter_set
-from hefl.protocols.stats import StatsProtocol, StatsShare
 from hefl.v1 import hefl_pb2 as pb
 
 log = logging.getLogger("hefl.jobs")
@@ -55,6 +58,8 @@ class PartyState:
     # As the party sent it: sealing key, signing key and the signature binding them.
     hello: pb.PartyHello
     stats: bool = False
+    # A SubmitStats stream of this party is being received: a second one is refused.
+    stats_arriving: bool = False
     rows: int = 0
     received: set[tuple[int, int]] = field(default_factory=set)
     label_term: bool = False
@@ -90,6 +95,9 @@ class Job:
                 f"the job context does not deserialize as TenSEAL ({err})"
             ) from err
         check_public_context(self.context, params.name)
+        self.inputs = JobInputs(
+            job_id=job_id, context=self.context, params=params, features=len(features)
+        )
         self.features = features
         self.expected_parties = expected_parties
         self.options = options
@@ -223,36 +231,65 @@ class Job:
                 self.phase = pb.COLLECTING_STATS
             self._changed()
 
-    def submit_stats(self, party: str, share: StatsShare) -> None:
+    def submit_stats(
+        self, party: str, *, rows: int, signature: bytes, pieces: Iterable[bytes]
+    ) -> None:
+        """Check and persist ``party``'s statistics share as its pieces stream in.
+
+        Each piece is checked and written (re-serialized) before the next is read; the share
+        counts once every piece is in and, with a charter, the party's signature over them
+        verifies. A refused share leaves none of its pieces behind.
+
+        Raises:
+            InvalidArgument: No rows, a piece that is not what the statistics protocol expects
+                there, or too few or too many pieces.
+            PermissionDenied: With a charter: the party's signature does not verify.
+            FailedPrecondition, AlreadyExists: Past collecting statistics; the party already
+                sent them, or is sending them on another stream.
+        """
         with self._cond:
             state = self._party(party)
             if self.phase not in (pb.WAITING_FOR_PARTIES, pb.COLLECTING_STATS):
                 raise FailedPrecondition(
                     f"job {self.job_id} is past collecting statistics ({pb.Phase.Name(self.phase)})"
                 )
-            if state.stats:
+            if state.stats or state.stats_arriving:
                 raise AlreadyExists(
                     f"party {party!r} already submitted statistics to {self.job_id}"
                 )
-        stats = StatsProtocol(features=len(self.features), slots=self.params.slots)
-        stats.check_share(self.context, share, party=party)
-        if self.roster is not None:
-            verify_signature(
-                self.roster[party].signing_public_key,
-                share.signature,
-                signed.STATS,
-                signed.stats_parts(self.job_id, party, share.rows, share.pieces),
-            )
-        for piece, ciphertext in enumerate(share.pieces):
-            atomic_write(self.store.stats_path(party, piece), ciphertext)
-        atomic_write(self.store.stats_signature_path(party), share.signature)
+            state.stats_arriving = True
+        written = 0
+        try:
+            self.inputs.stats.check_rows(rows, party=party)
+            digests = []
+            for index, piece in enumerate(pieces):
+                checked = self.inputs.stats_piece(piece, index=index, party=party)
+                digests.append(hashlib.sha256(checked).digest())
+                atomic_write(self.store.stats_path(party, index), checked)
+                written = index + 1
+            self.inputs.stats.check_pieces(len(digests), party=party)
+            if self.roster is not None:
+                verify_signature(
+                    self.roster[party].signing_public_key,
+                    signature,
+                    signed.STATS,
+                    signed.stats_digest_parts(self.job_id, party, rows, digests),
+                )
+            atomic_write(self.store.stats_signature_path(party), signature)
+        except BaseException:
+            for index in range(written):
+                self.store.stats_path(party, index).unlink(missing_ok=True)
+            with self._cond:
+                state.stats_arriving = False
+            raise
         with self._cond:
+            state.stats_arriving = False
             state.stats = True
-            state.rows = share.rows
+            state.rows = rows
             self._changed()
 
     def accept_upload(self, chunk: pb.UploadChunk, expected_seq: int) -> int:
-        """Check and persist one upload chunk; returns the bytes accepted."""
+        """Check and persist one upload chunk; returns the bytes accepted (as stored)."""
         with self._cond:
             state = self._party(chunk.party)
             if self.phase != pb.UPLOADING:
@@ -268,47 +305,22 @@ class Job:
                 f"upload chunk {chunk.seq} from party {chunk.party!r} is out of order; "
                 f"expected chunk {expected_seq}"
             )
-        blocks = layout.blocks_of(chunk.party)
-        top_level = len(self.params.coeff_mod_bit_sizes) - 1
-        accepted = 0
-        checked: list[tuple[Path, bytes, tuple[int, int]]] = []
-        for column in chunk.columns:
-            where = f"party {chunk.party!r} block {column.block} column {column.feature}"
-            if column.block not in blocks:
-                raise InvalidArgument(
-                    f"{where}: block outside the party's blocks {blocks.start}..{blocks.stop - 1}"
-                )
-            if column.feature >= self.columns:
-                raise InvalidArgument(f"{where}: the job has {self.columns} columns")
-            vector = sealio.deserialize(self.context, column.ciphertext, what=where)
-            if vector.size() != self.params.slots:
-                raise InvalidArgument(
-                    f"{where}: {vector.size()} slots, expected {self.params.slots}"
-                )
-            if vector.ciphertext()[0].coeff_modulus_size() != top_level:
-                raise InvalidArgument(f"{where}: not a fresh ciphertext at the top level")
-            path = self.store.column_path(chunk.party, column.block, column.feature)
-            checked.append((path, column.ciphertext, (column.block, column.feature)))
-        if chunk.label_term:
-            vector = sealio.deserialize(
-                self.context, chunk.label_term, what=f"label term of party {chunk.party!r}"
-            )
-            if vector.size() != self.columns:
-                raise InvalidArgument(
-                    f"label term of party {chunk.party!r} has {vector.size()} values, "
-                    f"expected {self.columns}"
-                )
-            checked.append((self.store.label_term_path(chunk.party), chunk.label_term, (-1, -1)))
+        checked = self.inputs.upload(chunk, blocks=layout.blocks_of(chunk.party))
         # Only a fully valid chunk is written: a rejected chunk leaves no trace.
-        for path, data, _ in checked:
-            atomic_write(path, data)
-            accepted += len(data)
+        accepted = 0
+        for item in checked:
+            if item.key == LABEL_TERM:
+                path = self.store.label_term_path(chunk.party)
+            else:
+                path = self.store.column_path(chunk.party, *item.key)
+            atomic_write(path, item.data)
+            accepted += len(item.data)
         with self._cond:
-            for _, _, key in checked:
-                if key == (-1, -1):
+            for item in checked:
+                if item.key == LABEL_TERM:
                     state.label_term = True
                 else:
-                    state.received.add(key)
+                    state.received.add(item.key)
             state.upload_bytes += accepted
             if chunk.last:
                 missing = self._missing(state)

@@ -13,7 +13,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from hefl.errors import AlreadyExists, FailedPrecondition, ProtocolError
+from google.protobuf.message import DecodeError
+
+from hefl.errors import AlreadyExists, FailedPrecondition, InvalidArgument, ProtocolError
 from hefl.v1 import hefl_pb2 as pb
 
 
@@ -102,10 +104,14 @@ class KeyHolderLink:
         """Deliver the key holder's answer to ``task_id``.
 
         Raises:
+            InvalidArgument: ``payload`` is not a KeyHolderResult.
             FailedPrecondition: No such task is waiting (already answered or timed out).
         """
         result = pb.KeyHolderResult()
-        result.ParseFromString(payload)
+        try:
+            result.ParseFromString(payload)
+        except DecodeError as err:
+            raise InvalidArgument(f"the answer to task {task_id} is not a KeyHolderResult") from err
         with self._cond:
             if self._pending.pop(task_id, None) is None:
                 raise FailedPrecondition(f"no key holder task {task_id} is waiting for an answer")

@@ -93,9 +93,12 @@ class Registry:
         if expected < 1:
             raise InvalidArgument("expected_parties must be at least 1")
         params = get_parameter_set(parameter_set or DEFAULT_PARAMETER_SET)
-        if 1 + 2 * len(features) > params.slots:
+        if len(features) + 1 > params.slots:
+            # The label term and the key holder's refresh hold one value per column in one
+            # ciphertext (statistics stream in as many as they need).
             raise InvalidArgument(
-                f"{len(features)} features do not fit the statistics vector of {params.name}"
+                f"{len(features)} features and the bias do not fit the {params.slots} slots "
+                f"of {params.name}"
             )
         if len(context_bytes) > MAX_CONTEXT_BYTES:
             raise InvalidArgument(f"context of {len(context_bytes)} bytes is too large")

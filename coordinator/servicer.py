@@ -15,7 +15,7 @@ from coordinator.keyholder_link import KeyHolderTimeout
 from coordinator.registry import MAX_CONTEXT_BYTES, Registry
 from hefl import chunks, errors
 from hefl.identity import ROLE_PARTY, Peer, peer_of
-from hefl.protocols.stats import StatsShare
+from hefl.protocols.stats import pieces_of
 from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
 
@@ -183,10 +183,20 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         yield from job.watch(context.is_active)
 
     @domain_errors
-    def SubmitStats(self, request: pb.SubmitStatsRequest, context: Any) -> pb.Ack:
-        job = self._registry.get(request.job_id)
-        party = self._acting("SubmitStats", context, job, request.party)
-        job.submit_stats(party, StatsShare.from_proto(request))
+    def SubmitStats(self, request_iterator: Iterator[pb.StatsChunk], context: Any) -> pb.Ack:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise errors.InvalidArgument("SubmitStats must start with the header")
+        header = first.header
+        job = self._registry.get(header.job_id)
+        # Authorized before a piece is read.
+        party = self._acting("SubmitStats", context, job, header.party)
+        job.submit_stats(
+            party,
+            rows=header.rows,
+            signature=header.signature,
+            pieces=pieces_of(request_iterator),
+        )
         return pb.Ack(message=f"statistics of {party} accepted")
 
     @domain_errors

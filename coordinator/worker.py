@@ -7,6 +7,10 @@ whole training and only weights and gradient sums travel.
 
 Shards are loaded once and kept as SEAL ciphertexts at the top level; the kernel
 (:class:`coordinator.gradient.GradientKernel`) never modifies them.
+
+Every ciphertext a worker loads, from the job directory or in a call, passes
+:mod:`hefl.validate` against what it must be there: shards fresh with a block's slots, weights
+fresh (seeded when the key holder encrypted them), margins one rescaling down.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from coordinator.gradient import Ciphertext, GradientKernel
 from coordinator.store import JobStore
 from hefl import sealio
 from hefl.params import PARAMETER_SETS, check_public_context
+from hefl.validate import CiphertextRules, Expected
 
 log = logging.getLogger("hefl.worker")
 
@@ -56,6 +61,10 @@ class ShardWorker:
         check_public_context(self._context, parameter_set)
         self._kernel = GradientKernel(self._context)
         self._slots = PARAMETER_SETS[parameter_set].slots
+        self._rules = CiphertextRules(self._context)
+        self._shard = Expected(values=self._slots)
+        self._weight = Expected(values=self._slots, seeded=True)
+        self._margin = Expected(values=self._slots, rescales=1)
         self._sources = list(blocks)
         self._columns = columns
         self._loaded: list[list[Ciphertext]] | None = None
@@ -77,6 +86,7 @@ class ShardWorker:
             self._context,
             (path.read_bytes() for path in paths),
             what=f"column {column} of block {source.block}",
+            expected=self._shard,
         )
         return self._kernel.open(total)
 
@@ -93,7 +103,7 @@ class ShardWorker:
         (workers are on the coordinator's side of the trust boundary)."""
         weights = []
         for data, mask in zip(masked_weights, unmask, strict=True):
-            weight = self._kernel.open(sealio.deserialize(self._context, data, what="weights"))
+            weight = self._kernel.open(self._rules.load(data, self._weight, what="weights"))
             self._kernel.add_constant(weight, -float(mask))
             weights.append(weight)
         return weights
@@ -131,7 +141,7 @@ class ShardWorker:
         lo, hi = columns
         totals = None
         for block, data in zip(self._blocks, margins, strict=True):
-            s = self._kernel.open(sealio.deserialize(self._context, data, what="margin"))
+            s = self._kernel.open(self._rules.load(data, self._margin, what="margin"))
             totals = self._kernel.accumulate(totals, s, block[lo:hi], a=a, b=b)
         assert totals is not None
         return self._serialize(self._kernel.finish(totals))

@@ -6,7 +6,8 @@ role (:mod:`coordinator`, :mod:`parties`) and no tool (:mod:`tools`, :mod:`bench
 - :mod:`hefl.params`: the CKKS parameter sets and the check every received context passes;
 - :mod:`hefl.codec`: where values sit in the slots (packing layout, statistics vectors);
 - :mod:`hefl.algorithm`: the training maths in plaintext;
-- :mod:`hefl.sealio`: ciphertexts as bytes; :mod:`hefl.chunks`: framing of large payloads;
+- :mod:`hefl.sealio`: ciphertexts as bytes; :mod:`hefl.validate`: the checks every received
+  ciphertext passes before and after it is loaded; :mod:`hefl.chunks`: framing of large payloads;
 - :mod:`hefl.protocols`: the cryptographic protocols (encrypted statistics, masked refresh) as
   types with no I/O; secret-key steps go through interfaces that only :mod:`parties` implements;
 - :mod:`hefl.messages`: dataclasses to and from protobuf; :mod:`hefl.v1`: the generated stubs;

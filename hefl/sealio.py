@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from hefl.errors import InvalidArgument
+from hefl.validate import ANY, CiphertextRules, Expected
 
 if TYPE_CHECKING:
     import tenseal as ts
@@ -22,21 +22,20 @@ def serialize(vector: ts.CKKSVector) -> bytes:
     return bytes(vector.serialize())
 
 
-def deserialize(context: ts.Context, data: bytes, *, what: str) -> ts.CKKSVector:
-    """Load a CKKS vector under ``context``.
+def deserialize(
+    context: ts.Context, data: bytes, *, what: str, expected: Expected = ANY
+) -> ts.CKKSVector:
+    """Load a CKKS vector under ``context``, through :mod:`hefl.validate`'s checks.
+
+    Args:
+        expected: What the vector must be; by default one 2-polynomial ciphertext of this
+            context at any level, 1 to ``slots`` values (callers that know say more).
 
     Raises:
-        InvalidArgument: ``data`` is not a ciphertext of this context's parameters; the message
-            names ``what`` it was supposed to be.
+        InvalidArgument: ``data`` is not such a ciphertext; the message names ``what`` it was
+            supposed to be.
     """
-    import tenseal as ts
-
-    try:
-        return ts.ckks_vector_from(context, data)
-    except Exception as err:  # TenSEAL raises bare ValueError/RuntimeError from C++
-        raise InvalidArgument(
-            f"{what} is not a CKKS ciphertext under the job's parameters ({err})"
-        ) from err
+    return CiphertextRules(context).load(data, expected, what=what)
 
 
 class SealSaveable(Protocol):
@@ -85,11 +84,14 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def add_vectors(context: ts.Context, serialized: Iterable[bytes], *, what: str) -> ts.CKKSVector:
-    """The sum of serialized vectors (at least one)."""
+def add_vectors(
+    context: ts.Context, serialized: Iterable[bytes], *, what: str, expected: Expected = ANY
+) -> ts.CKKSVector:
+    """The sum of serialized vectors (at least one), each checked as it is loaded."""
+    rules = CiphertextRules(context)
     total = None
     for data in serialized:
-        vector = deserialize(context, data, what=what)
+        vector = rules.load(data, expected, what=what)
         if total is None:
             total = vector
         else:
@@ -100,10 +102,17 @@ def add_vectors(context: ts.Context, serialized: Iterable[bytes], *, what: str) 
 
 
 def add_up(
-    context: ts.Context, per_source: Sequence[Sequence[bytes]], *, what: str
+    context: ts.Context,
+    per_source: Sequence[Sequence[bytes]],
+    *,
+    what: str,
+    expected: Expected = ANY,
 ) -> list[ts.CKKSVector]:
     """Element-wise sum of equally long lists of serialized vectors (one list per source)."""
-    return [add_vectors(context, column, what=what) for column in zip(*per_source, strict=True)]
+    return [
+        add_vectors(context, column, what=what, expected=expected)
+        for column in zip(*per_source, strict=True)
+    ]
 
 
 def encrypt_replicated(context: ts.Context, values: Sequence[float], slots: int) -> list[bytes]:

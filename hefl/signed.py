@@ -22,12 +22,13 @@ def seal_key_parts(job_id: str, party: str, seal_public_key: bytes) -> list[byte
 
 def stats_parts(job_id: str, party: str, rows: int, ciphertexts: Sequence[bytes]) -> list[bytes]:
     """A party vouches for its encrypted statistics (and its row count) in ``job_id``."""
-    return [
-        job_id.encode(),
-        party.encode(),
-        str(rows).encode(),
-        *(hashlib.sha256(c).digest() for c in ciphertexts),
-    ]
+    digests = [hashlib.sha256(c).digest() for c in ciphertexts]
+    return stats_digest_parts(job_id, party, rows, digests)
+
+
+def stats_digest_parts(job_id: str, party: str, rows: int, digests: Sequence[bytes]) -> list[bytes]:
+    """:func:`stats_parts` from the ciphertexts' SHA-256 digests (for a share that streams in)."""
+    return [job_id.encode(), party.encode(), str(rows).encode(), *digests]
 
 
 def model_parts(

@@ -315,7 +315,7 @@ class Party:
             ),
         )
         self.stub.SubmitStats(
-            share.to_proto(job_id=info.job_id, party=self.name), timeout=CALL_TIMEOUT_S
+            share.to_chunks(job_id=info.job_id, party=self.name), timeout=CALL_TIMEOUT_S
         )
 
     def _wait(self, job_id: str, phases: set[int]) -> pb.JobStatus:

@@ -46,6 +46,7 @@ from hefl.protocols.refresh import (
 )
 from hefl.protocols.stats import StatsProtocol, StatsRequest, StatsShare, summary_to_proto
 from hefl.v1 import hefl_pb2 as pb
+from hefl.validate import ANY, CiphertextRules
 from parties.identity import SigningKey
 from parties.sealing import seal
 
@@ -72,13 +73,14 @@ class SecretKey:
             raise ProtocolError("the key holder needs the private context")
         seal_context = context.seal_context().data
         self._context = context
+        self._ciphertexts = CiphertextRules(context)
         self._encoder = sealapi.CKKSEncoder(seal_context)
         self._encryptor = sealapi.Encryptor(seal_context, context.secret_key().data)
         self._scale = context.global_scale
         self.slots: int = self._encoder.slot_count()
 
     def decrypt(self, ciphertext: bytes, *, what: str) -> Array:
-        vector = sealio.deserialize(self._context, ciphertext, what=what)
+        vector = self._ciphertexts.load(ciphertext, ANY, what=what)
         return np.asarray(vector.decrypt(), dtype=np.float64)
 
     def encrypt_replicated(self, values: Sequence[float]) -> list[bytes]:

@@ -9,6 +9,7 @@ import tenseal as ts
 
 from hefl import chunks, sealio, signed
 from hefl.codec import stats_vector
+from hefl.protocols.stats import StatsShare
 from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
 from parties.identity import SigningKey
@@ -54,11 +55,19 @@ def create_job(
 
 def stats_request(
     context: ts.Context, job_id: str, party: str, rows: int = 5, columns: int = 3
-) -> pb.SubmitStatsRequest:
+) -> Iterator[pb.StatsChunk]:
+    """An unsigned statistics share of ``rows`` rows, as ``SubmitStats`` streams it."""
     vector = ts.ckks_vector(context, stats_vector(party_features(rows, columns)))
-    return pb.SubmitStatsRequest(
-        job_id=job_id, party=party, ciphertexts=[sealio.serialize(vector)], rows=rows
+    return stats_chunks(
+        pb.SubmitStatsRequest(
+            job_id=job_id, party=party, ciphertexts=[sealio.serialize(vector)], rows=rows
+        )
     )
+
+
+def stats_chunks(share: pb.SubmitStatsRequest) -> Iterator[pb.StatsChunk]:
+    """A whole share as the messages of ``SubmitStats``."""
+    return StatsShare.from_proto(share).to_chunks(job_id=share.job_id, party=share.party)
 
 
 def party_features(rows: int, columns: int) -> np.ndarray:

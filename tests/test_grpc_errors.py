@@ -31,6 +31,7 @@ from tests.helpers import (
     create_job,
     hello,
     party_features,
+    stats_chunks,
     stats_request,
     watch_until,
 )
@@ -147,15 +148,15 @@ def test_unknown_job(job: RunningCoordinator) -> None:
 
 def test_undeserializable_and_foreign_ciphertexts(job: RunningCoordinator) -> None:
     bad = pb.SubmitStatsRequest(job_id="job-1", party="kh", ciphertexts=[b"\x00garbage"], rows=3)
-    code, details = _code(lambda: job.stub.SubmitStats(bad))
+    code, details = _code(lambda: job.stub.SubmitStats(stats_chunks(bad)))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "statistics of party 'kh'" in details
+    assert "job job-1: statistics of party 'kh' (piece 0)" in details
 
     foreign = PARAMETER_SETS["n16384-depth4"].make_context()
     other = stats_request(foreign, "job-1", "kh")
     code, details = _code(lambda: job.stub.SubmitStats(other))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "not a CKKS ciphertext under the job's parameters" in details
+    assert "a ciphertext of the job's parameters at this level has at most" in details
 
 
 def test_statistics_of_wrong_length(job: RunningCoordinator, public_context: ts.Context) -> None:
@@ -163,14 +164,14 @@ def test_statistics_of_wrong_length(job: RunningCoordinator, public_context: ts.
         lambda: job.stub.SubmitStats(stats_request(public_context, "job-1", "kh", columns=2))
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "pieces of [6] values, expected [10]" in details
+    assert "statistics of party 'kh' (piece 0) holds 6 values, expected 10" in details
 
 
 def test_message_over_the_size_limit(job: RunningCoordinator) -> None:
-    huge = pb.SubmitStatsRequest(job_id="job-1", party="kh", ciphertexts=[b"x" * (5 * 1024 * 1024)])
+    huge = pb.StatsHeader(job_id="job-1", party="kh", signature=b"x" * (5 * 1024 * 1024))
     channel = grpc.insecure_channel(job.address)  # client side without our send limit
     stub = pb_grpc.CoordinatorStub(channel)
-    code, details = _code(lambda: stub.SubmitStats(huge))
+    code, details = _code(lambda: stub.SubmitStats(iter([pb.StatsChunk(header=huge)])))
     channel.close()
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     # The coordinator keeps serving.

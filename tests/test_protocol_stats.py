@@ -13,10 +13,14 @@ from hefl.protocols.stats import (
     StatsProtocol,
     StatsRequest,
     StatsShare,
+    pieces_of,
     summary_from_proto,
     summary_to_proto,
 )
+from hefl.v1 import hefl_pb2 as pb
+from hefl.validate import CiphertextRules
 from parties.keyholder import SecretKey
+from tests.ciphertexts import uncompressed_vector
 
 
 @pytest.fixture(scope="module", params=sorted(PARAMETER_SETS))
@@ -67,24 +71,47 @@ def test_messages_round_trip_through_protobuf():
     summary = AggregateStats.of_rows(np.arange(12.0).reshape(4, 3) ** 2)
 
     assert StatsShare.from_proto(share.to_proto(job_id="j", party="p")) == share
+    chunks = list(share.to_chunks(job_id="j", party="p"))
+    assert chunks[0].header == pb.StatsHeader(job_id="j", party="p", rows=12, signature=b"s" * 64)
+    assert tuple(pieces_of(chunks[1:])) == share.pieces
     assert StatsRequest.from_proto(request.to_proto()) == request
     again = summary_from_proto(summary_to_proto(summary), features=3)
     assert again.to_values() == summary.to_values()
 
 
-def test_the_coordinator_refuses_malformed_shares(public_context):
+def test_malformed_shares_are_refused(public_context):
     protocol = StatsProtocol(features=3, slots=4096)
     good = protocol.gen_share(public_context, np.ones((5, 3)))
     narrow = StatsProtocol(features=2, slots=4096).gen_share(public_context, np.ones((5, 2)))
 
-    with pytest.raises(InvalidArgument, match=r"party 'b' come in pieces of \[6\] values"):
+    with pytest.raises(InvalidArgument, match=r"party 'b' \(piece 0\) holds 6 values, expected 10"):
         protocol.check_share(public_context, narrow, party="b")
     with pytest.raises(InvalidArgument, match=r"statistics of party 'b' \(piece 0\)"):
         protocol.check_share(public_context, StatsShare((b"junk",), rows=5), party="b")
+    with pytest.raises(InvalidArgument, match="party 'b' come in 2 pieces, expected 1"):
+        protocol.check_share(public_context, StatsShare(good.pieces * 2, rows=5), party="b")
     with pytest.raises(InvalidArgument, match="party 'b' declares 0 rows"):
         protocol.check_share(public_context, StatsShare(good.pieces, rows=0), party="b")
     with pytest.raises(InvalidArgument, match="expected 3 features"):
         protocol.gen_share(public_context, np.ones((5, 4)))
+    with pytest.raises(InvalidArgument, match="only pieces may follow the header"):
+        list(pieces_of(good.to_chunks(job_id="j", party="b")))
+
+
+def test_the_coordinator_keeps_a_piece_as_it_re_serializes(public_context):
+    """A piece arrives as TenSEAL serializes it, which is what its party signed; the same
+    ciphertext in SEAL's uncompressed form is refused, since its signed bytes would change."""
+    protocol = StatsProtocol(features=3, slots=4096)
+    rules = CiphertextRules(public_context)
+    (piece,) = protocol.gen_share(public_context, np.ones((5, 3))).pieces
+
+    assert protocol.check_piece(rules, piece, index=0, party="b") == piece
+    with pytest.raises(InvalidArgument, match=r"\(piece 1\): a share of 3 features has 1 pieces"):
+        protocol.check_piece(rules, piece, index=1, party="b")
+    uncompressed = uncompressed_vector(public_context, piece)
+    assert rules.load(uncompressed, protocol.expected(0), what="x").size() == 10
+    with pytest.raises(InvalidArgument, match="not serialized as TenSEAL serializes it"):
+        protocol.check_piece(rules, uncompressed, index=0, party="b")
 
 
 def test_the_coordinator_refuses_a_count_other_than_the_declared_rows(

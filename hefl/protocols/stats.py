@@ -8,9 +8,10 @@ Protocol (one round, before training; the shape of Lattigo's ``multiparty`` prot
    :class:`StatsShare` with its row count in the clear (the row count fixes where its rows sit
    in the packing layout; its number of upload ciphertexts would reveal it anyway).
    The party signs its share (:func:`hefl.signed.stats_parts`) with its long-term key.
-2. Relay (coordinator, public context; :meth:`StatsProtocol.check_share` where a share
-   arrives): every party's checked share goes to the key holder in one
-   :class:`StatsRequest`.
+2. Relay (coordinator, public context): a share streams in piece by piece
+   (:meth:`StatsShare.to_chunks`, :func:`pieces_of`), each checked as it arrives
+   (:meth:`StatsProtocol.check_piece`, which keeps the re-serialized ciphertext); every party's
+   checked share goes to the key holder in one :class:`StatsRequest`.
 3. Aggregate and finalize (key holder, secret key): it checks each share and its signature
    against the job's roster (:mod:`parties.keyholder`), adds them piece by piece itself
    (:meth:`StatsProtocol.aggregate`), so no single party's share and no other ciphertext can be
@@ -33,7 +34,7 @@ of parties: negligible against sums of hundreds of rows; the count is rounded to
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,7 @@ from hefl.codec import AggregateStats, Array, piece_sizes, split_vector, stats_l
 from hefl.errors import InvalidArgument, ProtocolError
 from hefl.protocols.keys import Decryptor
 from hefl.v1 import hefl_pb2 as pb
+from hefl.validate import CiphertextRules, Expected
 
 if TYPE_CHECKING:
     import tenseal as ts
@@ -78,6 +80,28 @@ class StatsShare:
         return cls(
             pieces=tuple(request.ciphertexts), rows=request.rows, signature=request.signature
         )
+
+    def to_chunks(self, *, job_id: str, party: str) -> Iterator[pb.StatsChunk]:
+        """The share as ``SubmitStats`` streams it: the header, then one piece per message."""
+        yield pb.StatsChunk(
+            header=pb.StatsHeader(
+                job_id=job_id, party=party, rows=self.rows, signature=self.signature
+            )
+        )
+        for piece in self.pieces:
+            yield pb.StatsChunk(piece=piece)
+
+
+def pieces_of(chunks: Iterable[pb.StatsChunk]) -> Iterator[bytes]:
+    """The pieces that follow a ``SubmitStats`` header, as they arrive.
+
+    Raises:
+        InvalidArgument: A second header.
+    """
+    for chunk in chunks:
+        if chunk.WhichOneof("part") != "piece":
+            raise InvalidArgument("SubmitStats: only pieces may follow the header")
+        yield chunk.piece
 
 
 @dataclass(frozen=True)
@@ -143,33 +167,76 @@ class StatsProtocol:
             rows=int(rows.shape[0]),
         )
 
+    def expected(self, index: int) -> Expected:
+        """What piece ``index`` of a share must be: fresh, holding its part of the vector."""
+        return Expected(values=self.piece_sizes[index])
+
+    def check_piece(self, rules: CiphertextRules, data: bytes, *, index: int, party: str) -> bytes:
+        """Check piece ``index`` of a share where it arrives; returns it re-serialized.
+
+        A piece's bytes are what its party signed, so a piece that does not re-serialize to
+        itself could not be checked by the key holder against the signature: it is refused.
+
+        Raises:
+            InvalidArgument: A piece beyond the share's, not a ciphertext of the job's
+                parameters, not as many values as the piece's part of the vector, or bytes
+                that change when re-serialized.
+        """
+        what = self._piece(index, party=party)
+        canonical = rules.canonical(data, self.expected(index), what=what)
+        if canonical != data:
+            raise InvalidArgument(
+                f"{what} is not serialized as TenSEAL serializes it: its party signed these "
+                f"bytes, and the coordinator stores and relays only re-serialized ones"
+            )
+        return canonical
+
+    def _piece(self, index: int, *, party: str) -> str:
+        """How errors name piece ``index`` of ``party``'s share, once it is one of its pieces."""
+        sizes = self.piece_sizes
+        what = f"statistics of party {party!r} (piece {index})"
+        if index >= len(sizes):
+            raise InvalidArgument(
+                f"{what}: a share of {self.features} features has {len(sizes)} pieces "
+                f"(count, sums, sums of pairwise products)"
+            )
+        return what
+
+    def check_pieces(self, count: int, *, party: str) -> None:
+        """Raises: InvalidArgument: a share of ``count`` pieces is not whole."""
+        if count != len(self.piece_sizes):
+            raise InvalidArgument(
+                f"statistics of party {party!r} come in {count} pieces, expected "
+                f"{len(self.piece_sizes)} (count, sums, sums of pairwise products of "
+                f"{self.features} features)"
+            )
+
+    @staticmethod
+    def check_rows(rows: int, *, party: str) -> None:
+        """Raises: InvalidArgument: ``party`` declares no rows."""
+        if rows <= 0:
+            raise InvalidArgument(f"party {party!r} declares {rows} rows")
+
     def check_share(self, context: ts.Context, share: StatsShare, *, party: str) -> None:
-        """Check a share where it enters the coordinator: ciphertexts of the job's parameters, in
-        the expected pieces, and a positive row count.
+        """Check a whole share (the key holder does, on what the coordinator relays): a
+        positive row count and every piece, one at a time.
 
         Raises:
             InvalidArgument: The message names the party, the piece and what is wrong.
         """
-        sizes = [
-            sealio.deserialize(
-                context, piece, what=f"statistics of party {party!r} (piece {i})"
-            ).size()
-            for i, piece in enumerate(share.pieces)
-        ]
-        if sizes != self.piece_sizes:
-            raise InvalidArgument(
-                f"statistics of party {party!r} come in pieces of {sizes} values, expected "
-                f"{self.piece_sizes} (count, sums, sums of pairwise products of "
-                f"{self.features} features)"
-            )
-        if share.rows <= 0:
-            raise InvalidArgument(f"party {party!r} declares {share.rows} rows")
+        self.check_rows(share.rows, party=party)
+        self.check_pieces(len(share.pieces), party=party)
+        rules = CiphertextRules(context)
+        for index, piece in enumerate(share.pieces):
+            rules.load(piece, self.expected(index), what=self._piece(index, party=party))
 
     def aggregate(self, context: ts.Context, shares: Sequence[StatsShare]) -> tuple[bytes, ...]:
         """The piecewise sum of checked shares (at least one), serialized."""
         totals = [
-            sealio.add_vectors(context, pieces, what="statistics")
-            for pieces in zip(*(share.pieces for share in shares), strict=True)
+            sealio.add_vectors(
+                context, pieces, what=f"statistics (piece {index})", expected=self.expected(index)
+            )
+            for index, pieces in enumerate(zip(*(share.pieces for share in shares), strict=True))
         ]
         return tuple(sealio.serialize(total) for total in totals)
 

@@ -208,6 +208,26 @@ class WatchJobRequest(_message.Message):
     party: str
     def __init__(self, job_id: _Optional[str] = ..., party: _Optional[str] = ...) -> None: ...
 
+class StatsChunk(_message.Message):
+    __slots__ = ("header", "piece")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    PIECE_FIELD_NUMBER: _ClassVar[int]
+    header: StatsHeader
+    piece: bytes
+    def __init__(self, header: _Optional[_Union[StatsHeader, _Mapping]] = ..., piece: _Optional[bytes] = ...) -> None: ...
+
+class StatsHeader(_message.Message):
+    __slots__ = ("job_id", "party", "rows", "signature")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PARTY_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    party: str
+    rows: int
+    signature: bytes
+    def __init__(self, job_id: _Optional[str] = ..., party: _Optional[str] = ..., rows: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
 class SubmitStatsRequest(_message.Message):
     __slots__ = ("job_id", "party", "ciphertexts", "rows", "signature")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]

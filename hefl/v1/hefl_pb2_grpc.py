@@ -54,9 +54,9 @@ class CoordinatorStub:
                 request_serializer=hefl_dot_v1_dot_hefl__pb2.WatchJobRequest.SerializeToString,
                 response_deserializer=hefl_dot_v1_dot_hefl__pb2.JobStatus.FromString,
                 _registered_method=True)
-        self.SubmitStats = channel.unary_unary(
+        self.SubmitStats = channel.stream_unary(
                 '/hefl.v1.Coordinator/SubmitStats',
-                request_serializer=hefl_dot_v1_dot_hefl__pb2.SubmitStatsRequest.SerializeToString,
+                request_serializer=hefl_dot_v1_dot_hefl__pb2.StatsChunk.SerializeToString,
                 response_deserializer=hefl_dot_v1_dot_hefl__pb2.Ack.FromString,
                 _registered_method=True)
         self.Upload = channel.stream_unary(
@@ -123,9 +123,10 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def SubmitStats(self, request, context):
+    def SubmitStats(self, request_iterator, context):
         """A party's encrypted (count, sums, sums of pairwise products), in ciphertexts of one slot
-        count each (see hefl.codec.stats_vector).
+        count each (see hefl.codec.stats_vector), streamed: the header, then one piece per message,
+        so that a share is not capped by the message size (300 features take 12 ciphertexts).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -197,9 +198,9 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     request_deserializer=hefl_dot_v1_dot_hefl__pb2.WatchJobRequest.FromString,
                     response_serializer=hefl_dot_v1_dot_hefl__pb2.JobStatus.SerializeToString,
             ),
-            'SubmitStats': grpc.unary_unary_rpc_method_handler(
+            'SubmitStats': grpc.stream_unary_rpc_method_handler(
                     servicer.SubmitStats,
-                    request_deserializer=hefl_dot_v1_dot_hefl__pb2.SubmitStatsRequest.FromString,
+                    request_deserializer=hefl_dot_v1_dot_hefl__pb2.StatsChunk.FromString,
                     response_serializer=hefl_dot_v1_dot_hefl__pb2.Ack.SerializeToString,
             ),
             'Upload': grpc.stream_unary_rpc_method_handler(
@@ -352,7 +353,7 @@ class Coordinator:
             _registered_method=True)
 
     @staticmethod
-    def SubmitStats(request,
+    def SubmitStats(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -362,11 +363,11 @@ class Coordinator:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
+        return grpc.experimental.stream_unary(
+            request_iterator,
             target,
             '/hefl.v1.Coordinator/SubmitStats',
-            hefl_dot_v1_dot_hefl__pb2.SubmitStatsRequest.SerializeToString,
+            hefl_dot_v1_dot_hefl__pb2.StatsChunk.SerializeToString,
             hefl_dot_v1_dot_hefl__pb2.Ack.FromString,
             options,
             channel_credentials,
