@@ -397,3 +397,22 @@ def _code(call: Callable[[], object]) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as info:
         call()
     return info.value.code()
+
+
+def test_a_restored_job_whose_key_holder_never_returns_expires(workdir: Path) -> None:
+    """job-3's uploads are all there: restored as training, it waits for its key holder, who
+    never connects; it fails once idle, and says whom it waited for."""
+    _edit_record(workdir / "jobs" / "job-3" / "job.json", b'"DONE"', b'"TRAINING"')
+
+    running = RunningCoordinator(
+        workdir, in_process_pool_factory(workers=1), limits=Limits(idle_timeout_s=0.3)
+    )
+    try:
+        failed = watch_until(running.stub, pb.FAILED, job_id="job-3")
+    finally:
+        running.stop()
+
+    assert failed.message == (
+        "DeadlineExceeded: job job-3 expired: nothing happened in it for 0.3 s "
+        "(idle_timeout_s): waiting for the key holder 'kh' to connect"
+    )
