@@ -3,9 +3,53 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import click
+
+from coordinator.limits import Limits
+from hefl.errors import HeflError
+
+_UNITS = {"bytes": "BYTES", "seconds": "SECONDS", "count": "N"}
+
+
+def limit_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """One option per field of :class:`Limits` (``--max-features``, ``--join-timeout-s``...),
+    each also read from the environment (``HEFL_COORDINATOR_MAX_FEATURES``...), and ``--limits``,
+    a TOML file of the same names; an option given wins over the file."""
+    defaults = {name: value for name, value, _ in Limits().describe()}
+    for f in reversed(fields(Limits)):
+        kind = f.metadata["kind"]
+        units = {"bytes": " (or 512MiB, 64GiB)", "seconds": " (or 30min, 6h)"}.get(kind, "")
+        function = click.option(
+            f"--{f.name.replace('_', '-')}",
+            f.name,
+            default=None,
+            metavar=_UNITS[kind],
+            help=f"limit: {f.metadata['doc']}{units} [default: {defaults[f.name]}]",
+        )(function)
+    return click.option(
+        "--limits",
+        "limits_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        help='a TOML file of limits (max_features = 300, join_timeout_s = "2h", ...)',
+    )(function)
+
+
+def load_limits(limits_file: Path | None, given: dict[str, Any]) -> Limits:
+    """The limits from ``--limits`` and the limit options given (flags or environment).
+
+    Raises:
+        click.BadParameter: An unknown limit or an unusable value.
+    """
+    try:
+        return Limits.load(file=limits_file, overrides=given)
+    except HeflError as err:
+        raise click.BadParameter(str(err), param_hint="limits") from err
 
 
 @click.command()
@@ -39,6 +83,7 @@ import click
     default=None,
     help="write HOST:PORT here once listening",
 )
+@limit_options
 def coordinator(
     listen: str,
     kit: Path | None,
@@ -48,12 +93,15 @@ def coordinator(
     workers: int,
     ray_num_cpus: int | None,
     ready_file: Path | None,
+    limits_file: Path | None,
+    **given_limits: str | None,
 ) -> None:
     """Run the (untrusted) coordinator until SIGTERM."""
     if (kit is None) == (not insecure):
         raise click.UsageError("give either --kit (see `hefl provision`) or --insecure")
     if importlib.util.find_spec("ray") is None:
         raise click.ClickException("the coordinator needs Ray: pip install 'hefl[coordinator]'")
+    limits = load_limits(limits_file, given_limits)
     from coordinator.local_ray import LocalRayCluster
 
     # Without a cluster, start a private one first (before `import ray`, see LocalRayCluster):
@@ -69,6 +117,7 @@ def coordinator(
         ray_address=local_ray.address if local_ray else ray_address,
         workers=workers,
         ray_num_cpus=ray_num_cpus,
+        limits=limits,
     )
     try:
         serve(

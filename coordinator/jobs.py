@@ -13,7 +13,9 @@ Phases: WAITING_FOR_PARTIES -> COLLECTING_STATS -> UPLOADING -> TRAINING -> DONE
 - With every upload complete and the key holder connected, the driver trains, then asks the
   key holder to seal the model for each party.
 
-Every domain error names the job, party, block or column at fault.
+Every domain error names the job, party, block or column at fault. The job enforces the limits
+that depend on its state (:class:`coordinator.limits.Limits`: rows, bytes, deadlines); how it is
+kept on disk and restored is :mod:`coordinator.persistence`'s.
 """
 
 from __future__ import annotations
@@ -21,28 +23,31 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
+import numpy as np
 import tenseal as ts
 
 from coordinator.keyholder_link import KeyHolderLink
+from coordinator.limits import Limits, approximate_bytes, format_quantity
 from coordinator.report import JobReport
-from coordinator.store import JobStore, atomic_write, check_name
+from coordinator.store import JobRecord, JobStore, PartyRecord, atomic_write, check_name
 from coordinator.validation import LABEL_TERM, JobInputs
-from hefl import signed
+from hefl import sealio, signed
 from hefl.codec import PackingLayout
 from hefl.errors import (
     AlreadyExists,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
 )
 from hefl.identity import same_bytes, verify_signature
-from hefl.params import CkksParameters, check_public_context, get_parameter_set
+from hefl.params import CkksParameters, check_public_context
 from hefl.v1 import hefl_pb2 as pb
 
 log = logging.getLogger("hefl.jobs")
@@ -67,8 +72,17 @@ class PartyState:
     upload_bytes: int = 0
 
 
+TERMINAL = (pb.DONE, pb.FAILED)
+
+
 class Job:
-    """One training job. All mutable state is guarded by ``_cond``."""
+    """One training job. All mutable state is guarded by ``_cond``.
+
+    Args:
+        context_bytes: The public context, checked here; None for a job restored as DONE or
+            FAILED, which holds none (:attr:`context` then raises).
+        limits: The coordinator's limits this job enforces.
+    """
 
     def __init__(
         self,
@@ -76,28 +90,34 @@ class Job:
         job_id: str,
         store: JobStore,
         params: CkksParameters,
-        context_bytes: bytes,
+        context_bytes: bytes | None,
         features: list[str],
         expected_parties: int,
         options: pb.TrainingOptions,
         key_holder: str,
         charter: pb.Charter | None = None,
         charter_signature: bytes = b"",
+        limits: Limits | None = None,
     ) -> None:
         self.job_id = job_id
         self.store = store
         self.params = params
-        self.context_bytes = context_bytes
-        try:
-            self.context = ts.context_from(context_bytes)
-        except Exception as err:  # TenSEAL raises bare C++ errors
-            raise InvalidArgument(
-                f"the job context does not deserialize as TenSEAL ({err})"
-            ) from err
-        check_public_context(self.context, params.name)
-        self.inputs = JobInputs(
-            job_id=job_id, context=self.context, params=params, features=len(features)
-        )
+        self.limits = limits or Limits()
+        self.context_bytes = context_bytes or b""
+        self._context: ts.Context | None = None
+        self._inputs: JobInputs | None = None
+        if context_bytes is not None:
+            try:
+                context = ts.context_from(context_bytes)
+            except Exception as err:  # TenSEAL raises bare C++ errors
+                raise InvalidArgument(
+                    f"the job context does not deserialize as TenSEAL ({err})"
+                ) from err
+            check_public_context(context, params.name)
+            self._context = context
+            self._inputs = JobInputs(
+                job_id=job_id, context=context, params=params, features=len(features)
+            )
         self.features = features
         self.expected_parties = expected_parties
         self.options = options
@@ -107,6 +127,9 @@ class Job:
         self.charter_signature = charter_signature
         self.roster = {e.name: e for e in charter.roster} if charter is not None else None
         self.parties: dict[str, PartyState] = {}
+        # Deadlines count from the job's creation or restore (joining), from the phase's start
+        # (uploading) and from its last change (idle); see Limits.
+        self._created = self._phase_started = self._last_change = time.monotonic()
         self.phase = pb.WAITING_FOR_PARTIES
         self.message = ""
         self.iteration = 0
@@ -116,18 +139,85 @@ class Job:
         self.report: JobReport | None = None
         self._cond = threading.Condition()
         self._version = 0
+        self._ciphertext_bytes: int | None = None
+
+    @property
+    def context(self) -> ts.Context:
+        """The job's public context.
+
+        Raises:
+            FailedPrecondition: The job was restored DONE or FAILED and holds no context.
+        """
+        if self._context is None:
+            raise FailedPrecondition(
+                f"job {self.job_id} is {pb.Phase.Name(self.phase)}: it holds no context"
+            )
+        return self._context
+
+    @property
+    def inputs(self) -> JobInputs:
+        """The checks of everything parties send this job (coordinator.validation).
+
+        Raises:
+            FailedPrecondition: The job was restored DONE or FAILED and holds no context.
+        """
+        if self._inputs is None:
+            raise FailedPrecondition(
+                f"job {self.job_id} is {pb.Phase.Name(self.phase)}: it takes no more input"
+            )
+        return self._inputs
+
+    @property
+    def phase(self) -> pb.Phase:
+        return self._phase
+
+    @phase.setter
+    def phase(self, phase: pb.Phase) -> None:
+        self._phase = phase
+        self._phase_started = time.monotonic()
 
     @property
     def columns(self) -> int:
         return len(self.features) + 1
+
+    @property
+    def is_over(self) -> bool:
+        with self._cond:
+            return self.phase in TERMINAL
 
     # ----- status -----------------------------------------------------------------------
 
     def _changed(self) -> None:
         """Persist and wake watchers; call with ``_cond`` held."""
         self._version += 1
-        self.store.write_state(self._state_dict())
+        self._last_change = time.monotonic()
+        self.store.write_record(self._record())
         self._cond.notify_all()
+
+    def _record(self) -> JobRecord:
+        return JobRecord(
+            job_id=self.job_id,
+            parameter_set=self.params.name,
+            features=tuple(self.features),
+            expected_parties=self.expected_parties,
+            key_holder=self.key_holder,
+            options=self.options,
+            phase=self.phase,
+            message=self.message,
+            parties=tuple(
+                PartyRecord(
+                    name=p.name,
+                    hello=p.hello,
+                    stats=p.stats,
+                    rows=p.rows,
+                    upload_complete=p.upload_complete,
+                )
+                for p in self.parties.values()
+            ),
+            standardization=self.standardization,
+            layout_slots=None if self.layout is None else self.layout.slots,
+            chartered=self.charter is not None,
+        )
 
     def status(self) -> pb.JobStatus:
         with self._cond:
@@ -167,11 +257,61 @@ class Job:
                 return
 
     def wait_for(self, predicate: Callable[[], bool], stop: threading.Event) -> None:
+        """Block until ``predicate()`` holds.
+
+        Raises:
+            ShuttingDown: ``stop`` is set.
+            DeadlineExceeded: The job's join or upload deadline passed, or nothing happened in
+                it for the idle timeout (:class:`coordinator.limits.Limits`); the message says
+                what the job waited for.
+        """
         with self._cond:
             while not predicate():
                 if stop.is_set():
                     raise ShuttingDown(f"job {self.job_id}: coordinator shutting down")
+                expired = self._expired()
+                if expired:
+                    raise DeadlineExceeded(f"job {self.job_id} expired: {expired}")
                 self._cond.wait(0.5)
+
+    def _expired(self) -> str:
+        """Why the job's wait is over, or ""; call with ``_cond`` held."""
+        now, limits = time.monotonic(), self.limits
+        if self.phase in (pb.WAITING_FOR_PARTIES, pb.COLLECTING_STATS):
+            if now - self._created > limits.join_timeout_s:
+                return (
+                    f"the parties did not all join and send statistics within "
+                    f"{_duration(limits.join_timeout_s)} (join_timeout_s): {self._awaited()}"
+                )
+        elif self.phase == pb.UPLOADING and now - self._phase_started > limits.upload_timeout_s:
+            return (
+                f"the uploads did not complete within {_duration(limits.upload_timeout_s)} "
+                f"(upload_timeout_s): {self._awaited()}; its workers are released"
+            )
+        if now - self._last_change > limits.idle_timeout_s:
+            return (
+                f"nothing happened in it for {_duration(limits.idle_timeout_s)} "
+                f"(idle_timeout_s): {self._awaited()}"
+            )
+        return ""
+
+    def _awaited(self) -> str:
+        """Whom the job waits for, by name; call with ``_cond`` held."""
+        if self.phase in (pb.WAITING_FOR_PARTIES, pb.COLLECTING_STATS):
+            waiting = [f"{p.name} to send statistics" for p in self.parties.values() if not p.stats]
+            if self.roster is not None:
+                waiting += [f"{name} to join" for name in self.roster if name not in self.parties]
+            elif len(self.parties) < self.expected_parties:
+                more = self.expected_parties - len(self.parties)
+                waiting.append(f"{more} more {'party' if more == 1 else 'parties'} to join")
+            return "waiting for " + ", ".join(waiting)
+        if self.phase == pb.UPLOADING:
+            return "waiting for " + ", ".join(
+                f"{p.name}'s upload ({self._missing(p)} missing)"
+                for p in self.parties.values()
+                if not p.upload_complete
+            )
+        return f"waiting for the key holder {self.key_holder!r} to connect"
 
     # ----- party requests ----------------------------------------------------------------
 
@@ -257,6 +397,7 @@ class Job:
                 raise AlreadyExists(
                     f"party {party!r} already submitted statistics to {self.job_id}"
                 )
+            self._admit_rows(party, rows)
             state.stats_arriving = True
         written = 0
         try:
@@ -284,6 +425,8 @@ class Job:
             raise
         with self._cond:
             state.stats_arriving = False
+            # Again under the lock: another party's statistics may have arrived meanwhile.
+            self._admit_rows(party, rows)
             state.stats = True
             state.rows = rows
             self._changed()
@@ -337,6 +480,76 @@ class Job:
                 )
             self._changed()
         return accepted
+
+    def _admit_rows(self, party: str, rows: int) -> None:
+        """Refuse a declared row count over the limits before the job plans anything for it; call
+        with ``_cond`` held.
+
+        Raises:
+            ResourceExhausted: Too many rows for one party or for the job, or more uploads than
+                the job may store; the message names the limit.
+        """
+        limits = self.limits
+        if rows > limits.max_rows_per_party:
+            raise ResourceExhausted(
+                f"party {party!r} declares {rows:,} rows; this coordinator takes at most "
+                f"{limits.max_rows_per_party:,} per party (max_rows_per_party)"
+            )
+        others = [p for p in self.parties.values() if p.stats and p.name != party]
+        total = rows + sum(p.rows for p in others)
+        if total > limits.max_rows_per_job:
+            raise ResourceExhausted(
+                f"party {party!r}'s {rows:,} rows bring job {self.job_id} to {total:,} rows; "
+                f"this coordinator takes at most {limits.max_rows_per_job:,} (max_rows_per_job)"
+            )
+        # Every party uploads one ciphertext per column for each block its rows touch (a block
+        # two parties share is uploaded by both) and a label term.
+        parties = len(others) + 1
+        ciphertexts = (-(-total // self.params.slots) + parties - 1) * self.columns + parties
+        needed = len(self.context_bytes) + ciphertexts * self._fresh_ciphertext_bytes()
+        if needed > limits.max_job_bytes:
+            raise ResourceExhausted(
+                f"party {party!r}'s {rows:,} rows bring job {self.job_id} to {total:,} rows, "
+                f"about {approximate_bytes(needed)} with its context and uploads; this coordinator "
+                f"stores at most {format_quantity(limits.max_job_bytes, 'bytes')} per job "
+                f"(max_job_bytes)"
+            )
+
+    def _fresh_ciphertext_bytes(self) -> int:
+        """What one uploaded ciphertext takes, measured once on a fresh encryption of zeros."""
+        if self._ciphertext_bytes is None:
+            zeros = ts.ckks_vector(self.context, np.zeros(self.params.slots))
+            self._ciphertext_bytes = len(sealio.serialize(zeros))
+        return self._ciphertext_bytes
+
+    def check_upload_room(self, party: str, size: int) -> None:
+        """Refuse ``size`` more uploaded bytes beyond what the job may store.
+
+        Raises:
+            ResourceExhausted: The job would store more than ``max_job_bytes``.
+        """
+        with self._cond:
+            stored = len(self.context_bytes) + sum(p.upload_bytes for p in self.parties.values())
+        if stored + size > self.limits.max_job_bytes:
+            raise ResourceExhausted(
+                f"job {self.job_id} stores {stored:,} bytes; {size:,} more from party {party!r} "
+                f"exceed its {format_quantity(self.limits.max_job_bytes, 'bytes')} "
+                f"(max_job_bytes)"
+            )
+
+    def served_context(self) -> bytes:
+        """The public context, for parties about to join or encrypt.
+
+        Raises:
+            FailedPrecondition: The job is over; its context is no longer served.
+        """
+        with self._cond:
+            if self.phase in TERMINAL or not self.context_bytes:
+                raise FailedPrecondition(
+                    f"job {self.job_id} is {pb.Phase.Name(self.phase)}: "
+                    f"its context is served only while it runs"
+                )
+            return self.context_bytes
 
     def _missing(self, state: PartyState) -> str:
         assert self.layout is not None
@@ -423,105 +636,6 @@ class Job:
                 self.report = JobReport.from_json(self.store.report_path().read_text())
             return self.report
 
-    # ----- durability --------------------------------------------------------------------
-
-    def _state_dict(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "parameter_set": self.params.name,
-            "features": self.features,
-            "expected_parties": self.expected_parties,
-            "key_holder": self.key_holder,
-            "options": {
-                "iterations": self.options.iterations,
-                "learning_rate": self.options.learning_rate,
-                "l2": self.options.l2,
-                "sigmoid_interval": self.options.sigmoid_interval,
-                "reveal_intermediate": self.options.reveal_intermediate,
-            },
-            "phase": pb.Phase.Name(self.phase),
-            "message": self.message,
-            "parties": [
-                {
-                    "name": p.name,
-                    "hello": p.hello.SerializeToString().hex(),
-                    "stats": p.stats,
-                    "rows": p.rows,
-                    "upload_complete": p.upload_complete,
-                }
-                for p in self.parties.values()
-            ],
-            "standardization": None
-            if self.standardization is None
-            else {
-                "count": self.standardization.count,
-                "mean": list(self.standardization.mean),
-                "std": list(self.standardization.std),
-                "curvature": self.standardization.curvature,
-            },
-            "layout_slots": None if self.layout is None else self.layout.slots,
-        }
-
-    @classmethod
-    def restore(cls, root: Path) -> Job:
-        """Rebuild a job from its directory after a coordinator restart.
-
-        Accepted statistics and ciphertexts are all on disk; a job that was training restarts
-        its training from the uploaded data when the key holder reconnects.
-        """
-        store = JobStore(root)
-        state = store.read_state()
-        job = cls(
-            job_id=state["job_id"],
-            store=store,
-            params=get_parameter_set(state["parameter_set"]),
-            context_bytes=store.context_path().read_bytes(),
-            features=list(state["features"]),
-            expected_parties=int(state["expected_parties"]),
-            options=pb.TrainingOptions(**state["options"]),
-            key_holder=state["key_holder"],
-            **_read_charter(store),
-        )
-        job.phase = pb.Phase.Value(state["phase"])
-        job.message = state["message"]
-        for entry in state["parties"]:
-            party = PartyState(
-                name=entry["name"],
-                hello=pb.PartyHello.FromString(bytes.fromhex(entry["hello"])),
-                stats=entry["stats"],
-                rows=entry["rows"],
-                upload_complete=entry["upload_complete"],
-            )
-            job.parties[party.name] = party
-        if state["standardization"] is not None:
-            job.standardization = pb.Standardization(**state["standardization"])
-            job.layout = PackingLayout.assign(
-                slots=state["layout_slots"],
-                party_rows=[(p.name, p.rows) for p in job.parties.values()],
-            )
-            for party in job.parties.values():
-                _rescan_upload(job, party)
-        if job.phase == pb.TRAINING:
-            job.iteration = 0
-        return job
-
-
-def _read_charter(store: JobStore) -> dict[str, Any]:
-    path = store.charter_path()
-    if not path.is_file():
-        return {}
-    spec = pb.JobSpec.FromString(path.read_bytes())
-    return {"charter": spec.charter, "charter_signature": spec.charter_signature}
-
-
-def _rescan_upload(job: Job, party: PartyState) -> None:
-    assert job.layout is not None
-    for block in job.layout.blocks_of(party.name):
-        for column in range(job.columns):
-            if job.store.column_path(party.name, block, column).is_file():
-                party.received.add((block, column))
-    party.label_term = job.store.label_term_path(party.name).is_file()
-
 
 def _column_mismatch(party: str, got: list[str], expected: list[str], job_id: str) -> str:
     missing = [c for c in expected if c not in got]
@@ -532,3 +646,7 @@ def _column_mismatch(party: str, got: list[str], expected: list[str], job_id: st
         f"party {party!r}: columns differ from job {job_id}: "
         f"missing {missing or 'none'}, unexpected {extra or 'none'}"
     )
+
+
+def _duration(seconds: float) -> str:
+    return format_quantity(seconds, "seconds")

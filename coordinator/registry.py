@@ -1,4 +1,8 @@
-"""All jobs of one coordinator process, restored from the work directory at start."""
+"""All jobs of one coordinator process, restored from the work directory at start.
+
+The registry admits a job within the coordinator's limits (:class:`coordinator.limits.Limits`:
+features, parties, iterations, the context's size, open jobs per site and in total).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ from pathlib import Path
 
 from coordinator.driver import JobDriver, PoolFactory
 from coordinator.jobs import Job
+from coordinator.limits import Limits, context_bytes_cap
+from coordinator.persistence import restore_job
 from coordinator.store import JobStore, atomic_write, check_name, job_roots
 from hefl.charter import context_digest, key_holder_entry, verify_charter
 from hefl.errors import (
@@ -17,6 +23,7 @@ from hefl.errors import (
     NotFound,
     PermissionDenied,
     ProtocolError,
+    ResourceExhausted,
 )
 from hefl.identity import Peer, same_bytes
 from hefl.params import DEFAULT_PARAMETER_SET, get_parameter_set
@@ -24,26 +31,32 @@ from hefl.v1 import hefl_pb2 as pb
 
 log = logging.getLogger("hefl.registry")
 
-MAX_CONTEXT_BYTES = 256 * 1024 * 1024
-
 
 class Registry:
-    def __init__(self, workdir: Path, pool_factory: PoolFactory) -> None:
+    """The jobs, each driven on its own thread.
+
+    Args:
+        workdir: Where the job directories are; the jobs found there are restored (a job whose
+            directory does not verify is kept FAILED with the reason).
+        pool_factory: Makes a job's workers.
+        limits: What the coordinator accepts; the defaults when None.
+    """
+
+    def __init__(
+        self, workdir: Path, pool_factory: PoolFactory, *, limits: Limits | None = None
+    ) -> None:
         self._workdir = workdir
         self._pool_factory = pool_factory
+        self.limits = limits or Limits()
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         for root in job_roots(workdir):
-            try:
-                job = Job.restore(root)
-            except Exception:
-                log.exception("cannot restore job from %s; leaving it alone", root)
-                continue
+            job = restore_job(root, limits=self.limits)
             self._jobs[job.job_id] = job
             log.info("restored job %s in phase %s", job.job_id, pb.Phase.Name(job.phase))
-            if job.phase not in (pb.DONE, pb.FAILED):
+            if not job.is_over:
                 self._start(job, restored=True)
 
     def _start(self, job: Job, *, restored: bool = False) -> None:
@@ -70,6 +83,8 @@ class Registry:
                 charter's key holder (by name and certificate) or did not sign it, or the
                 context is not the one the charter names.
             AlreadyExists: The job id is taken.
+            ResourceExhausted: Over a limit: features, parties, iterations, the context's size,
+                the creator's open jobs or the coordinator's.
         """
         charter: pb.Charter | None = None
         if creator is not None:
@@ -100,11 +115,15 @@ class Registry:
                 f"{len(features)} features and the bias do not fit the {params.slots} slots "
                 f"of {params.name}"
             )
-        if len(context_bytes) > MAX_CONTEXT_BYTES:
-            raise InvalidArgument(f"context of {len(context_bytes)} bytes is too large")
+        self._check_size(job_id, features=len(features), parties=expected, options=options)
+        cap = context_bytes_cap(params)
+        if len(context_bytes) > cap:
+            raise ResourceExhausted(context_too_large(len(context_bytes), cap, params.name))
+        site = creator.name if creator is not None else key_holder
         with self._lock:
             if job_id in self._jobs:
                 raise AlreadyExists(f"job {job_id!r} already exists")
+            self._check_open_jobs(site)
             store = JobStore(self._workdir / "jobs" / job_id)
             # Checks the context (public, allowed parameters) before anything is written.
             job = Job(
@@ -118,6 +137,7 @@ class Registry:
                 key_holder=key_holder,
                 charter=charter,
                 charter_signature=spec.charter_signature,
+                limits=self.limits,
             )
             atomic_write(store.context_path(), context_bytes)
             if charter is not None:
@@ -132,6 +152,37 @@ class Registry:
         self._start(job)
         log.info("job %s created by %s for %d parties", job_id, key_holder, expected)
         return job
+
+    def _check_size(
+        self, job_id: str, *, features: int, parties: int, options: pb.TrainingOptions
+    ) -> None:
+        limits = self.limits
+        for what, value, limit, name in (
+            ("feature columns", features, limits.max_features, "max_features"),
+            ("parties", parties, limits.max_parties, "max_parties"),
+            ("iterations", options.iterations, limits.max_iterations, "max_iterations"),
+        ):
+            if value > limit:
+                raise ResourceExhausted(
+                    f"job {job_id}: {value:,} {what}; this coordinator takes at most "
+                    f"{limit:,} ({name})"
+                )
+
+    def _check_open_jobs(self, site: str) -> None:
+        """Call with ``_lock`` held."""
+        limits = self.limits
+        open_jobs = [job for job in self._jobs.values() if not job.is_over]
+        if len(open_jobs) >= limits.max_open_jobs:
+            raise ResourceExhausted(
+                f"the coordinator already runs {len(open_jobs)} jobs (max_open_jobs); "
+                f"retry when one has finished"
+            )
+        own = sorted(job.job_id for job in open_jobs if job.key_holder == site)
+        if len(own) >= limits.max_open_jobs_per_site:
+            raise ResourceExhausted(
+                f"{site!r} already has {len(own)} jobs in progress ({', '.join(own)}; "
+                f"max_open_jobs_per_site): wait until one is done or has failed"
+            )
 
     def get(self, job_id: str) -> Job:
         with self._lock:
@@ -184,3 +235,11 @@ def check_charter(spec: pb.JobSpec, context_bytes: bytes, creator: Peer) -> pb.C
     if not same_bytes(context_digest(context_bytes), charter.context_sha256):
         raise PermissionDenied("the context is not the one the charter names")
     return charter
+
+
+def context_too_large(size: int, cap: int, parameter_set: str) -> str:
+    return (
+        f"a public context of {parameter_set} takes at most {cap:,} bytes (public and "
+        f"relinearization keys); this one has {size:,}: send it without Galois keys "
+        f"(serialize(save_secret_key=False, save_galois_keys=False))"
+    )

@@ -8,13 +8,15 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from coordinator import ray_pool
 from coordinator.driver import PoolFactory
+from coordinator.limits import Limits
 from coordinator.registry import Registry
 from coordinator.servicer import CoordinatorServicer
 from hefl.chunks import CHANNEL_OPTIONS
@@ -41,6 +43,7 @@ class CoordinatorConfig:
     workers: int = 0
     # CPUs of a Ray started locally (ignored when joining a cluster); None = all.
     ray_num_cpus: int | None = None
+    limits: Limits = field(default_factory=Limits)
 
 
 # Raises when the cluster cannot come up (see LocalRayCluster.wait_until_up).
@@ -98,19 +101,45 @@ def join_ray_early(
     return thread
 
 
+def server_options(limits: Limits) -> list[tuple[str, Any]]:
+    """gRPC's channel arguments for the server: message limits, and keepalive so that a peer
+    that vanished without closing its connection (a crashed machine, a cut network) is noticed
+    and its streams end instead of holding their threads."""
+    options: list[tuple[str, Any]] = [
+        *CHANNEL_OPTIONS,
+        ("grpc.keepalive_time_ms", int(limits.keepalive_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(limits.keepalive_timeout_s * 1000)),
+        # Keep pinging a connection whose only call is an idle stream (a party watching its
+        # job), and connections between calls.
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+    if limits.max_connection_age_s:
+        options += [
+            ("grpc.max_connection_age_ms", int(limits.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", 600_000),
+        ]
+    return options
+
+
 def create_server(
-    address: str, registry: Registry, *, tls: TlsFiles | None, max_workers: int = 32
+    address: str, registry: Registry, *, tls: TlsFiles | None
 ) -> tuple[grpc.Server, int]:
-    """A started-later server bound to ``address`` (port 0 picks a free port).
+    """A started-later server bound to ``address`` (port 0 picks a free port), with the
+    registry's limits: ``server_threads`` threads, of which streaming calls hold at most
+    ``max_streams`` (see :class:`coordinator.limits.StreamGate`); calls beyond twice the
+    threads are refused with RESOURCE_EXHAUSTED rather than queued without bound.
 
     Args:
         tls: The coordinator's certificate, key and the project CA: every connection is then
             mutual TLS and callers are known by their certificates. None serves plaintext to
             anyone (``--insecure``).
     """
+    limits = registry.limits
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        options=CHANNEL_OPTIONS,
+        futures.ThreadPoolExecutor(max_workers=limits.server_threads, thread_name_prefix="grpc"),
+        options=server_options(limits),
+        maximum_concurrent_rpcs=2 * limits.server_threads,
     )
     servicer = CoordinatorServicer(registry, authenticated=tls is not None)
     pb_grpc.add_CoordinatorServicer_to_server(servicer, server)
@@ -168,7 +197,7 @@ def serve(
     config.workdir.mkdir(parents=True, exist_ok=True)
     join_ray_early(config, ray_ready)
     factory = ray_pool_factory(config, ray_ready)
-    registry = Registry(config.workdir, factory)
+    registry = Registry(config.workdir, factory, limits=config.limits)
     server, port = create_server(config.listen, registry, tls=tls)
     server.start()
     host = config.listen.rsplit(":", 1)[0]

@@ -1,4 +1,11 @@
-"""gRPC servicer: proto -> domain call -> proto, domain errors -> status codes."""
+"""gRPC servicer: proto -> domain call -> proto, domain errors -> status codes.
+
+Every streaming call is counted by a :class:`coordinator.limits.StreamGate` for as long as it
+holds its server thread, against the site (the certificate's, or without TLS the name its
+request gives) and the job; requests that carry bytes stop being read at their cap
+(the context at its parameter set's size, a key-holder answer at what the job's answers take,
+uploads at what the job may store).
+"""
 
 from __future__ import annotations
 
@@ -12,9 +19,11 @@ import grpc
 
 from coordinator.jobs import Job
 from coordinator.keyholder_link import KeyHolderTimeout
-from coordinator.registry import MAX_CONTEXT_BYTES, Registry
+from coordinator.limits import StreamGate, context_bytes_cap, task_answer_bytes_cap
+from coordinator.registry import Registry, context_too_large
 from hefl import chunks, errors
 from hefl.identity import ROLE_PARTY, Peer, peer_of
+from hefl.params import DEFAULT_PARAMETER_SET, get_parameter_set
 from hefl.protocols.stats import pieces_of
 from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
@@ -23,6 +32,8 @@ log = logging.getLogger("hefl.servicer")
 
 STATUS_OF: list[tuple[type[Exception], grpc.StatusCode]] = [
     (KeyHolderTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
@@ -99,6 +110,13 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     def __init__(self, registry: Registry, *, authenticated: bool) -> None:
         self._registry = registry
         self._authenticated = authenticated
+        self._streams = StreamGate(registry.limits)
+
+    def _site(self, context: Any) -> str | None:
+        """Whom a stream counts against before its first request: the certificate's site, or
+        nobody yet without TLS (then the name its first request gives)."""
+        peer = self._caller(context)
+        return None if peer is None else peer.name
 
     def _caller(self, context: Any) -> Peer | None:
         peer = peer_of(context)
@@ -144,21 +162,28 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     def CreateJob(
         self, request_iterator: Iterator[pb.CreateJobRequest], context: Any
     ) -> pb.JobInfo:
-        first = next(request_iterator, None)
-        if first is None or first.WhichOneof("part") != "spec":
-            raise errors.InvalidArgument("CreateJob must start with the job spec")
-        # Authorized before a byte of the context is buffered.
-        self._acting("CreateJob", context, None, first.spec.key_holder.name)
-        parts: list[bytes] = []
-        size = 0
-        for message in request_iterator:
-            if message.WhichOneof("part") != "context_chunk":
-                raise errors.InvalidArgument("CreateJob: only context chunks may follow the spec")
-            size += len(message.context_chunk)
-            if size > MAX_CONTEXT_BYTES:
-                raise errors.InvalidArgument(f"context exceeds {MAX_CONTEXT_BYTES} bytes")
-            parts.append(message.context_chunk)
-        job = self._registry.create(first.spec, b"".join(parts), creator=self._caller(context))
+        with self._streams.open("CreateJob", site=self._site(context)) as stream:
+            first = next(request_iterator, None)
+            if first is None or first.WhichOneof("part") != "spec":
+                raise errors.InvalidArgument("CreateJob must start with the job spec")
+            # Authorized before a byte of the context is buffered.
+            stream.bind(site=self._acting("CreateJob", context, None, first.spec.key_holder.name))
+            spec = first.spec
+            named = spec.charter.parameter_set if self._authenticated else spec.parameter_set
+            params = get_parameter_set(named or DEFAULT_PARAMETER_SET)
+            cap = context_bytes_cap(params)
+            parts: list[bytes] = []
+            size = 0
+            for message in request_iterator:
+                if message.WhichOneof("part") != "context_chunk":
+                    raise errors.InvalidArgument(
+                        "CreateJob: only context chunks may follow the spec"
+                    )
+                size += len(message.context_chunk)
+                if size > cap:
+                    raise errors.ResourceExhausted(context_too_large(size, cap, params.name))
+                parts.append(message.context_chunk)
+            job = self._registry.create(spec, b"".join(parts), creator=self._caller(context))
         return _job_info(job)
 
     @domain_errors
@@ -171,16 +196,18 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     @streaming_domain_errors
     def GetContext(self, request: pb.GetContextRequest, context: Any) -> Iterator[pb.Blob]:
         job = self._registry.get(request.job_id)
-        self._acting("GetContext", context, job, "")
-        data = job.context_bytes
-        for piece in chunks.split_bytes(data):
-            yield pb.Blob(data=piece, total_bytes=len(data))
+        name = self._acting("GetContext", context, job, "")
+        with self._streams.open("GetContext", site=name, job=job.job_id):
+            data = job.served_context()
+            for piece in chunks.split_bytes(data):
+                yield pb.Blob(data=piece, total_bytes=len(data))
 
     @streaming_domain_errors
     def WatchJob(self, request: pb.WatchJobRequest, context: Any) -> Iterator[pb.JobStatus]:
         job = self._registry.get(request.job_id)
-        self._acting("WatchJob", context, job, request.party)
-        yield from job.watch(context.is_active)
+        party = self._acting("WatchJob", context, job, request.party)
+        with self._streams.open("WatchJob", site=party, job=job.job_id):
+            yield from job.watch(context.is_active)
 
     @domain_errors
     def SubmitStats(self, request_iterator: Iterator[pb.StatsChunk], context: Any) -> pb.Ack:
@@ -202,12 +229,23 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     @domain_errors
     def Upload(self, request_iterator: Iterator[pb.UploadChunk], context: Any) -> pb.UploadSummary:
         summary = pb.UploadSummary()
-        for seq, chunk in enumerate(request_iterator):
-            job = self._registry.get(chunk.job_id)
-            self._acting("Upload", context, job, chunk.party)
-            summary.bytes_accepted += job.accept_upload(chunk, seq)
-            summary.columns_accepted += len(chunk.columns)
-            summary.complete = chunk.last
+        with self._streams.open("Upload", site=self._site(context)) as stream:
+            first: pb.UploadChunk | None = None
+            for seq, chunk in enumerate(request_iterator):
+                job = self._registry.get(chunk.job_id)
+                party = self._acting("Upload", context, job, chunk.party)
+                if first is None:
+                    first = chunk
+                    stream.bind(site=party, job=job.job_id)
+                elif (chunk.job_id, chunk.party) != (first.job_id, first.party):
+                    raise errors.InvalidArgument(
+                        f"upload chunk {seq} is {chunk.party!r}'s for {chunk.job_id!r}; one "
+                        f"upload stream carries {first.party!r}'s chunks for {first.job_id!r}"
+                    )
+                job.check_upload_room(chunk.party, chunk.ByteSize())
+                summary.bytes_accepted += job.accept_upload(chunk, seq)
+                summary.columns_accepted += len(chunk.columns)
+                summary.complete = chunk.last
         return summary
 
     @streaming_domain_errors
@@ -216,20 +254,32 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     ) -> Iterator[pb.TaskChunk]:
         job = self._registry.get(request.job_id)
         party = self._acting("KeyHolderTasks", context, job, request.party)
-        for task_id, payload in job.link.stream(context.is_active):
-            yield from chunks.task_chunks(
-                job_id=job.job_id, party=party, task_id=task_id, payload=payload
-            )
+        with self._streams.open("KeyHolderTasks", site=party, job=job.job_id):
+            for task_id, payload in job.link.stream(context.is_active):
+                yield from chunks.task_chunks(
+                    job_id=job.job_id, party=party, task_id=task_id, payload=payload
+                )
 
     @domain_errors
     def CompleteTask(self, request_iterator: Iterator[pb.TaskChunk], context: Any) -> pb.Ack:
-        first = next(request_iterator, None)
-        if first is None:
-            raise errors.InvalidArgument("CompleteTask carries no chunk")
-        job = self._registry.get(first.job_id)
-        # Authorized before the rest of the answer is read.
-        self._acting("CompleteTask", context, job, first.party)
-        header, payload = chunks.join_task_chunks(itertools.chain([first], request_iterator))
+        with self._streams.open("CompleteTask", site=self._site(context)) as stream:
+            first = next(request_iterator, None)
+            if first is None:
+                raise errors.InvalidArgument("CompleteTask carries no chunk")
+            job = self._registry.get(first.job_id)
+            # Authorized before the rest of the answer is read.
+            stream.bind(
+                site=self._acting("CompleteTask", context, job, first.party), job=job.job_id
+            )
+            cap = task_answer_bytes_cap(
+                job.params,
+                columns=job.columns,
+                parties=job.expected_parties,
+                iterations=job.options.iterations or self._registry.limits.max_iterations,
+            )
+            header, payload = chunks.join_task_chunks(
+                _capped(itertools.chain([first], request_iterator), cap, job.job_id)
+            )
         if header.job_id != job.job_id:
             raise errors.InvalidArgument("CompleteTask chunks name different jobs")
         job.link.complete(header.task_id, payload)
@@ -252,6 +302,19 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         job = self._registry.get(request.job_id)
         self._acting("GetReport", context, job, "")
         return job.finished_report().to_message()
+
+
+def _capped(task_chunks: Iterator[pb.TaskChunk], cap: int, job_id: str) -> Iterator[pb.TaskChunk]:
+    """The chunks of one key-holder answer, refused once they exceed ``cap`` bytes."""
+    size = 0
+    for chunk in task_chunks:
+        size += len(chunk.data)
+        if size > cap:
+            raise errors.ResourceExhausted(
+                f"job {job_id}: a key-holder answer of more than {cap:,} bytes, more than any "
+                f"answer of this job takes"
+            )
+        yield chunk
 
 
 def _job_info(job: Job) -> pb.JobInfo:

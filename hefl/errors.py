@@ -25,6 +25,14 @@ class AlreadyExists(HeflError):
     """A party or job with that name is already registered."""
 
 
+class ResourceExhausted(HeflError):
+    """The request would exceed one of the server's limits; the message names the limit."""
+
+
+class DeadlineExceeded(HeflError):
+    """Something the job waited for did not happen in time; the message says what."""
+
+
 class PermissionDenied(HeflError):
     """The caller sent something its role must not send (e.g. a secret key to the server)."""
 

@@ -18,6 +18,7 @@ import tenseal as ts
 
 from coordinator.driver import PoolFactory
 from coordinator.inprocess_pool import in_process_pool_factory
+from coordinator.limits import Limits
 from coordinator.registry import Registry
 from coordinator.server import create_server
 from hefl import chunks
@@ -55,12 +56,14 @@ class RunningCoordinator:
     """A coordinator serving ``workdir`` on a loopback port, with a client stub.
 
     Its jobs' workers come from ``pool_factory``; a workdir that already holds jobs is
-    restored, as after a coordinator restart.
+    restored, as after a coordinator restart. ``limits``: the defaults when None.
     """
 
-    def __init__(self, workdir: Path, pool_factory: PoolFactory) -> None:
+    def __init__(
+        self, workdir: Path, pool_factory: PoolFactory, *, limits: Limits | None = None
+    ) -> None:
         self.workdir = workdir
-        self.registry = Registry(workdir, pool_factory)
+        self.registry = Registry(workdir, pool_factory, limits=limits)
         self.server, self.port = create_server("127.0.0.1:0", self.registry, tls=None)
         self.server.start()
         self.address = f"127.0.0.1:{self.port}"

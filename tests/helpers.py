@@ -12,7 +12,9 @@ from hefl.codec import stats_vector
 from hefl.protocols.stats import StatsShare
 from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
+from parties.client import KeyHolderSession
 from parties.identity import SigningKey
+from parties.keyholder import KeyHolder
 from parties.sealing import SealingKey
 
 FEATURES = ["a", "b", "c"]
@@ -42,7 +44,10 @@ def create_job(
     options: pb.TrainingOptions | None = None,
 ) -> pb.JobInfo:
     spec = pb.JobSpec(
-        job_id=job_id, key_holder=hello(key_holder), expected_parties=parties, options=options
+        job_id=job_id,
+        key_holder=hello(key_holder, job_id=job_id),
+        expected_parties=parties,
+        options=options,
     )
 
     def requests() -> Iterator[pb.CreateJobRequest]:
@@ -87,3 +92,57 @@ def watch_until(
             return status
     last = "no status" if status is None else f"{pb.Phase.Name(status.phase)} {status.message!r}"
     raise AssertionError(f"job {job_id} never reached {pb.Phase.Name(phase)}; it ended {last}")
+
+
+def column(context: ts.Context, *, block: int = 0, feature: int = 0) -> pb.EncryptedColumn:
+    """An encrypted column of zeros (4096 slots, the default parameter set's)."""
+    return pb.EncryptedColumn(
+        block=block,
+        feature=feature,
+        ciphertext=sealio.serialize(ts.ckks_vector(context, np.zeros(4096))),
+    )
+
+
+def whole_upload(
+    context: ts.Context, party: str, job_id: str = "job-1"
+) -> Iterator[pb.UploadChunk]:
+    """Every ciphertext a party of a job of :data:`FEATURES` and at most 4096 rows uploads
+    (block 0: the features and the bias), one column per chunk, then its label term."""
+    columns = len(FEATURES) + 1
+    for feature in range(columns):
+        yield pb.UploadChunk(
+            job_id=job_id, party=party, seq=feature, columns=[column(context, feature=feature)]
+        )
+    label_term = sealio.serialize(ts.ckks_vector(context, np.zeros(columns)))
+    yield pb.UploadChunk(job_id=job_id, party=party, seq=columns, label_term=label_term, last=True)
+
+
+def key_holder(private_context: ts.Context, job_id: str = "job-1") -> KeyHolder:
+    """The key holder's state for ``job_id`` (features :data:`FEATURES`, 2 iterations)."""
+    return KeyHolder(
+        context=private_context,
+        job_id=job_id,
+        features=FEATURES,
+        options=pb.TrainingOptions(iterations=2),
+        signing_key=SigningKey.generate(),
+    )
+
+
+def start_key_holder(
+    stub: pb_grpc.CoordinatorStub, keyholder: KeyHolder, job_id: str = "job-1", party: str = "kh"
+) -> KeyHolderSession:
+    """The key holder's task loop for ``job_id``, connected through ``stub``."""
+    session = KeyHolderSession(stub, keyholder, job_id=job_id, party=party)
+    session.start()
+    return session
+
+
+def to_uploading(
+    stub: pb_grpc.CoordinatorStub, public_context: ts.Context, job_id: str = "job-1"
+) -> pb.JobStatus:
+    """In a created job of "kh" and "h2" whose key holder is connected: "h2" joins, both send
+    statistics (5 and 7 rows); returns the status once uploads are open."""
+    stub.JoinJob(pb.JoinJobRequest(job_id=job_id, party=hello("h2", job_id=job_id)))
+    for party, rows in (("kh", 5), ("h2", 7)):
+        stub.SubmitStats(stats_request(public_context, job_id, party, rows=rows))
+    return watch_until(stub, pb.UPLOADING, job_id=job_id)

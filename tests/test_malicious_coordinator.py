@@ -22,6 +22,7 @@ from coordinator.inprocess_pool import in_process_pool_factory
 from coordinator.jobs import Job
 from coordinator.registry import Registry
 from coordinator.servicer import CoordinatorServicer
+from coordinator.store import JobStore
 from hefl import chunks, signed
 from hefl.errors import HeflError, PermissionDenied
 from hefl.identity import TlsFiles, server_credentials
@@ -182,8 +183,8 @@ def test_a_forged_model_is_refused(project, tmp_path):
 
     def forge(sealed: pb.SealedModel) -> pb.SealedModel:
         # The forger needs only the recipient's public sealing key, which the party joined with.
-        job = Job.restore(tmp_path / "work" / "jobs" / JOB)
-        key = job.parties[sealed.party].hello.seal_public_key
+        record = JobStore(tmp_path / "work" / "jobs" / JOB).read_record()
+        key = next(p.hello for p in record.parties if p.name == sealed.party).seal_public_key
         model = json.dumps({"job_id": JOB, "features": ["a", "b", "c"], "weights": [9.0] * 4})
         box = seal(key, model.encode(), associated=f"{JOB}/{sealed.party}".encode())
         parts = signed.model_parts(
