@@ -33,6 +33,19 @@ import click
     help="CPUs of a locally started Ray",
 )
 @click.option(
+    "--key-holder-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=600.0,
+    help="seconds a job waits for each answer of its key holder (and for its return after a "
+    "restart) before it fails",
+)
+@click.option(
+    "--upload-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3600.0,
+    help="seconds a job waits for every party's upload before it fails",
+)
+@click.option(
     "--ready-file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -46,6 +59,8 @@ def coordinator(
     ray_address: str | None,
     workers: int,
     ray_num_cpus: int | None,
+    key_holder_timeout: float,
+    upload_timeout: float,
     ready_file: Path | None,
 ) -> None:
     """Run the (untrusted) coordinator until SIGTERM."""
@@ -56,6 +71,7 @@ def coordinator(
     # Without a cluster, start a private one first (before `import ray`, see LocalRayCluster):
     # it comes up in the background while parties register, encrypt and upload.
     local_ray = None if ray_address else LocalRayCluster(num_cpus=ray_num_cpus)
+    from coordinator.driver import Deadlines
     from coordinator.server import CoordinatorConfig, serve
 
     config = CoordinatorConfig(
@@ -66,6 +82,7 @@ def coordinator(
         ray_address=local_ray.address if local_ray else ray_address,
         workers=workers,
         ray_num_cpus=ray_num_cpus,
+        deadlines=Deadlines(key_holder_s=key_holder_timeout, uploads_s=upload_timeout),
     )
     try:
         serve(

@@ -7,7 +7,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from coordinator.driver import JobDriver, PoolFactory
+from coordinator.driver import Deadlines, JobDriver, PoolFactory
 from coordinator.jobs import Job
 from coordinator.store import JobStore, atomic_write, check_name, job_roots
 from hefl.charter import context_digest, key_holder_entry, verify_charter
@@ -28,9 +28,12 @@ MAX_CONTEXT_BYTES = 256 * 1024 * 1024
 
 
 class Registry:
-    def __init__(self, workdir: Path, pool_factory: PoolFactory) -> None:
+    def __init__(
+        self, workdir: Path, pool_factory: PoolFactory, *, deadlines: Deadlines | None = None
+    ) -> None:
         self._workdir = workdir
         self._pool_factory = pool_factory
+        self._deadlines = deadlines or Deadlines()
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -48,7 +51,9 @@ class Registry:
 
     def _start(self, job: Job, *, restored: bool = False) -> None:
         thread = threading.Thread(
-            target=JobDriver(job, self._pool_factory, restored=restored).run,
+            target=JobDriver(
+                job, self._pool_factory, restored=restored, deadlines=self._deadlines
+            ).run,
             args=(self._stop,),
             name=f"job-{job.job_id}",
             daemon=True,

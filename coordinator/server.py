@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 
 from coordinator import ray_pool
-from coordinator.driver import PoolFactory
+from coordinator.driver import Deadlines, PoolFactory
 from coordinator.registry import Registry
 from coordinator.servicer import CoordinatorServicer
 from hefl.chunks import CHANNEL_OPTIONS
@@ -41,6 +41,8 @@ class CoordinatorConfig:
     workers: int = 0
     # CPUs of a Ray started locally (ignored when joining a cluster); None = all.
     ray_num_cpus: int | None = None
+    # How long a job waits for its key holder and for its uploads before it fails.
+    deadlines: Deadlines = Deadlines()
 
 
 # Raises when the cluster cannot come up (see LocalRayCluster.wait_until_up).
@@ -168,7 +170,7 @@ def serve(
     config.workdir.mkdir(parents=True, exist_ok=True)
     join_ray_early(config, ray_ready)
     factory = ray_pool_factory(config, ray_ready)
-    registry = Registry(config.workdir, factory)
+    registry = Registry(config.workdir, factory, deadlines=config.deadlines)
     server, port = create_server(config.listen, registry, tls=tls)
     server.start()
     host = config.listen.rsplit(":", 1)[0]
