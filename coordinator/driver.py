@@ -115,7 +115,7 @@ class JobDriver:
                     lambda: job.link.connected,
                     stop,
                     timeout_s=self._deadlines.key_holder_s,
-                    missing=lambda: f"the key holder {job.key_holder!r} did not reconnect",
+                    missing=lambda: f"the key holder {job.key_holder!r} did not connect",
                 )
                 pool = pool or self._make_pool()
                 self._train(pool)

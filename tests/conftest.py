@@ -16,7 +16,7 @@ import grpc
 import pytest
 import tenseal as ts
 
-from coordinator.driver import PoolFactory
+from coordinator.driver import Deadlines, PoolFactory
 from coordinator.inprocess_pool import in_process_pool_factory
 from coordinator.registry import Registry
 from coordinator.server import create_server
@@ -58,9 +58,11 @@ class RunningCoordinator:
     restored, as after a coordinator restart.
     """
 
-    def __init__(self, workdir: Path, pool_factory: PoolFactory) -> None:
+    def __init__(
+        self, workdir: Path, pool_factory: PoolFactory, deadlines: Deadlines | None = None
+    ) -> None:
         self.workdir = workdir
-        self.registry = Registry(workdir, pool_factory)
+        self.registry = Registry(workdir, pool_factory, deadlines=deadlines)
         self.server, self.port = create_server("127.0.0.1:0", self.registry, tls=None)
         self.server.start()
         self.address = f"127.0.0.1:{self.port}"
