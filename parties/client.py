@@ -55,6 +55,9 @@ log = logging.getLogger("hefl.party")
 # Deadlines for unary calls; streams that wait for other parties have none.
 CALL_TIMEOUT_S = 120.0
 STATUS_TIMEOUT_S = 10.0
+# gRPC waits up to 2 minutes between its own attempts to reconnect a channel; a party whose
+# coordinator restarts should be back within seconds of it.
+CHANNEL_OPTIONS = [*chunks.CHANNEL_OPTIONS, ("grpc.max_reconnect_backoff_ms", 5000)]
 
 
 @dataclass(frozen=True)
@@ -160,13 +163,13 @@ def run_party(config: PartyConfig) -> PartyResult:
         channel = grpc.secure_channel(
             config.coordinator,
             channel_credentials(identity.tls),
-            options=chunks.CHANNEL_OPTIONS,
+            options=CHANNEL_OPTIONS,
         )
     elif config.insecure:
         if not config.name:
             raise InvalidArgument("without a kit, name this party with --name")
         trust, name = Unverified(), config.name
-        channel = grpc.insecure_channel(config.coordinator, options=chunks.CHANNEL_OPTIONS)
+        channel = grpc.insecure_channel(config.coordinator, options=CHANNEL_OPTIONS)
     else:
         raise InvalidArgument("give this party's startup kit (--kit) or --insecure")
     result = PartyResult(name=name, rows=dataset.rows, test_rows=test.rows if test else 0)

@@ -11,6 +11,7 @@ coordinator (``NOT_FOUND``, ``PERMISSION_DENIED``, ``FAILED_PRECONDITION``...) i
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -90,11 +91,12 @@ class Outage:
         if self._since is None:
             self._since = now
             self.count += 1
+            bound = self._policy.give_up_s
             log.warning(
-                "%s: lost the coordinator (%s); reconnecting for up to %.0f s",
+                "%s: lost the coordinator (%s); reconnecting %s",
                 self._what,
                 reason,
-                self._policy.give_up_s,
+                f"for up to {bound:.0f} s" if math.isfinite(bound) else "while the party runs",
             )
         elif now - self._since > self._policy.give_up_s:
             raise CoordinatorLost(
