@@ -3,14 +3,15 @@
 
 Layout under ``<workdir>/jobs/<job_id>/training/``::
 
-    journal.json          the commit point: masks, iterations done and revealed, and the
-                          SHA-256 of the weights and of the task in flight
-    blobs/<sha256>.bin    the fresh weights (a serialized Ciphertexts) and the task in flight
-                          (a serialized KeyHolderTask), named by their hash
+    journal.json          the commit point: the masks, iterations refreshed and revealed, the
+                          kind and iteration of the task in flight, and the SHA-256 of its blobs
+    blobs/<sha256>.bin    the task in flight (a serialized KeyHolderTask, as sent) and, ahead
+                          of a reveal, the fresh weights (a serialized Ciphertexts)
 
 A save writes the blobs it needs first, then replaces ``journal.json`` atomically, then removes
 the blobs it no longer names: a crash at any point leaves the previous or the new checkpoint,
-whole. Loading checks every blob against its hash.
+whole. Loading checks every blob against its hash. The training loop saves once per key-holder
+task, before sending it.
 
 The masks are the coordinator's secret against the key holder (they hide the gradients and
 the iterates from it); they stay on the coordinator's disk like everything else the

@@ -111,6 +111,8 @@ class JobDriver:
                 )
                 job.set_phase(pb.TRAINING)
             if job.phase == pb.TRAINING:
+                if self._restored:
+                    self._show_resumed_iteration()
                 self._wait(
                     lambda: job.link.connected,
                     stop,
@@ -129,6 +131,16 @@ class JobDriver:
         finally:
             if pool is not None:
                 pool.shutdown()
+
+    def _show_resumed_iteration(self) -> None:
+        """Statuses say where training will resume while the job waits for its key holder.
+
+        Raises:
+            JournalDamaged: The journal cannot be read back: the job cannot resume.
+        """
+        checkpoint = self._journal.load()
+        if checkpoint is not None:
+            self._job.set_iteration(checkpoint.done)
 
     def _wait(
         self,

@@ -8,24 +8,21 @@ protocol's messages cross the key-holder link here; the maths and the masks live
 protocol's types. The loop ends with the finalization: the key holder seals the model for
 every recipient.
 
-Resuming after a coordinator restart. The loop keeps a journal (:class:`TrainingJournal`, on
-disk :class:`coordinator.checkpoint.FileJournal`) of everything it needs between two messages:
-the refresh's masks, the fresh weights of the last completed iteration, how many iterations
-were refreshed and revealed, and the one task in flight. It is written twice per key-holder
-task:
+Resuming after a coordinator restart. Before the loop sends a key-holder task (the setup,
+each refresh and reveal, the finalization), it writes the task to a journal
+(:class:`TrainingJournal`, on disk :class:`coordinator.checkpoint.FileJournal`), exactly as it
+goes on the wire, together with everything else it needs to carry on once the task is answered:
+the refresh's masks as they stand once the task is made (a request re-randomises them), the
+iterations refreshed and revealed, and, ahead of a reveal (whose answer carries no weights), the
+fresh weights of the last refresh.
 
-- ahead of sending it: the task exactly as it goes on the wire, with the masks as they stand
-  once it is made (a request re-randomises them);
-- once the answer is in: the answer's effect (the new fresh weights and iteration count), no
-  task in flight.
-
-Started on a journal, the loop continues where it stopped. A task in flight is sent again byte
-for byte: either the key holder never processed it and takes it as its next step, or it did and
-answers it again from the cache of its latest answer (:mod:`parties.session`). Without a task
-in flight, the loop computes the next iteration's gradient from the journal's weights: the
-workers are deterministic and the key holder has not yet seen the request. Nothing is ever
-applied twice by the key holder, and a coordinator that lost its journal cannot start over: the
-key holder refuses a second setup and any refresh other than the next one.
+Started on a journal, the loop sends that task again, byte for byte: either the key holder
+never processed it and takes it as its next step, or it did and answers it again from the cache
+of its latest answer (:mod:`parties.session`); it cannot have gone further, since the loop
+writes a task only once the previous one is answered. The answer to a refresh is the next fresh
+weights, so a journal ahead of a refresh needs none. Nothing is ever applied twice by the key
+holder, and a coordinator that lost its journal cannot start over: the key holder refuses a
+second setup and any refresh other than the next one.
 """
 
 from __future__ import annotations
@@ -40,7 +37,7 @@ import tenseal as ts
 
 from hefl import sealio
 from hefl.algorithm import Hyperparameters
-from hefl.errors import HeflError, ProtocolError
+from hefl.errors import FailedPrecondition, HeflError, ProtocolError
 from hefl.params import CkksParameters
 from hefl.protocols.refresh import (
     MaskedWeights,
@@ -121,15 +118,16 @@ class PendingTask:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """The training's state between two key-holder messages (see the module docstring).
+    """The training's state when a key-holder task is sent (see the module docstring).
 
     Attributes:
-        masks: The coordinator's refresh masks once ``pending`` was made (or the last task).
-        done: Iterations refreshed, whose answer is committed here.
-        revealed: Iterations revealed (jobs that opted in).
-        weights: The key holder's fresh weights after ``done`` iterations (empty before the
-            first refresh: the coordinator encrypts the initial zeros itself).
-        pending: The task in flight, if any.
+        masks: The coordinator's refresh masks once ``pending`` was made.
+        done: Iterations refreshed before ``pending``.
+        revealed: Iterations revealed before ``pending`` (jobs that opted in).
+        weights: The key holder's fresh weights after ``done`` iterations; journaled only ahead
+            of a reveal (the answer to a refresh brings the next ones) and empty before the
+            first refresh (the coordinator encrypts the initial zeros itself).
+        pending: The task in flight; None only between an answer and the next task.
     """
 
     masks: RefreshMasks
@@ -212,6 +210,7 @@ def train(
         WorkerFailure: The workers failed an iteration.
         KeyHolderTimeout: The key holder did not answer a task in time.
         ProtocolError: The key holder refused a task, or answered one with the wrong shape.
+        FailedPrecondition: The journal has no task in flight to resume with.
     """
     hyper = inputs.hyper
     _, a, b = hyper.sigmoid.encrypted_form()
@@ -232,23 +231,22 @@ def train(
         )
         journal.save(checkpoint)
     else:
+        if checkpoint.pending is None:
+            raise FailedPrecondition("the training journal names no task in flight")
         report.resumed_at = checkpoint.done
-        in_flight = checkpoint.pending.kind if checkpoint.pending else "nothing"
         log.info(
-            "resuming training after %d of %d iterations (%s in flight)",
+            "resuming training after %d of %d iterations (%s %d in flight)",
             checkpoint.done,
             hyper.iterations,
-            in_flight,
+            checkpoint.pending.kind,
+            checkpoint.pending.iteration,
         )
         on_iteration(checkpoint.done)
 
     started = tick = time.perf_counter()
     while True:
         pending = checkpoint.pending
-        if pending is None:
-            pending = _next_task(checkpoint, inputs, refresh, pool, report, a=a, b=b)
-            checkpoint = replace(checkpoint, masks=refresh.masks, pending=pending)
-            journal.save(checkpoint)  # ahead of sending: a repeat must be byte-identical
+        assert pending is not None
         sent, received = link.bytes_sent, link.bytes_received
         asked = time.perf_counter()
         result = link.call(pending.task(), timeout_s=key_holder_timeout_s)
@@ -257,7 +255,6 @@ def train(
             report.iterations = checkpoint.done
             return list(result.sealed.models), report
         checkpoint = _answered(checkpoint, pending, result, refresh)
-        journal.save(checkpoint)
         if pending.kind == "refresh":
             report.refresh_s += time.perf_counter() - asked
             report.refresh_bytes_per_iteration = (link.bytes_sent - sent) + (
@@ -275,6 +272,10 @@ def train(
                 report.iteration_s[-1],
             )
             on_iteration(checkpoint.done)
+        pending = _next_task(checkpoint, inputs, refresh, pool, report, a=a, b=b)
+        checkpoint = replace(checkpoint, masks=refresh.masks, pending=pending)
+        # Ahead of sending, so that a repeat is byte-identical.
+        journal.save(checkpoint if pending.kind == "reveal" else replace(checkpoint, weights=()))
 
 
 def _next_task(
@@ -287,8 +288,8 @@ def _next_task(
     a: float,
     b: float,
 ) -> PendingTask:
-    """The task that follows a checkpoint with nothing in flight: the next refresh (after the
-    workers' gradient), the reveal of the last one, or the finalization."""
+    """The task that follows an answered one: the next refresh (after the workers' gradient),
+    the reveal of the last one, or the finalization."""
     done = checkpoint.done
     if inputs.reveal_intermediate and checkpoint.revealed < done:
         # The key holder keeps the iterate and seals it with the model: nothing comes back.
@@ -331,7 +332,7 @@ def _answered(
     result: pb.KeyHolderResult,
     refresh: RefreshCoordinator,
 ) -> Checkpoint:
-    """The checkpoint once the key holder answered ``pending`` (other than the finalization).
+    """The state once the key holder answered ``pending`` (other than the finalization).
 
     Raises:
         ProtocolError: A refresh answered with anything but one fresh ciphertext per column.

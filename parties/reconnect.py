@@ -126,8 +126,9 @@ def watch(
     """
     outage = Outage(policy, f"watching job {request.job_id}")
     while True:
+        call = stub.WatchJob(request)
         try:
-            for status in stub.WatchJob(request):
+            for status in call:
                 outage.ok()
                 yield status
                 if status.phase in FINISHED:
@@ -137,5 +138,7 @@ def watch(
             if not is_transient(err):
                 raise
             reason = err.code().name  # type: ignore[attr-defined]
+        finally:
+            call.cancel()  # a watcher that stopped reading frees the server's stream at once
         outage.failed(reason)
         outages(outage.count)

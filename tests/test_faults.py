@@ -127,22 +127,22 @@ def test_a_ray_worker_killed_mid_iteration_is_restarted_and_the_iteration_retrie
 def test_the_coordinator_killed_with_a_refresh_in_flight_resumes_where_it_stopped(
     deploy, fault_free
 ):
-    """The coordinator is killed while the key holder has a refresh of iteration >= 3; a new
-    one restarts on the same work directory and address. The parties and the key holder
-    reconnect by themselves; training resumes with that refresh (sent again byte for byte),
-    and the key holder refreshes every iteration exactly once."""
+    """The coordinator is killed once refresh 3 or a later one is in flight (written ahead;
+    the key holder may or may not have answered it), and restarted on the same work directory
+    and address. The parties and the key holder reconnect by themselves; training resumes with
+    that refresh, sent again byte for byte, and the key holder refreshes every iteration
+    exactly once."""
     deployment = deploy()
     deployment.start_parties(iterations=ITERATIONS)
 
     def refresh_in_flight() -> dict | None:
         journal = deployment.journal()
         pending = journal and journal["pending"]
-        if pending and pending["kind"] == "refresh" and pending["iteration"] >= 3:
-            return journal
-        return None
+        return journal if pending and pending["iteration"] >= 3 else None
 
-    journal = _until(refresh_in_flight, "a refresh of iteration 3 or later in flight")
+    _until(refresh_in_flight, "refresh 3 or a later one in flight")
     deployment.kill_coordinator()
+    journal = deployment.journal()  # as the killed coordinator left it
     deployment.start_coordinator()
     codes = deployment.wait_for_parties()
 
@@ -155,12 +155,13 @@ def test_the_coordinator_killed_with_a_refresh_in_flight_resumes_where_it_stoppe
         "refresh": ITERATIONS,
         "finalize": 1,
     }
-    assert key_holder["key_holder_repeats"] <= 1  # the refresh in flight, if it had been answered
+    assert key_holder["key_holder_repeats"] <= 1  # the refresh in flight, if it was answered
     for name in ROSTER:
         assert deployment.result(name)["reconnects"] >= 1, name
-    assert isinstance(journal, dict)
+    assert journal is not None and journal["pending"]["kind"] == "refresh"
     resumed = (
-        f"resuming training after {journal['done']} of {ITERATIONS} iterations (refresh in flight)"
+        f"resuming training after {journal['done']} of {ITERATIONS} iterations "
+        f"(refresh {journal['pending']['iteration']} in flight)"
     )
     assert resumed in deployment.coordinator_log.read_text()
 

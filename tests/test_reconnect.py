@@ -30,14 +30,36 @@ class Coordinator:
     def __init__(self, script: list[tuple[list[pb.Phase], grpc.StatusCode | None]]) -> None:
         self._script = list(script)
         self.calls = 0
+        self.streams: list[Stream] = []
 
-    def WatchJob(self, request: pb.WatchJobRequest) -> Iterator[pb.JobStatus]:
+    def WatchJob(self, request: pb.WatchJobRequest) -> Stream:
         self.calls += 1
         phases, end = self._script.pop(0)
-        for phase in phases:
-            yield pb.JobStatus(job_id=request.job_id, phase=phase)
-        if end is not None:
-            raise Status(end)
+        self.streams.append(Stream(request.job_id, phases, end))
+        return self.streams[-1]
+
+
+class Stream:
+    """One WatchJob call: its statuses, then its end; the watcher cancels it when done."""
+
+    def __init__(self, job_id: str, phases: list[pb.Phase], end: grpc.StatusCode | None) -> None:
+        self._statuses = iter([pb.JobStatus(job_id=job_id, phase=p) for p in phases])
+        self._end = end
+        self.cancelled = False
+
+    def __iter__(self) -> Iterator[pb.JobStatus]:
+        return self
+
+    def __next__(self) -> pb.JobStatus:
+        status = next(self._statuses, None)
+        if status is not None:
+            return status
+        if self._end is not None:
+            raise Status(self._end)
+        raise StopIteration
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
 
 def _phases(stub: Coordinator, policy: Reconnect = NO_PAUSE) -> list[pb.Phase]:
@@ -56,6 +78,15 @@ def test_the_watch_carries_on_across_broken_streams_and_restarts():
     )
     assert _phases(stub) == [pb.UPLOADING, pb.TRAINING, pb.TRAINING, pb.TRAINING, pb.DONE]
     assert stub.calls == 4
+    assert all(stream.cancelled for stream in stub.streams)
+
+
+def test_a_watcher_that_stops_reading_ends_its_stream():
+    stub = Coordinator([([pb.UPLOADING, pb.TRAINING], None)])
+    statuses = watch(stub, pb.WatchJobRequest(job_id="job-1"), NO_PAUSE)  # type: ignore[arg-type]
+    assert next(statuses).phase == pb.UPLOADING
+    statuses.close()
+    assert stub.streams[0].cancelled
 
 
 def test_an_answer_of_the_coordinator_is_not_retried():
