@@ -275,7 +275,10 @@ class JobDriver:
         )
         # The models are stored: nothing will resume from the journal any more.
         self._journal.remove()
-        log.info("job %s done in %.1f s of training", job.job_id, report.train_s)
+        resumed = (
+            "" if report.resumed_at is None else f" (resumed at iteration {report.resumed_at})"
+        )
+        log.info("job %s done in %.1f s of training%s", job.job_id, report.train_s, resumed)
 
 
 def _missing_uploads(job: Job) -> str:

@@ -359,9 +359,10 @@ class Party:
             CoordinatorLost: The coordinator stayed away longer than ``reconnect_s``.
         """
         request = pb.WatchJobRequest(job_id=job_id, party=self.name)
+        before = self.result.reconnects
 
         def outages(count: int) -> None:
-            self.result.reconnects = count
+            self.result.reconnects = before + count
 
         for status in watch(self.stub, request, self.reconnect, outages=outages):
             if status.phase == pb.FAILED:

@@ -131,12 +131,12 @@ def _run(project: Path, tmp_path: Path, tampering: Tampering) -> dict[str, BaseE
     threads[1].start()
     try:
         threads[1].join(timeout=120)
-        statuses = [job.status() for job in registry.jobs()]
-        if statuses and statuses[0].phase in (pb.DONE, pb.FAILED):
-            # The job is over: the key holder finishes by itself, before the server stops.
-            threads[0].join(timeout=60)
+        # A job that ended (DONE or FAILED) ends the key holder too; one that stalls because the
+        # joining party refused it leaves the key holder waiting, until the server stops.
+        jobs = registry.jobs()
+        if jobs and jobs[0].status().phase in (pb.DONE, pb.FAILED):
+            threads[0].join(timeout=120)
     finally:
-        # A party that refused leaves the other waiting for it: stopping the server ends that.
         registry.shutdown()
         server.stop(0).wait()
         threads[0].join(timeout=60)
@@ -219,7 +219,8 @@ def test_an_extra_decryption_or_reveal_is_refused(project, tmp_path, extra):
         asked.append(task)
         if extra == "decrypt_stats" and kind == "setup":
             # The same shares in another order: a byte-identical repeat would get the same
-            # summary again from the key holder's cache (nothing new; see tests/test_faults.py).
+            # summary again from the key holder's cache, which tells the coordinator nothing
+            # new (tests/test_keyholder_session.py).
             first = [t for t in asked if t.WhichOneof("task") == "decrypt_stats"][0]
             shares = list(first.decrypt_stats.shares)[::-1]
             return pb.KeyHolderTask(
