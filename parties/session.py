@@ -169,9 +169,23 @@ class KeyHolderSession:
             header, payload = chunks.join_task_chunks(received)
             received = []
             answer = self.answerer.answer(payload)
-            self._stub.CompleteTask(
-                chunks.task_chunks(
-                    job_id=self.job_id, party=self._party, task_id=header.task_id, payload=answer
-                ),
-                timeout=CALL_TIMEOUT_S,
-            )
+            try:
+                self._stub.CompleteTask(
+                    chunks.task_chunks(
+                        job_id=self.job_id,
+                        party=self._party,
+                        task_id=header.task_id,
+                        payload=answer,
+                    ),
+                    timeout=CALL_TIMEOUT_S,
+                )
+            except grpc.RpcError as err:
+                if is_transient(err):
+                    raise  # reconnect: the coordinator sends the task again if it still waits
+                # It no longer waits for this answer (it gave up on the task, or it restarted
+                # and numbers its tasks anew): the session goes on with the next task.
+                log.warning(
+                    "the coordinator did not take the answer to task %d: %s",
+                    header.task_id,
+                    err.details(),  # type: ignore[attr-defined]
+                )

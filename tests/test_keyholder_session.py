@@ -1,21 +1,29 @@
-"""The key holder's session answerer, without a network: a byte-identical repeat of its latest
-task gets the same answer from its cache, and nothing else gets past the key holder's state
-machine twice (what a coordinator that restarted or lost an answer may and may not ask)."""
+"""The key holder's session. Its answerer, without a network: a byte-identical repeat of its
+latest task gets the same answer from its cache, and nothing else gets past the key holder's
+state machine twice (what a coordinator that restarted or lost an answer may and may not ask).
+Its task loop, over gRPC: an answer the coordinator no longer waits for does not end it."""
 
 from __future__ import annotations
+
+import threading
+from typing import Any
 
 import numpy as np
 import pytest
 import tenseal as ts
 
+from coordinator.keyholder_link import KeyHolderTimeout
 from hefl.algorithm import choose_hyperparameters
+from hefl.errors import ProtocolError
 from hefl.params import DEFAULT_PARAMETER_SET, PARAMETER_SETS
 from hefl.protocols.refresh import RefreshCoordinator
 from hefl.protocols.stats import StatsProtocol, StatsRequest, summary_from_proto
 from hefl.v1 import hefl_pb2 as pb
 from parties.identity import SigningKey
 from parties.keyholder import KeyHolder
-from parties.session import TaskAnswerer
+from parties.session import KeyHolderSession, TaskAnswerer
+from tests.conftest import RunningCoordinator
+from tests.helpers import FEATURES, create_job
 
 PARAMS = PARAMETER_SETS[DEFAULT_PARAMETER_SET]
 
@@ -122,3 +130,49 @@ def test_a_task_that_does_not_parse_is_answered_with_an_error(started):
 
 def _label(public_context: ts.Context) -> ts.CKKSVector:
     return ts.ckks_vector(public_context, [1.0, -2.0, 0.5])
+
+
+class SlowKeyHolder(KeyHolder):
+    """A key holder that holds its first answer until released: the coordinator gives up on
+    that task meanwhile (past its deadline, or because it restarted)."""
+
+    def __init__(self, release: threading.Event, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._release = release
+        self.holding = threading.Event()
+
+    def handle(self, task: pb.KeyHolderTask) -> pb.KeyHolderResult:
+        if not self.holding.is_set():
+            self.holding.set()
+            assert self._release.wait(60)
+        return super().handle(task)
+
+
+def test_an_answer_the_coordinator_no_longer_waits_for_does_not_end_the_session(
+    coordinator: RunningCoordinator, private_context, public_context_bytes
+):
+    create_job(coordinator.stub, public_context_bytes)
+    release = threading.Event()
+    keyholder = SlowKeyHolder(
+        release,
+        context=private_context,
+        job_id="job-1",
+        features=FEATURES,
+        options=pb.TrainingOptions(iterations=2),
+        signing_key=SigningKey.generate(),
+    )
+    session = KeyHolderSession(coordinator.stub, keyholder, job_id="job-1", party="kh")
+    session.start()
+    link = coordinator.registry.get("job-1").link
+    try:
+        assert link.wait_until_connected(timeout_s=60)
+        while not keyholder.holding.is_set():  # until a task reached it, each given up on
+            with pytest.raises(KeyHolderTimeout):
+                link.call(pb.KeyHolderTask(setup=pb.TrainingSetup()), timeout_s=1)
+        release.set()  # its answer arrives for a task nobody waits for any more
+
+        # The session goes on: the next task is answered (refused, at this stage).
+        with pytest.raises(ProtocolError, match="task 'refresh' refused: .* 'decrypt_stats'"):
+            link.call(pb.KeyHolderTask(refresh=pb.RefreshTask(iteration=0)), timeout_s=60)
+    finally:
+        session.stop()
