@@ -78,6 +78,13 @@ def load_limits(limits_file: Path | None, given: dict[str, Any]) -> Limits:
     help="CPUs of a locally started Ray",
 )
 @click.option(
+    "--key-holder-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=600.0,
+    help="seconds a job waits for each answer of its key holder (and for its return after a "
+    "restart) before it fails",
+)
+@click.option(
     "--ready-file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -92,6 +99,7 @@ def coordinator(
     ray_address: str | None,
     workers: int,
     ray_num_cpus: int | None,
+    key_holder_timeout: float,
     ready_file: Path | None,
     limits_file: Path | None,
     **given_limits: str | None,
@@ -107,6 +115,7 @@ def coordinator(
     # Without a cluster, start a private one first (before `import ray`, see LocalRayCluster):
     # it comes up in the background while parties register, encrypt and upload.
     local_ray = None if ray_address else LocalRayCluster(num_cpus=ray_num_cpus)
+    from coordinator.driver import Deadlines
     from coordinator.server import CoordinatorConfig, serve
 
     config = CoordinatorConfig(
@@ -118,6 +127,7 @@ def coordinator(
         workers=workers,
         ray_num_cpus=ray_num_cpus,
         limits=limits,
+        deadlines=Deadlines(key_holder_s=key_holder_timeout),
     )
     try:
         serve(

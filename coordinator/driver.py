@@ -5,9 +5,18 @@
    the hyperparameters, publish (count, mean, std) and the packing layout; start the Ray
    workers while the parties upload.
 2. When every upload is complete: load the shards into the workers, train
-   (:func:`coordinator.training.train`), have the key holder seal the model for every party.
+   (:func:`coordinator.training.train`, which ends with the key holder sealing the model for
+   every party).
 
-Any failure marks the job FAILED with the reason; the coordinator keeps serving other jobs.
+Every wait has a deadline (:class:`Deadlines`): the parties' uploads, the key holder's answers
+and its return after a coordinator restart, the Ray workers' calls (:mod:`coordinator.ray_pool`).
+Any failure, a passed deadline included, marks the job FAILED with a message naming what was
+missing; every party watching the job receives it, and the coordinator keeps serving other jobs.
+
+After a restart (``restored``), a job picks up where its files say it was: statistics are asked
+for again (the same task, built from the same files, so the key holder answers it from its cache
+if it already did), uploads continue, and training resumes from its journal
+(:mod:`coordinator.checkpoint`) at the last completed iteration once the key holder is back.
 """
 
 from __future__ import annotations
@@ -16,16 +25,19 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import tenseal as ts
 
+from coordinator.checkpoint import FileJournal
 from coordinator.jobs import Job, ShuttingDown
 from coordinator.report import JobReport
 from coordinator.training import GradientPool, TrainingInputs, train
 from hefl import messages, sealio
 from hefl.algorithm import choose_hyperparameters
 from hefl.codec import PackingLayout
+from hefl.errors import FailedPrecondition
 from hefl.protocols.refresh import Recipient
 from hefl.protocols.stats import StatsProtocol, StatsRequest, StatsShare, summary_from_proto
 from hefl.v1 import hefl_pb2 as pb
@@ -33,7 +45,26 @@ from hefl.v1 import hefl_pb2 as pb
 log = logging.getLogger("hefl.driver")
 
 PoolFactory = Callable[[bytes, str, str, PackingLayout, int], GradientPool]
-KEY_HOLDER_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """How long a job waits for what the coordinator does not control.
+
+    Attributes:
+        key_holder_s: For each answer of the key holder, and for the key holder to come back
+            after a coordinator restart. Its secret key exists nowhere else: past this, the
+            job cannot go on.
+
+    The parties' uploads have their deadline among the coordinator's limits
+    (:attr:`coordinator.limits.Limits.upload_timeout_s`), which the job enforces itself.
+    """
+
+    key_holder_s: float = 600.0
+
+
+class DeadlinePassed(FailedPrecondition):
+    """Something the job waits for did not happen in time; the message names it."""
 
 
 class JobDriver:
@@ -44,12 +75,22 @@ class JobDriver:
         pool_factory: Makes the job's Ray workers.
         restored: The job comes from disk after a restart: its parties may never come back, so
             take Ray resources only once they do (the key holder is connected).
+        deadlines: How long to wait for the key holder and the uploads.
     """
 
-    def __init__(self, job: Job, pool_factory: PoolFactory, *, restored: bool = False) -> None:
+    def __init__(
+        self,
+        job: Job,
+        pool_factory: PoolFactory,
+        *,
+        restored: bool = False,
+        deadlines: Deadlines = Deadlines(),
+    ) -> None:
         self._job = job
         self._pool_factory = pool_factory
         self._restored = restored
+        self._deadlines = deadlines
+        self._journal = FileJournal(job.store.root / "training")
 
     def run(self, stop: threading.Event) -> None:
         job = self._job
@@ -62,10 +103,18 @@ class JobDriver:
                 if not self._restored:
                     # Start the workers while parties encrypt and upload: it takes seconds.
                     pool = self._make_pool()
+                # The job itself fails past its upload deadline (Limits.upload_timeout_s).
                 job.wait_for(job.all_uploads_in, stop)
                 job.set_phase(pb.TRAINING)
             if job.phase == pb.TRAINING:
-                job.wait_for(lambda: job.link.connected, stop)
+                if self._restored:
+                    self._show_resumed_iteration()
+                self._wait(
+                    lambda: job.link.connected,
+                    stop,
+                    timeout_s=self._deadlines.key_holder_s,
+                    missing=lambda: f"the key holder {job.key_holder!r} did not connect",
+                )
                 pool = pool or self._make_pool()
                 self._train(pool)
         except ShuttingDown:
@@ -78,6 +127,36 @@ class JobDriver:
         finally:
             if pool is not None:
                 pool.shutdown()
+
+    def _show_resumed_iteration(self) -> None:
+        """Statuses say where training will resume while the job waits for its key holder.
+
+        Raises:
+            JournalDamaged: The journal cannot be read back: the job cannot resume.
+        """
+        checkpoint = self._journal.load()
+        if checkpoint is not None:
+            self._job.set_iteration(checkpoint.done)
+
+    def _wait(
+        self,
+        predicate: Callable[[], bool],
+        stop: threading.Event,
+        *,
+        timeout_s: float,
+        missing: Callable[[], str],
+    ) -> None:
+        """Wait for ``predicate`` at most ``timeout_s``.
+
+        Raises:
+            DeadlinePassed: It did not turn true in time; ``missing()`` says what is missing.
+            ShuttingDown: The coordinator stops meanwhile.
+        """
+        deadline = time.monotonic() + timeout_s
+        # Job.wait_for re-checks at least every 0.5 s, so the deadline is seen in time.
+        self._job.wait_for(lambda: predicate() or time.monotonic() >= deadline, stop)
+        if not predicate():
+            raise DeadlinePassed(f"{missing()} within {timeout_s:.0f} s")
 
     def _sum(self, paths: list[Path], what: str) -> ts.CKKSVector:
         return sealio.add_vectors(self._job.context, (p.read_bytes() for p in paths), what=what)
@@ -103,7 +182,7 @@ class JobDriver:
         )
         result = job.link.call(
             pb.KeyHolderTask(decrypt_stats=request.to_proto()),
-            timeout_s=KEY_HOLDER_TIMEOUT_S,
+            timeout_s=self._deadlines.key_holder_s,
         )
         stats = protocol.accept_summary(
             summary_from_proto(result.values, features=protocol.features), shares
@@ -152,7 +231,7 @@ class JobDriver:
         load_s = time.perf_counter() - started
         options = job.options  # resolved when the standardization was published
         hyper = messages.hyperparameters_of(options)
-        refresh, report = train(
+        sealed, report = train(
             TrainingInputs(
                 context=job.context,
                 params=job.params,
@@ -160,20 +239,17 @@ class JobDriver:
                 rows=job.layout.total_rows,
                 columns=job.columns,
                 label_term=label_term,
+                recipients=tuple(Recipient.from_hello(p.hello) for p in job.parties.values()),
                 reveal_intermediate=options.reveal_intermediate,
             ),
             pool=pool,
             link=job.link,
+            journal=self._journal,
             on_iteration=job.set_iteration,
-        )
-        finalize = refresh.finalize(
-            recipients=[Recipient.from_hello(p.hello) for p in job.parties.values()]
-        )
-        result = job.link.call(
-            pb.KeyHolderTask(finalize=finalize.to_proto()), timeout_s=KEY_HOLDER_TIMEOUT_S
+            key_holder_timeout_s=self._deadlines.key_holder_s,
         )
         job.finish(
-            list(result.sealed.models),
+            sealed,
             JobReport(
                 job_id=job.job_id,
                 workers=pool.size,
@@ -193,4 +269,9 @@ class JobDriver:
                 curvature=job.standardization.curvature,
             ),
         )
-        log.info("job %s done in %.1f s of training", job.job_id, report.train_s)
+        # The models are stored: nothing will resume from the journal any more.
+        self._journal.remove()
+        resumed = (
+            "" if report.resumed_at is None else f" (resumed at iteration {report.resumed_at})"
+        )
+        log.info("job %s done in %.1f s of training%s", job.job_id, report.train_s, resumed)

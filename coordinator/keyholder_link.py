@@ -1,14 +1,20 @@
 """The coordinator's end of the key holder's task stream.
 
 The key holder dials out and opens ``KeyHolderTasks``; the coordinator queues tasks here and
-blocks in :meth:`KeyHolderLink.call` until the answer arrives through ``CompleteTask``. A task
-whose answer has not arrived is sent again when the key holder reconnects (it answers a repeated
-task id from its cache, so nothing is applied twice).
+blocks in :meth:`KeyHolderLink.call` until the answer arrives through ``CompleteTask``, or its
+deadline passes. A task whose answer has not arrived is sent again when the key holder
+reconnects: the key holder answers a byte-identical repeat of its latest task from its cache, so
+nothing is applied twice.
+
+Task ids only route an answer to its call. Each link numbers its tasks from a random point, so
+an answer the key holder computed for a coordinator that has since restarted cannot be taken
+for the answer to another task of the new one (it is refused as unknown).
 """
 
 from __future__ import annotations
 
 import itertools
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +32,7 @@ class KeyHolderTimeout(FailedPrecondition):
 class KeyHolderLink:
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._ids = itertools.count(1)
+        self._ids = itertools.count(1 + secrets.randbits(62))
         self._pending: dict[int, bytes] = {}
         self._results: dict[int, pb.KeyHolderResult] = {}
         self._streams = 0

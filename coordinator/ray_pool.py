@@ -1,4 +1,12 @@
-"""Ray as a thin layer: connect to a cluster and run :class:`ShardWorker` actors on it."""
+"""Ray as a thin layer: connect to a cluster and run :class:`ShardWorker` actors on it.
+
+Faults. A worker whose process dies (killed, out of memory) is restarted by Ray from its
+constructor's arguments, up to :data:`MAX_RESTARTS` times, and the call it was running is
+retried on the new process, which first reads its shards again from the job directory
+(:class:`coordinator.worker.ShardWorker` is deterministic, so the retried call returns what the
+first would have). Beyond that, or past a call's deadline, the pool raises
+:class:`coordinator.training.WorkerFailure` naming the call and the reason, and the job fails.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,7 @@ from typing import Any
 import ray
 
 from coordinator.sharding import all_blocks, assign_blocks, balanced_ranges
+from coordinator.training import WorkerFailure, WorkerTimeout
 from coordinator.worker import ShardWorker
 from hefl import sealio
 from hefl.codec import PackingLayout
@@ -21,6 +30,8 @@ log = logging.getLogger("hefl.ray")
 LOAD_TIMEOUT_S = 1800.0
 CALL_TIMEOUT_S = 600.0
 CONNECT_TIMEOUT_S = 120.0
+# A worker process may die this many times per job; each time Ray retries the call it ran.
+MAX_RESTARTS = 3
 
 _connect_lock = threading.Lock()
 
@@ -85,7 +96,7 @@ class WorkerPool:
 
         self._context = ts.context_from(context_bytes)
         remote = ray.remote(ShardWorker).options(  # type: ignore[attr-defined]
-            num_cpus=1, max_restarts=3, max_task_retries=3
+            num_cpus=1, max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS
         )
         self._column_ranges: list[tuple[int, int]] | None = None
         if layout.n_blocks >= workers:
@@ -106,7 +117,9 @@ class WorkerPool:
 
     def load(self) -> None:
         """Have every worker read its shards (all uploads must be complete)."""
-        loaded = ray.get([a.load.remote() for a in self._actors], timeout=LOAD_TIMEOUT_S)
+        loaded = _get(
+            [a.load.remote() for a in self._actors], timeout_s=LOAD_TIMEOUT_S, what="loading"
+        )
         mode = "column" if self._column_ranges else "block"
         log.info("%d workers hold %s blocks (%s sharding)", len(self._actors), loaded, mode)
 
@@ -123,29 +136,57 @@ class WorkerPool:
         unmask = list(unmask)
         if self._column_ranges is None:
             futures = [actor.gradient.remote(weights_ref, unmask, a, b) for actor in self._actors]
-            return ray.get(futures, timeout=CALL_TIMEOUT_S)
-        partial = ray.get(
+            return _get(futures, timeout_s=CALL_TIMEOUT_S, what="the gradient")
+        partial = _get(
             [
                 actor.margins.remote(weights_ref, unmask, columns)
                 for actor, columns in zip(self._actors, self._column_ranges, strict=True)
             ],
-            timeout=CALL_TIMEOUT_S,
+            timeout_s=CALL_TIMEOUT_S,
+            what="the margins",
         )
         margins = sealio.add_up(self._context, partial, what="margin")
         margins_ref = ray.put([sealio.serialize(m) for m in margins])
-        parts = ray.get(
+        parts = _get(
             [
                 actor.gradient_from_margins.remote(margins_ref, columns, a, b)
                 for actor, columns in zip(self._actors, self._column_ranges, strict=True)
             ],
-            timeout=CALL_TIMEOUT_S,
+            timeout_s=CALL_TIMEOUT_S,
+            what="the gradient",
         )
         return [[g for part in parts for g in part]]
 
     def peak_rss_mb(self) -> list[float]:
-        return ray.get([a.peak_rss_mb.remote() for a in self._actors], timeout=CALL_TIMEOUT_S)
+        return _get(
+            [a.peak_rss_mb.remote() for a in self._actors],
+            timeout_s=CALL_TIMEOUT_S,
+            what="their memory figures",
+        )
 
     def shutdown(self) -> None:
         for actor in self._actors:
             ray.kill(actor)
         self._actors = []
+
+
+def _get(refs: list[Any], *, timeout_s: float, what: str) -> list[Any]:
+    """``ray.get`` with a deadline, Ray's errors turned into the training's.
+
+    Raises:
+        WorkerTimeout: Not every worker answered within ``timeout_s``.
+        WorkerFailure: A worker died beyond its restarts or raised.
+    """
+    try:
+        return ray.get(refs, timeout=timeout_s)  # type: ignore[no-any-return]
+    except ray.exceptions.GetTimeoutError as err:
+        # The driver shuts the pool down (killing the actors) when the job fails.
+        raise WorkerTimeout(
+            f"the Ray workers did not finish {what} within {timeout_s:.0f} s"
+        ) from err
+    except ray.exceptions.RayError as err:
+        cause = getattr(err, "cause", None) or err
+        reason = (str(cause).strip().splitlines() or [""])[-1]
+        raise WorkerFailure(
+            f"the Ray workers failed {what}: {type(cause).__name__}: {reason}"
+        ) from err

@@ -11,7 +11,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from coordinator.driver import JobDriver, PoolFactory
+from coordinator.driver import Deadlines, JobDriver, PoolFactory
 from coordinator.jobs import Job
 from coordinator.limits import Limits, context_bytes_cap
 from coordinator.persistence import restore_job
@@ -40,14 +40,21 @@ class Registry:
             directory does not verify is kept FAILED with the reason).
         pool_factory: Makes a job's workers.
         limits: What the coordinator accepts; the defaults when None.
+        deadlines: How long a job waits for its key holder and its uploads.
     """
 
     def __init__(
-        self, workdir: Path, pool_factory: PoolFactory, *, limits: Limits | None = None
+        self,
+        workdir: Path,
+        pool_factory: PoolFactory,
+        *,
+        limits: Limits | None = None,
+        deadlines: Deadlines | None = None,
     ) -> None:
         self._workdir = workdir
         self._pool_factory = pool_factory
         self.limits = limits or Limits()
+        self._deadlines = deadlines or Deadlines()
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -61,7 +68,9 @@ class Registry:
 
     def _start(self, job: Job, *, restored: bool = False) -> None:
         thread = threading.Thread(
-            target=JobDriver(job, self._pool_factory, restored=restored).run,
+            target=JobDriver(
+                job, self._pool_factory, restored=restored, deadlines=self._deadlines
+            ).run,
             args=(self._stop,),
             name=f"job-{job.job_id}",
             daemon=True,

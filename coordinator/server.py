@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 
 from coordinator import ray_pool
-from coordinator.driver import PoolFactory
+from coordinator.driver import Deadlines, PoolFactory
 from coordinator.limits import Limits
 from coordinator.registry import Registry
 from coordinator.servicer import CoordinatorServicer
@@ -44,6 +44,8 @@ class CoordinatorConfig:
     # CPUs of a Ray started locally (ignored when joining a cluster); None = all.
     ray_num_cpus: int | None = None
     limits: Limits = field(default_factory=Limits)
+    # How long a job waits for its key holder and for its uploads before it fails.
+    deadlines: Deadlines = Deadlines()
 
 
 # Raises when the cluster cannot come up (see LocalRayCluster.wait_until_up).
@@ -197,7 +199,7 @@ def serve(
     config.workdir.mkdir(parents=True, exist_ok=True)
     join_ray_early(config, ray_ready)
     factory = ray_pool_factory(config, ray_ready)
-    registry = Registry(config.workdir, factory, limits=config.limits)
+    registry = Registry(config.workdir, factory, limits=config.limits, deadlines=config.deadlines)
     server, port = create_server(config.listen, registry, tls=tls)
     server.start()
     host = config.listen.rsplit(":", 1)[0]

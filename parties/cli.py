@@ -87,11 +87,18 @@ def training_options(function: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--model-out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--result-out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--join-timeout", type=float, default=0.0, help="retry joining this long (s)")
+@click.option(
+    "--reconnect-timeout",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    help="when the coordinator goes away, keep reconnecting this long (s) before giving up",
+)
 def party(
     coordinator_address: str,
     roster: str,
     result_out: Path | None,
     join_timeout: float,
+    reconnect_timeout: float,
     **kwargs: Any,
 ) -> None:
     """Run one data-owner party."""
@@ -103,6 +110,7 @@ def party(
         coordinator=coordinator_address,
         roster=tuple(name.strip() for name in roster.split(",") if name.strip()),
         join_timeout_s=join_timeout,
+        reconnect_s=reconnect_timeout,
         **kwargs,
     )
     try:

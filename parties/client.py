@@ -1,17 +1,29 @@
-"""A party's whole run: join, encrypt, upload, (key holder: answer tasks), receive the model.
+"""A party's whole run, in order: join (the key holder: generate the keys and create the job),
+send its signed statistics, encrypt and upload its rows, (the key holder: answer the
+coordinator's tasks), receive the model.
+
+This module is only that orchestration. Each concern it calls on is a module of its own,
+tested without a network: what a party encrypts and opens (:mod:`parties.encryption`), the key
+holder's protocol (:mod:`parties.keyholder`) and its session with the coordinator
+(:mod:`parties.session`), what a party checks on its own data (:mod:`parties.evaluation`), and
+how it rides out a lost coordinator (:mod:`parties.reconnect`).
 
 Parties only dial out. The key holder's secret key stays in this process: the coordinator gets
 ``serialize(save_secret_key=False)`` and nothing else derived from the key but what the
 protocols in :mod:`parties.keyholder` return.
+
+Faults. While the job trains, a party watches it. When the coordinator goes away (a restart, a
+broken connection) the party reconnects with backoff for up to ``reconnect_s`` without an
+answer, the key holder's task stream too, and carries on from wherever the job is then. A job
+that FAILED ends the party with the coordinator's reason (:class:`PartyFailed`; ``hefl party``
+exits non-zero with it), and so does a coordinator that stays away longer.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import secrets
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -19,37 +31,33 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 import tenseal as ts
 
-from hefl import chunks, sealio, signed
-from hefl.algorithm import accuracy as accuracy_of
-from hefl.algorithm import (
-    add_bias,
-    check_margins,
-    decision_function,
-    label_term,
-    roc_auc,
-    standardize,
-    step_warning,
-)
-from hefl.codec import PackingLayout
-from hefl.errors import HeflError, InvalidArgument, ProtocolError
+from hefl import chunks, signed
+from hefl.errors import HeflError, InvalidArgument
 from hefl.identity import channel_credentials
 from hefl.params import DEFAULT_PARAMETER_SET, check_public_context, get_parameter_set
 from hefl.protocols.stats import StatsProtocol
 from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
 from parties.data import Dataset, load_csv
+from parties.encryption import Upload, layout_of, open_model
+from parties.evaluation import evaluate, margins_on, warn_about_step
 from parties.identity import PartyIdentity
-from parties.keyholder import KeyHolder, associated_data
-from parties.sealing import SealedBox, SealingKey
+from parties.keyholder import KeyHolder
+from parties.reconnect import FINISHED, Outage, Reconnect, is_transient, watch
+from parties.sealing import SealingKey
+from parties.session import KeyHolderSession
 from parties.trust import Provisioned, Trust, Unverified
 
 log = logging.getLogger("hefl.party")
 
 # Deadlines for unary calls; streams that wait for other parties have none.
 CALL_TIMEOUT_S = 120.0
+STATUS_TIMEOUT_S = 10.0
+# gRPC waits up to 2 minutes between its own attempts to reconnect a channel; a party whose
+# coordinator restarts should be back within seconds of it.
+CHANNEL_OPTIONS = [*chunks.CHANNEL_OPTIONS, ("grpc.max_reconnect_backoff_ms", 5000)]
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,8 @@ class PartyConfig:
     model_out: Path | None = None
     # Keep retrying to join while the job does not exist yet (parties started together).
     join_timeout_s: float = 0.0
+    # Keep reconnecting this long without an answer when the coordinator goes away.
+    reconnect_s: float = 300.0
 
 
 @dataclass
@@ -100,6 +110,11 @@ class PartyResult:
     # "keygen" (key holder: key generation starts), "model" (the model is opened here).
     clock: dict[str, float] = field(default_factory=dict)
     bytes: dict[str, int] = field(default_factory=dict)
+    # Times the coordinator went away and came back (the watch, and the key holder's stream).
+    reconnects: int = 0
+    # Key holder: the tasks its protocol handled, by kind, and the repeats answered from cache.
+    key_holder_tasks: dict[str, int] = field(default_factory=dict)
+    key_holder_repeats: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -109,7 +124,18 @@ class PartyFailed(HeflError):
     """The job failed on the coordinator's side; the message says why."""
 
 
-def _call_error(err: grpc.RpcError) -> HeflError:
+def _call_error(
+    err: grpc.RpcError, stub: pb_grpc.CoordinatorStub, job_id: str, party: str
+) -> HeflError:
+    """The error a refused call ends the party with: the job's own reason if it FAILED (a call
+    refused because of that says less), else the call's status."""
+    try:
+        request = pb.WatchJobRequest(job_id=job_id, party=party)
+        status = next(iter(stub.WatchJob(request, timeout=STATUS_TIMEOUT_S)), None)
+    except grpc.RpcError:
+        status = None
+    if status is not None and status.phase == pb.FAILED:
+        return PartyFailed(f"job {job_id} failed: {status.message}")
     return PartyFailed(f"{err.code().name}: {err.details()}")  # type: ignore[attr-defined]
 
 
@@ -137,20 +163,22 @@ def run_party(config: PartyConfig) -> PartyResult:
         channel = grpc.secure_channel(
             config.coordinator,
             channel_credentials(identity.tls),
-            options=chunks.CHANNEL_OPTIONS,
+            options=CHANNEL_OPTIONS,
         )
     elif config.insecure:
         if not config.name:
             raise InvalidArgument("without a kit, name this party with --name")
         trust, name = Unverified(), config.name
-        channel = grpc.insecure_channel(config.coordinator, options=chunks.CHANNEL_OPTIONS)
+        channel = grpc.insecure_channel(config.coordinator, options=CHANNEL_OPTIONS)
     else:
         raise InvalidArgument("give this party's startup kit (--kit) or --insecure")
     result = PartyResult(name=name, rows=dataset.rows, test_rows=test.rows if test else 0)
+    stub = pb_grpc.CoordinatorStub(channel)
+    party = Party(config, name, trust, dataset, test, stub, result)
     try:
-        Party(config, name, trust, dataset, test, pb_grpc.CoordinatorStub(channel), result).run()
+        party.run()
     except grpc.RpcError as err:
-        raise _call_error(err) from err
+        raise _call_error(err, stub, party.job_id, name) from err
     finally:
         channel.close()
     result.timings_s["total"] = time.perf_counter() - started
@@ -179,6 +207,7 @@ class Party:
         self.result = result
         self.sealing_key = SealingKey()
         self.sigmoid_interval = 16.0
+        self.reconnect = Reconnect(give_up_s=config.reconnect_s)
         signing_key = trust.signing_key
         self.hello = pb.PartyHello(
             name=name,
@@ -214,6 +243,7 @@ class Party:
                 ),
                 job_id=info.job_id,
                 party=self.name,
+                reconnect=self.reconnect,
             )
             tasks.start()
         else:
@@ -234,6 +264,9 @@ class Party:
             if tasks is not None:
                 tasks.stop()
                 timings["refresh"] = tasks.refresh_s
+                self.result.reconnects += tasks.reconnects
+                self.result.key_holder_tasks = dict(tasks.answerer.handled)
+                self.result.key_holder_repeats = tasks.answerer.repeats
 
     def _create_job(self, private: ts.Context) -> pb.JobInfo:
         public = private.serialize(save_secret_key=False, save_galois_keys=False)
@@ -319,195 +352,72 @@ class Party:
         )
 
     def _wait(self, job_id: str, phases: set[int]) -> pb.JobStatus:
+        """Watch the job (across coordinator restarts) until it reaches one of ``phases``.
+
+        Raises:
+            PartyFailed: The job FAILED; the message is the coordinator's reason.
+            CoordinatorLost: The coordinator stayed away longer than ``reconnect_s``.
+        """
         request = pb.WatchJobRequest(job_id=job_id, party=self.name)
-        for status in self.stub.WatchJob(request):
+        before = self.result.reconnects
+
+        def outages(count: int) -> None:
+            self.result.reconnects = before + count
+
+        for status in watch(self.stub, request, self.reconnect, outages=outages):
             if status.phase == pb.FAILED:
                 raise PartyFailed(f"job {job_id} failed: {status.message}")
             if status.phase in phases:
                 return status
-        raise PartyFailed(f"job {job_id}: the coordinator closed the status stream")
+            if status.phase in FINISHED:
+                break
+        raise PartyFailed(f"job {job_id} ended before reaching the phase this party waits for")
 
     def _upload(self, job_id: str, context: ts.Context, status: pb.JobStatus) -> None:
-        layout = PackingLayout.assign(
-            slots=status.layout.slots,
-            party_rows=[(p.party, p.rows) for p in status.layout.parties],
-        )
-        mean = np.asarray(status.standardization.mean)
-        std = np.asarray(status.standardization.std)
         self.sigmoid_interval = status.options.sigmoid_interval
-        self._check_step(status)
-        columns = add_bias(standardize(self.dataset.features, mean, std))
-        label = ts.ckks_vector(context, label_term(columns, self.dataset.labels))
-        encrypt_s = 0.0
-
-        def upload_chunks() -> Iterator[pb.UploadChunk]:
-            nonlocal encrypt_s
-            seq, size = 0, 0
-            pending: list[pb.EncryptedColumn] = []
-            for block, column, vector in layout.pack(self.name, columns):
-                tick = time.perf_counter()
-                data = sealio.serialize(ts.ckks_vector(context, vector))
-                encrypt_s += time.perf_counter() - tick
-                if pending and size + len(data) > chunks.UPLOAD_CHUNK_BYTES:
-                    yield pb.UploadChunk(job_id=job_id, party=self.name, seq=seq, columns=pending)
-                    seq, pending, size = seq + 1, [], 0
-                pending.append(pb.EncryptedColumn(block=block, feature=column, ciphertext=data))
-                size += len(data)
-            yield pb.UploadChunk(
-                job_id=job_id,
-                party=self.name,
-                seq=seq,
-                columns=pending,
-                label_term=sealio.serialize(label),
-                last=True,
-            )
-
+        warn_about_step(status)
+        upload = Upload(
+            job_id=job_id,
+            party=self.name,
+            context=context,
+            layout=layout_of(status),
+            dataset=self.dataset,
+            standardization=status.standardization,
+        )
         tick = time.perf_counter()
-        summary = self.stub.Upload(upload_chunks())
+        summary = self.stub.Upload(upload.chunks())
         total = time.perf_counter() - tick
-        self.result.timings_s["encrypt"] = encrypt_s
-        self.result.timings_s["upload"] = total - encrypt_s
+        self.result.timings_s["encrypt"] = upload.encrypt_s
+        self.result.timings_s["upload"] = total - upload.encrypt_s
         self.result.bytes["upload"] = summary.bytes_accepted
 
     def _receive_model(self, job_id: str) -> None:
-        sealed = self.stub.GetModel(
-            pb.GetModelRequest(job_id=job_id, party=self.name), timeout=CALL_TIMEOUT_S
+        model = open_model(
+            self._get_model(job_id),
+            job_id=job_id,
+            party=self.name,
+            features=self.dataset.feature_names,
+            trust=self.trust,
+            sealing_key=self.sealing_key,
         )
-        if sealed.party != self.name:
-            raise ProtocolError(f"the coordinator sent {sealed.party!r}'s model instead")
-        self.trust.check_model(sealed)
-        box = SealedBox(sealed.ephemeral_public_key, sealed.nonce, sealed.ciphertext)
-        model = json.loads(
-            self.sealing_key.open(box, associated=associated_data(job_id, self.name))
-        )
-        if model["features"] != list(self.dataset.feature_names):
-            raise ProtocolError("the delivered model is for other features")
         self.result.clock["model"] = time.time()
         self.result.weights = model["weights"]
-        self._check_margins(model)
+        check = margins_on(model, self.dataset, self.sigmoid_interval)
+        self.result.max_margin = check.max_margin
+        self.result.margin_outside_fraction = check.outside_fraction
         if self.config.model_out is not None:
             self.config.model_out.write_text(json.dumps(model, indent=1))
         if self.test is not None:
             self.result.accuracy, self.result.auc = evaluate(model, self.test)
 
-    def _check_step(self, status: pb.JobStatus) -> None:
-        """Warn when the job's step exceeds what the aggregate statistics call stable."""
-        options = status.options
-        warning = step_warning(
-            options.learning_rate, status.standardization.curvature, options.sigmoid_interval
-        )
-        if warning:
-            log.warning("%s", warning)
-
-    def _check_margins(self, model: dict[str, Any]) -> None:
-        """Warn when the model's margins on this party's rows left the sigmoid's safe range:
-        only the parties can see that, on their own data."""
-        features = standardize(
-            self.dataset.features, np.asarray(model["mean"]), np.asarray(model["std"])
-        )
-        check = check_margins(np.asarray(model["weights"]), features, self.sigmoid_interval)
-        self.result.max_margin = check.max_margin
-        self.result.margin_outside_fraction = check.outside_fraction
-        if check.risky:
-            log.warning(
-                "the model's margin reaches %.1f on this party's rows, more than twice the "
-                "sigmoid interval %.0f (%.1f%% of rows outside it): retrain with a wider "
-                "--sigmoid-interval or a smaller --learning-rate",
-                check.max_margin,
-                check.interval,
-                100 * check.outside_fraction,
-            )
-        elif check.outside_fraction > 0:
-            log.info(
-                "%.1f%% of this party's rows have margins beyond the sigmoid interval %.0f "
-                "(max %.1f): expected and safe, the fit keeps rising there",
-                100 * check.outside_fraction,
-                check.interval,
-                check.max_margin,
-            )
-
-
-def evaluate(model: dict[str, Any], test: Dataset) -> tuple[float, float | None]:
-    """Accuracy and ROC AUC (None when the held-out rows have one class) of a delivered model."""
-    features = standardize(test.features, np.asarray(model["mean"]), np.asarray(model["std"]))
-    scores = decision_function(np.asarray(model["weights"]), features)
-    return accuracy_of(scores, test.labels), roc_auc(scores, test.labels)
-
-
-class KeyHolderSession:
-    """The key holder's task loop on its own thread: open the stream, answer, reconnect."""
-
-    def __init__(
-        self, stub: pb_grpc.CoordinatorStub, keyholder: KeyHolder, *, job_id: str, party: str
-    ) -> None:
-        self._stub = stub
-        self._keyholder = keyholder
-        self._party = party
-        self.job_id = job_id
-        self._stopped = threading.Event()
-        self._call: Any = None
-        # The latest task and its answer, by (task id, SHA-256 of the task): a task re-sent after
-        # a broken stream is answered again without being applied twice, while a new task that
-        # reuses an id (a restarted coordinator counts from 1 again) is a new task.
-        self._answers: dict[tuple[int, bytes], bytes] = {}
-        self._thread = threading.Thread(target=self._loop, name="key-holder", daemon=True)
-        self.refresh_s = 0.0
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopped.set()
-        if self._call is not None:
-            self._call.cancel()
-        self._thread.join(timeout=10)
-
-    def _loop(self) -> None:
-        while not self._stopped.is_set():
+    def _get_model(self, job_id: str) -> pb.SealedModel:
+        """The sealed model, asked again while the coordinator is away (it keeps it on disk)."""
+        outage = Outage(self.reconnect, f"fetching the model of job {job_id}")
+        request = pb.GetModelRequest(job_id=job_id, party=self.name)
+        while True:
             try:
-                self._call = self._stub.KeyHolderTasks(
-                    pb.KeyHolderTasksRequest(job_id=self.job_id, party=self._party)
-                )
-                self._serve(self._call)
+                return self.stub.GetModel(request, timeout=CALL_TIMEOUT_S)
             except grpc.RpcError as err:
-                if self._stopped.is_set():
-                    return
-                log.warning("key holder stream broke (%s); reconnecting", err.code())  # type: ignore[attr-defined]
-                time.sleep(0.5)
-
-    def _serve(self, call: Iterator[pb.TaskChunk]) -> None:
-        received: list[pb.TaskChunk] = []
-        for chunk in call:
-            received.append(chunk)
-            if len(received) < chunk.count:
-                continue
-            header, payload = chunks.join_task_chunks(received)
-            received = []
-            key = (header.task_id, hashlib.sha256(payload).digest())
-            answer = self._answers.get(key)
-            if answer is None:
-                answer = self._answer(payload)
-                self._answers = {key: answer}  # only the latest can be re-asked
-            self._stub.CompleteTask(
-                chunks.task_chunks(
-                    job_id=self.job_id, party=self._party, task_id=header.task_id, payload=answer
-                ),
-                timeout=CALL_TIMEOUT_S,
-            )
-
-    def _answer(self, payload: bytes) -> bytes:
-        """The key holder's answer to one task; a refusal is answered too, and logged."""
-        tick = time.perf_counter()
-        task = pb.KeyHolderTask()
-        try:
-            task.ParseFromString(payload)
-            result = self._keyholder.handle(task)
-        except HeflError as err:
-            log.error("key holder refused task %r: %s", task.WhichOneof("task"), err)
-            result = pb.KeyHolderResult(error=str(err))
-        except Exception as err:  # a malformed task must not end the session
-            log.exception("key holder task %r failed", task.WhichOneof("task"))
-            result = pb.KeyHolderResult(error=f"{type(err).__name__}: {err}")
-        if task.WhichOneof("task") == "refresh":
-            self.refresh_s += time.perf_counter() - tick
-        return result.SerializeToString()
+                if not is_transient(err):
+                    raise
+                outage.failed(err.code().name)  # type: ignore[attr-defined]

@@ -20,6 +20,18 @@ protocol it agreed to and nothing else, one stage after the other:
 
 Anything else is refused with a :class:`~hefl.errors.ProtocolError` naming what was asked and
 what the stage allows; the session logs it, answers the error and keeps serving.
+
+Faults and restarts. This state machine never goes back and never takes a step twice: a broken
+connection or a restarted coordinator changes nothing here. The key holder's session
+(:mod:`parties.session`) keeps only one thing beside it: the latest task's SHA-256 and its
+answer, so that a byte-identical repeat of that task (what a coordinator sends when the answer
+was lost, or when it restarted with the task in flight) is answered again without reaching this
+class. Every other request for a step already taken reaches it and is refused: statistics a
+second time, a second setup (with the same or other masks), a refresh of an iteration already
+refreshed (whatever its masks), a reveal already made, a second finalization. A coordinator
+that restarted without its journal therefore cannot start the training over; the job fails.
+The secret key exists only in this process: if the key holder itself stops, no one can resume
+its job.
 """
 
 from __future__ import annotations

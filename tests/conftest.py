@@ -16,7 +16,7 @@ import grpc
 import pytest
 import tenseal as ts
 
-from coordinator.driver import PoolFactory
+from coordinator.driver import Deadlines, PoolFactory
 from coordinator.inprocess_pool import in_process_pool_factory
 from coordinator.limits import Limits
 from coordinator.registry import Registry
@@ -60,10 +60,15 @@ class RunningCoordinator:
     """
 
     def __init__(
-        self, workdir: Path, pool_factory: PoolFactory, *, limits: Limits | None = None
+        self,
+        workdir: Path,
+        pool_factory: PoolFactory,
+        *,
+        limits: Limits | None = None,
+        deadlines: Deadlines | None = None,
     ) -> None:
         self.workdir = workdir
-        self.registry = Registry(workdir, pool_factory, limits=limits)
+        self.registry = Registry(workdir, pool_factory, limits=limits, deadlines=deadlines)
         self.server, self.port = create_server("127.0.0.1:0", self.registry, tls=None)
         self.server.start()
         self.address = f"127.0.0.1:{self.port}"

@@ -13,7 +13,7 @@ import tenseal as ts
 
 from coordinator.gradient import GradientKernel
 from coordinator.store import JobStore
-from coordinator.training import TrainingInputs, train
+from coordinator.training import MemoryJournal, TrainingInputs, train
 from coordinator.worker import BlockSource, ShardWorker
 from hefl import sealio, signed
 from hefl.algorithm import (
@@ -178,8 +178,11 @@ def test_training_loop_delivers_the_float64_replica(
         columns=5,
     )
     recipient, recipient_signing = SealingKey(), SigningKey.generate()
+    signature = recipient_signing.sign(
+        signed.SEAL_KEY, signed.seal_key_parts("job-1", "a", recipient.public_bytes)
+    )
 
-    refresh, report = train(
+    models, report = train(
         TrainingInputs(
             context=public_context,
             params=params,
@@ -187,24 +190,19 @@ def test_training_loop_delivers_the_float64_replica(
             rows=280,
             columns=5,
             label_term=sealio.add_vectors(public_context, label_terms, what="label term"),
+            recipients=(
+                Recipient("a", recipient.public_bytes, recipient_signing.public_bytes, signature),
+            ),
             reveal_intermediate=True,
         ),
         pool=InProcessPool(worker),
         link=link,
+        journal=MemoryJournal(),
     )
-    signature = recipient_signing.sign(
-        signed.SEAL_KEY, signed.seal_key_parts("job-1", "a", recipient.public_bytes)
-    )
-    finalize = refresh.finalize(
-        recipients=[
-            Recipient("a", recipient.public_bytes, recipient_signing.public_bytes, signature)
-        ]
-    )
-    result = link.call(pb.KeyHolderTask(finalize=finalize.to_proto()), timeout_s=60)
 
     assert link.tasks == ["decrypt_stats", "setup", *["refresh", "reveal"] * 6, "finalize"]
     assert report.iterations == 6
-    (sealed,) = result.sealed.models
+    (sealed,) = models
     box = SealedBox(sealed.ephemeral_public_key, sealed.nonce, sealed.ciphertext)
     delivered = json.loads(recipient.open(box, associated=associated_data("job-1", "a")))
     # The revealed iterates reach the parties, sealed with the model, and never the coordinator.

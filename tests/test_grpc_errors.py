@@ -22,9 +22,9 @@ from hefl.codec import PackingLayout
 from hefl.params import PARAMETER_SETS
 from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
-from parties.client import KeyHolderSession
 from parties.identity import SigningKey
 from parties.keyholder import KeyHolder
+from parties.session import KeyHolderSession
 from tests.conftest import RunningCoordinator
 from tests.helpers import (
     FEATURES,

@@ -27,8 +27,9 @@ from hefl.identity import TlsFiles, channel_credentials
 from hefl.params import DEFAULT_PARAMETER_SET
 from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
-from parties.client import PartyResult, evaluate
+from parties.client import PartyResult
 from parties.data import Dataset, load_csv, write_csv
+from parties.evaluation import evaluate
 from tools.datasets import builtin_dataset, synthetic_dataset
 from tools.memory import MemorySampler
 from tools.provision import provision, remove_project

@@ -31,6 +31,16 @@ Who sees what. The coordinator: ciphertexts and its own masks. The key holder: m
 (S_j + r_j, every slot of G_j + R_j, C + c, the masked state and its offsets), then the
 model it seals at finalization (and every intermediate model if the job opted in).
 
+Resuming after a coordinator restart. The coordinator's whole state between two messages is
+its masks (:class:`RefreshMasks`: c, and the current a, b) and the last fresh weights; it can
+persist them and rebuild its half with ``RefreshCoordinator(..., masks=...)``
+(:mod:`coordinator.training` writes every request ahead of sending it, so that a request it
+must send again is byte-identical). The key holder's half never goes back: a repeated
+iteration is refused here; only its session may answer a byte-identical repeat of its latest
+task from a cache (:mod:`parties.session`), which gives the coordinator nothing it did not
+already have. The masks hide values from the key holder only, so persisting them on the
+coordinator's own disk changes nothing for the coordinator's trust domain.
+
 Privacy (honest-but-curious coordinator and key holder, no collusion): every value the key
 holder sees is a true value plus a fresh uniform mask 2^m wide (m = 25 for the default
 parameters, :attr:`hefl.params.CkksParameters.mask_bits`), i.e. statistical hiding with slack
@@ -244,6 +254,16 @@ class FinalizeRequest:
 
 
 @dataclass(frozen=True)
+class RefreshMasks:
+    """The coordinator's secret state between two messages: the label term's mask c and the
+    current masks a, b of the key holder's weights and velocity, one value per column."""
+
+    label: tuple[float, ...]
+    weights: tuple[float, ...]
+    velocity: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class MaskedWeights:
     """What the workers compute the next gradient from: the key holder's fresh ciphertexts of
     k * (w_j + a_j) and the k * a_j to subtract from them."""
@@ -265,6 +285,11 @@ class RefreshCoordinator:
         rows: Rows over all parties.
         columns: Columns of the model (features + bias).
         random_bytes: Source of the masks' randomness; a seeded one only in tests.
+        masks: Resume with these masks (:attr:`masks` of the half that sent the last message)
+            instead of drawing new ones.
+
+    Raises:
+        ProtocolError: ``masks`` do not have one value per column.
     """
 
     def __init__(
@@ -276,6 +301,7 @@ class RefreshCoordinator:
         rows: int,
         columns: int,
         random_bytes: RandomBytes = os.urandom,
+        masks: RefreshMasks | None = None,
     ) -> None:
         import tenseal.sealapi as sealapi
 
@@ -291,9 +317,27 @@ class RefreshCoordinator:
         self._columns = columns
         self._l2 = l2_vector(columns, hyper.l2)
         self._weight_scale = hyper.sigmoid.encrypted_form()[0]
-        self._label_mask = self._uniform(columns)
-        self._weights_mask = self._uniform(columns)
-        self._velocity_mask = self._uniform(columns)
+        if masks is None:
+            masks = RefreshMasks(
+                label=_floats(self._uniform(columns)),
+                weights=_floats(self._uniform(columns)),
+                velocity=_floats(self._uniform(columns)),
+            )
+        lengths = {len(masks.label), len(masks.weights), len(masks.velocity)}
+        if lengths != {columns}:
+            raise ProtocolError(f"masks of lengths {sorted(lengths)} for {columns} columns")
+        self._label_mask = np.asarray(masks.label)
+        self._weights_mask = np.asarray(masks.weights)
+        self._velocity_mask = np.asarray(masks.velocity)
+
+    @property
+    def masks(self) -> RefreshMasks:
+        """The masks as they stand after the last message this half produced."""
+        return RefreshMasks(
+            label=_floats(self._label_mask),
+            weights=_floats(self._weights_mask),
+            velocity=_floats(self._velocity_mask),
+        )
 
     def _uniform(self, *shape: int) -> Array:
         return uniform_masks(self._mask_bits, shape, random_bytes=self._random_bytes)
@@ -389,8 +433,8 @@ class RefreshKeyHolder:
     """The key holder's half, an explicit state machine.
 
     After the setup it accepts the refreshes of iterations 0, 1, ... up to the setup's
-    iteration count, each once and in order; a reveal of the iteration it refreshed last; the
-    finalization after the last iteration, and no refresh after that. It refuses everything
+    iteration count, each once and in order; a reveal of the iteration it refreshed last, once;
+    the finalization after the last iteration, and no refresh after that. It refuses everything
     else with a :class:`~hefl.errors.ProtocolError` that names the iteration asked for and the
     one it expects. It uses the secret key only through ``keys`` (implemented in
     :mod:`parties`).
@@ -413,6 +457,7 @@ class RefreshKeyHolder:
         self._weights = np.asarray(setup.weights)
         self._velocity = np.asarray(setup.velocity)
         self._refreshed = 0  # iterations done; the next refresh must be this one
+        self._revealed = 0  # iterations revealed; only the last refreshed one may be next
 
     @property
     def refreshed(self) -> int:
@@ -475,14 +520,21 @@ class RefreshKeyHolder:
         """The model after the last refresh, unmasked.
 
         Raises:
-            ProtocolError: Not the iteration refreshed last, or not one value per column.
+            ProtocolError: Not the iteration refreshed last, already revealed, or not one value
+                per column.
         """
         if request.iteration + 1 != self._refreshed:
             raise ProtocolError(
                 f"reveal of iteration {request.iteration} refused: the last refreshed "
                 f"iteration is {self._refreshed - 1}"
             )
-        return self._unmask(request.model_mask)
+        if self._revealed == self._refreshed:
+            raise ProtocolError(
+                f"reveal of iteration {request.iteration} refused: it was revealed already"
+            )
+        model = self._unmask(request.model_mask)
+        self._revealed = self._refreshed
+        return model
 
     def finalize(self, request: FinalizeRequest) -> Array:
         """The final model, unmasked, once every iteration is refreshed.
