@@ -8,6 +8,7 @@ Layouts: tenseal/proto/tensors.proto (``CKKSVectorProto``), SEAL's serialization
 
 from __future__ import annotations
 
+import random
 import struct
 
 import tenseal as ts
@@ -183,3 +184,26 @@ def uncompressed_vector(context: ts.Context, data: bytes) -> bytes:
         ciphertexts=[sealed(members, compression=COMPRESSION_NONE)],
         scale=parsed.scales[0],
     )
+
+
+def mutate(data: bytes, rng: random.Random, *, head: int = 160) -> bytes:
+    """1 to 4 bit flips, overwrites, insertions or deletions, half of them in the first
+    ``head`` bytes (message tags, SEAL and zstd headers); never ``data`` itself."""
+    while True:
+        mutated = bytearray(data)
+        for _ in range(rng.randint(1, 4)):
+            if not mutated:
+                mutated.append(rng.randrange(256))
+                continue
+            at = rng.randrange(min(head, len(mutated)) if rng.random() < 0.5 else len(mutated))
+            kind = rng.choice(["flip", "set", "insert", "delete"])
+            if kind == "flip":
+                mutated[at] ^= 1 << rng.randrange(8)
+            elif kind == "set":
+                mutated[at] = rng.randrange(256)
+            elif kind == "insert":
+                mutated[at:at] = bytes([rng.randrange(256)])
+            else:
+                del mutated[at]
+        if bytes(mutated) != data:
+            return bytes(mutated)

@@ -46,7 +46,7 @@ from parties.identity import PartyIdentity
 from parties.keyholder import KeyHolder
 from parties.sealing import SealingKey
 from parties.trust import Provisioned
-from tests.ciphertexts import vector_proto, zero_vector
+from tests.ciphertexts import mutate, vector_proto, zero_vector
 from tools.provision import provision
 
 pytestmark = pytest.mark.slow
@@ -142,29 +142,6 @@ class CoordinatorProcess:
 
 
 # ----- the fuzzer's side -------------------------------------------------------------------------
-
-
-def mutate(data: bytes, rng: random.Random, *, head: int = 160) -> bytes:
-    """1 to 4 bit flips, overwrites, insertions or deletions, half of them in the first
-    ``head`` bytes (message tags, SEAL and zstd headers); never ``data`` itself."""
-    while True:
-        mutated = bytearray(data)
-        for _ in range(rng.randint(1, 4)):
-            if not mutated:
-                mutated.append(rng.randrange(256))
-                continue
-            at = rng.randrange(min(head, len(mutated)) if rng.random() < 0.5 else len(mutated))
-            kind = rng.choice(["flip", "set", "insert", "delete"])
-            if kind == "flip":
-                mutated[at] ^= 1 << rng.randrange(8)
-            elif kind == "set":
-                mutated[at] = rng.randrange(256)
-            elif kind == "insert":
-                mutated[at:at] = bytes([rng.randrange(256)])
-            else:
-                del mutated[at]
-        if bytes(mutated) != data:
-            return bytes(mutated)
 
 
 @dataclass
