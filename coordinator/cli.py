@@ -115,6 +115,8 @@ def coordinator(
     # Without a cluster, start a private one first (before `import ray`, see LocalRayCluster):
     # it comes up in the background while parties register, encrypt and upload.
     local_ray = None if ray_address else LocalRayCluster(num_cpus=ray_num_cpus)
+    if ray_address:
+        check_ray_address(ray_address)
     from coordinator.driver import Deadlines
     from coordinator.server import CoordinatorConfig, serve
 
@@ -138,3 +140,17 @@ def coordinator(
     finally:
         if local_ray is not None:
             local_ray.stop()
+
+
+def check_ray_address(address: str) -> None:
+    """Fail now, with Ray's reason and what to set, if the cluster refuses this process.
+
+    Raises:
+        click.ClickException: The cluster cannot be joined.
+    """
+    from coordinator.ray_pool import RayJoinRefused, check_join
+
+    try:
+        check_join(address)
+    except RayJoinRefused as err:
+        raise click.ClickException(str(err)) from err
