@@ -13,6 +13,7 @@ own processes are inspected for what they can see (``nsenter`` into their namesp
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -55,15 +56,15 @@ class Cluster:
         self.temp = Path(tempfile.mkdtemp(prefix="hefl-mh-", dir="/tmp"))
         self.env = {
             k: v
-            for k, v in __import__("os").environ.items()
+            for k, v in os.environ.items()
             if not k.startswith("RAY_AUTH") and k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
         }
         self.env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-        # The head declares a node dead after ~5 s without health checks (Ray's default: ~30 s).
+        # The head declares a node dead after ~10 s without health checks (Ray's default: ~30 s).
         head_env = self.env | {
             "RAY_health_check_period_ms": "1000",
             "RAY_health_check_timeout_ms": "1000",
-            "RAY_health_check_failure_threshold": "5",
+            "RAY_health_check_failure_threshold": "10",
         }
         self.network = PrivateNetwork(3)
         self.nodes: list[RayNode] = []
