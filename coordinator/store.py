@@ -56,8 +56,8 @@ def atomic_write(path: Path, data: bytes) -> None:
     """
     _make_dirs(path.parent)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{TMP_SUFFIX}")
-    # Created as open() would (0666 less the umask, not mkstemp's 0600): Ray workers on other
-    # nodes read these files from shared storage.
+    # Created as open() would (0666 less the umask, not mkstemp's 0600): an operator's tools
+    # (backups, a copy to another machine) read these as any other file.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as file:
