@@ -85,6 +85,20 @@ def load_limits(limits_file: Path | None, given: dict[str, Any]) -> Limits:
     "restart) before it fails",
 )
 @click.option(
+    "--health-listen",
+    default=None,
+    metavar="HOST:PORT",
+    help="also answer the gRPC health service in plaintext here, and nothing else (for probes "
+    "that cannot present a client certificate); it is always on --listen, under TLS",
+)
+@click.option(
+    "--metrics-listen",
+    default=None,
+    metavar="HOST:PORT",
+    help="serve Prometheus metrics over HTTP here (/metrics): RPCs, jobs by phase, iteration "
+    "times, workers; no job or party names",
+)
+@click.option(
     "--ready-file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -100,6 +114,8 @@ def coordinator(
     workers: int,
     ray_num_cpus: int | None,
     key_holder_timeout: float,
+    health_listen: str | None,
+    metrics_listen: str | None,
     ready_file: Path | None,
     limits_file: Path | None,
     **given_limits: str | None,
@@ -128,6 +144,8 @@ def coordinator(
         ray_num_cpus=ray_num_cpus,
         limits=limits,
         deadlines=Deadlines(key_holder_s=key_holder_timeout),
+        health_listen=health_listen or None,
+        metrics_listen=metrics_listen or None,
     )
     try:
         serve(
