@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.inprocess_pool import in_process_pool_factory
-from coordinator.metrics import IterationTimer
+from coordinator.metrics import IterationTimer, RayCollector
 from coordinator.server import SERVICE_NAME, Coordinator, CoordinatorConfig
 from hefl import chunks
 from hefl.identity import TlsFiles, channel_credentials
@@ -281,3 +281,14 @@ def test_sigterm_drains_hefl_coordinator_that_joined_ray(tmp_path):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_ray_nodes_are_counted_once_this_process_joined_ray(ray_session):
+    samples = {
+        (sample.name, tuple(sample.labels.items())): sample.value
+        for family in RayCollector().collect()
+        for sample in family.samples
+    }
+    assert samples[("hefl_ray_nodes", (("state", "alive"),))] == 1
+    assert samples[("hefl_ray_nodes", (("state", "dead"),))] == 0
+    assert samples[("hefl_workers", ())] == 0
