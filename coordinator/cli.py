@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -14,6 +15,10 @@ from coordinator.limits import Limits
 from hefl.errors import HeflError
 
 _UNITS = {"bytes": "BYTES", "seconds": "SECONDS", "count": "N"}
+# The ports deploy/ gives the API (the default), the plaintext health service and the metrics.
+API_PORT = 50051
+HEALTH_PORT = 50052
+METRICS_PORT = 50053
 
 
 def limit_options(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -53,7 +58,7 @@ def load_limits(limits_file: Path | None, given: dict[str, Any]) -> Limits:
 
 
 @click.command()
-@click.option("--listen", default="127.0.0.1:50051", help="HOST:PORT (port 0: any free port)")
+@click.option("--listen", default=f"127.0.0.1:{API_PORT}", help="HOST:PORT (port 0: any free port)")
 @click.option(
     "--kit",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -85,6 +90,21 @@ def load_limits(limits_file: Path | None, given: dict[str, Any]) -> Limits:
     "restart) before it fails",
 )
 @click.option(
+    "--health-listen",
+    default=None,
+    metavar="HOST:PORT",
+    help="also answer the gRPC health service in plaintext here, and nothing else (for probes "
+    f"that cannot present a client certificate), e.g. 127.0.0.1:{HEALTH_PORT}; it is always "
+    "on --listen, under TLS",
+)
+@click.option(
+    "--metrics-listen",
+    default=None,
+    metavar="HOST:PORT",
+    help=f"serve Prometheus metrics over HTTP here (/metrics), e.g. 127.0.0.1:{METRICS_PORT}: "
+    "RPCs, jobs by phase, iteration times, workers; no job or party names",
+)
+@click.option(
     "--ready-file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
@@ -100,6 +120,8 @@ def coordinator(
     workers: int,
     ray_num_cpus: int | None,
     key_holder_timeout: float,
+    health_listen: str | None,
+    metrics_listen: str | None,
     ready_file: Path | None,
     limits_file: Path | None,
     **given_limits: str | None,
@@ -115,6 +137,10 @@ def coordinator(
     # Without a cluster, start a private one first (before `import ray`, see LocalRayCluster):
     # it comes up in the background while parties register, encrypt and upload.
     local_ray = None if ray_address else LocalRayCluster(num_cpus=ray_num_cpus)
+    # Ray reads this when imported (below), after the local cluster took its environment: once
+    # joined, its driver would otherwise put a fatal-signal handler (absl's) over the
+    # coordinator's SIGTERM handler and abort the process instead of letting it drain.
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     if ray_address:
         check_ray_address(ray_address)
     from coordinator.driver import Deadlines
@@ -130,6 +156,8 @@ def coordinator(
         ray_num_cpus=ray_num_cpus,
         limits=limits,
         deadlines=Deadlines(key_holder_s=key_holder_timeout),
+        health_listen=health_listen or None,
+        metrics_listen=metrics_listen or None,
     )
     try:
         serve(

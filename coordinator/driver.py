@@ -45,6 +45,8 @@ from hefl.v1 import hefl_pb2 as pb
 log = logging.getLogger("hefl.driver")
 
 PoolFactory = Callable[[bytes, str, str, PackingLayout, int], GradientPool]
+# Made when a job starts training; hears the number of each iteration completed (metrics).
+IterationTimerFactory = Callable[[], Callable[[int], None]]
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class JobDriver:
         restored: The job comes from disk after a restart: its parties may never come back, so
             take Ray resources only once they do (the key holder is connected).
         deadlines: How long to wait for the key holder and the uploads.
+        iteration_timer: Makes what hears of each completed iteration, if anything should.
     """
 
     def __init__(
@@ -85,11 +88,13 @@ class JobDriver:
         *,
         restored: bool = False,
         deadlines: Deadlines = Deadlines(),
+        iteration_timer: IterationTimerFactory | None = None,
     ) -> None:
         self._job = job
         self._pool_factory = pool_factory
         self._restored = restored
         self._deadlines = deadlines
+        self._iteration_timer = iteration_timer
         self._journal = FileJournal(job.store.root / "training")
 
     def run(self, stop: threading.Event) -> None:
@@ -231,6 +236,13 @@ class JobDriver:
         load_s = time.perf_counter() - started
         options = job.options  # resolved when the standardization was published
         hyper = messages.hyperparameters_of(options)
+        timer = self._iteration_timer() if self._iteration_timer else None
+
+        def on_iteration(done: int) -> None:
+            job.set_iteration(done)
+            if timer is not None:
+                timer(done)
+
         sealed, report = train(
             TrainingInputs(
                 context=job.context,
@@ -245,7 +257,7 @@ class JobDriver:
             pool=pool,
             link=job.link,
             journal=self._journal,
-            on_iteration=job.set_iteration,
+            on_iteration=on_iteration,
             key_holder_timeout_s=self._deadlines.key_holder_s,
         )
         job.finish(

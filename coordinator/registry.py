@@ -11,7 +11,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from coordinator.driver import Deadlines, JobDriver, PoolFactory
+from coordinator.driver import Deadlines, IterationTimerFactory, JobDriver, PoolFactory
 from coordinator.jobs import Job
 from coordinator.limits import Limits, context_bytes_cap
 from coordinator.persistence import restore_job
@@ -41,6 +41,7 @@ class Registry:
         pool_factory: Makes a job's workers.
         limits: What the coordinator accepts; the defaults when None.
         deadlines: How long a job waits for its key holder and its uploads.
+        iteration_timer: Hears of every job's iterations (the metrics' histogram).
     """
 
     def __init__(
@@ -50,8 +51,10 @@ class Registry:
         *,
         limits: Limits | None = None,
         deadlines: Deadlines | None = None,
+        iteration_timer: IterationTimerFactory | None = None,
     ) -> None:
         self._workdir = workdir
+        self._iteration_timer = iteration_timer
         self._pool_factory = pool_factory
         self.limits = limits or Limits()
         self._deadlines = deadlines or Deadlines()
@@ -69,7 +72,11 @@ class Registry:
     def _start(self, job: Job, *, restored: bool = False) -> None:
         thread = threading.Thread(
             target=JobDriver(
-                job, self._pool_factory, restored=restored, deadlines=self._deadlines
+                job,
+                self._pool_factory,
+                restored=restored,
+                deadlines=self._deadlines,
+                iteration_timer=self._iteration_timer,
             ).run,
             args=(self._stop,),
             name=f"job-{job.job_id}",

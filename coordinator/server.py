@@ -1,4 +1,14 @@
-"""The coordinator process: gRPC server, job registry, Ray connection."""
+"""The coordinator process: gRPC server, job registry, Ray connection, and what operators
+watch it with (the gRPC health service, Prometheus metrics).
+
+The standard ``grpc.health.v1.Health`` service answers on the API's port, under the same mutual
+TLS as every RPC. Kubernetes' gRPC probes (and most load balancers' health checks) cannot
+present a client certificate, so the same health service can also answer in plaintext on a port
+of its own (``health_listen``), which serves nothing else: a probe learns SERVING or
+NOT_SERVING and nothing of any job. Metrics go over plain HTTP on ``metrics_listen``
+(:mod:`coordinator.metrics`). Both are off unless an address is given: several coordinators may
+share a host, and every port opened is the operator's choice.
+"""
 
 from __future__ import annotations
 
@@ -13,21 +23,29 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from coordinator import ray_pool
 from coordinator.driver import Deadlines, PoolFactory
 from coordinator.limits import Limits
+from coordinator.metrics import CoordinatorMetrics, MetricsEndpoint
 from coordinator.registry import Registry
 from coordinator.servicer import CoordinatorServicer
 from hefl.chunks import CHANNEL_OPTIONS
 from hefl.codec import PackingLayout
 from hefl.errors import InvalidArgument
 from hefl.identity import ROLE_COORDINATOR, TlsFiles, server_credentials
+from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
 
 log = logging.getLogger("hefl.coordinator")
 
 GRACE_S = 10.0
+# The health service reports this service, and the server as a whole ("").
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name
+# The plaintext health port serves probes only: a few threads, a bounded number of calls.
+HEALTH_THREADS = 2
+HEALTH_MAX_RPCS = 16
 
 
 @dataclass(frozen=True)
@@ -46,6 +64,11 @@ class CoordinatorConfig:
     limits: Limits = field(default_factory=Limits)
     # How long a job waits for its key holder and for its uploads before it fails.
     deadlines: Deadlines = Deadlines()
+    # Plaintext gRPC health service (probes without a client certificate), HOST:PORT; None: the
+    # health service answers on `listen` only, under mutual TLS.
+    health_listen: str | None = None
+    # Prometheus metrics over HTTP, HOST:PORT; None: none served.
+    metrics_listen: str | None = None
 
 
 # Raises when the cluster cannot come up (see LocalRayCluster.wait_until_up).
@@ -125,7 +148,12 @@ def server_options(limits: Limits) -> list[tuple[str, Any]]:
 
 
 def create_server(
-    address: str, registry: Registry, *, tls: TlsFiles | None
+    address: str,
+    registry: Registry,
+    *,
+    tls: TlsFiles | None,
+    health_servicer: health.HealthServicer | None = None,
+    metrics: CoordinatorMetrics | None = None,
 ) -> tuple[grpc.Server, int]:
     """A started-later server bound to ``address`` (port 0 picks a free port), with the
     registry's limits: ``server_threads`` threads, of which streaming calls hold at most
@@ -136,15 +164,20 @@ def create_server(
         tls: The coordinator's certificate, key and the project CA: every connection is then
             mutual TLS and callers are known by their certificates. None serves plaintext to
             anyone (``--insecure``).
+        health_servicer: Also serve this ``grpc.health.v1.Health``, under the same TLS.
+        metrics: Count every call's status, messages and bytes here.
     """
     limits = registry.limits
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=limits.server_threads, thread_name_prefix="grpc"),
         options=server_options(limits),
         maximum_concurrent_rpcs=2 * limits.server_threads,
+        interceptors=[metrics.interceptor()] if metrics is not None else None,
     )
     servicer = CoordinatorServicer(registry, authenticated=tls is not None)
     pb_grpc.add_CoordinatorServicer_to_server(servicer, server)
+    if health_servicer is not None:
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if tls is None:
         log.warning(
             "serving plaintext gRPC without identities (--insecure): anyone who reaches %s can "
@@ -162,6 +195,92 @@ def create_server(
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     return server, port
+
+
+def create_health_server(
+    address: str, health_servicer: health.HealthServicer
+) -> tuple[grpc.Server, int]:
+    """A started-later plaintext server of the health service alone, bound to ``address``."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=HEALTH_THREADS, thread_name_prefix="health"),
+        maximum_concurrent_rpcs=HEALTH_MAX_RPCS,
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    return server, port
+
+
+class Coordinator:
+    """One coordinator's servers, started: the API and its health service on ``config.listen``,
+    and the operator's endpoints (plaintext health, metrics) where the config asks for them.
+    Health turns SERVING once everything listens; :meth:`stop` turns it NOT_SERVING first.
+
+    Args:
+        config: Addresses, work directory, limits and deadlines (its Ray settings are the pool
+            factory's business).
+        pool_factory: Makes a job's workers.
+        tls: As for :func:`create_server`.
+    """
+
+    def __init__(
+        self, config: CoordinatorConfig, pool_factory: PoolFactory, *, tls: TlsFiles | None
+    ) -> None:
+        config.workdir.mkdir(parents=True, exist_ok=True)
+        self.metrics = CoordinatorMetrics(lambda: self.registry.jobs())
+
+        def tracked(*args: Any) -> Any:
+            pool = pool_factory(*args)
+            self.metrics.ray.track(pool)
+            return pool
+
+        self.registry = Registry(
+            config.workdir,
+            tracked,
+            limits=config.limits,
+            deadlines=config.deadlines,
+            iteration_timer=self.metrics.iteration_timer,
+        )
+        self.health = health.HealthServicer()
+        self._not_serving()
+        self.server, self.port = create_server(
+            config.listen, self.registry, tls=tls, health_servicer=self.health, metrics=self.metrics
+        )
+        self.health_server: grpc.Server | None = None
+        self.health_port: int | None = None
+        if config.health_listen:
+            self.health_server, self.health_port = create_health_server(
+                config.health_listen, self.health
+            )
+        self.server.start()
+        if self.health_server is not None:
+            self.health_server.start()
+            log.info("plaintext health service on %s", config.health_listen)
+        self.metrics_endpoint = (
+            MetricsEndpoint(config.metrics_listen, self.metrics) if config.metrics_listen else None
+        )
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.metrics_endpoint.port if self.metrics_endpoint is not None else None
+
+    def _not_serving(self) -> None:
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def stop(self, grace_s: float = GRACE_S) -> None:
+        """Drain: health says NOT_SERVING (on both ports) while jobs pause and calls in flight
+        get ``grace_s`` to finish; then the operator's endpoints close too."""
+        self.health.enter_graceful_shutdown()
+        self.registry.shutdown()
+        self.server.stop(grace_s).wait()
+        if self.health_server is not None:
+            self.health_server.stop(0).wait()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.stop()
 
 
 def tls_of(config: CoordinatorConfig) -> TlsFiles | None:
@@ -196,12 +315,9 @@ def serve(
             fails the jobs that need it with the reason instead of leaving them waiting.
     """
     tls = tls_of(config)
-    config.workdir.mkdir(parents=True, exist_ok=True)
     join_ray_early(config, ray_ready)
-    factory = ray_pool_factory(config, ray_ready)
-    registry = Registry(config.workdir, factory, limits=config.limits, deadlines=config.deadlines)
-    server, port = create_server(config.listen, registry, tls=tls)
-    server.start()
+    coordinator = Coordinator(config, ray_pool_factory(config, ray_ready), tls=tls)
+    port = coordinator.port
     host = config.listen.rsplit(":", 1)[0]
     log.info("coordinator listening on %s:%d, work directory %s", host, port, config.workdir)
     if ready_file is not None:
@@ -215,5 +331,4 @@ def serve(
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     stopped.wait()
-    registry.shutdown()
-    server.stop(GRACE_S).wait()
+    coordinator.stop(GRACE_S)

@@ -21,7 +21,15 @@ ALLOWED = {
     "bench": {"hefl", "coordinator", "parties", "tools"},
 }
 # Installed only by the extras (hefl[coordinator], hefl[tools]), never by hefl[party].
-NOT_IN_A_PARTY_INSTALL = ["ray", "sklearn", "matplotlib", "psutil", "tqdm"]
+NOT_IN_A_PARTY_INSTALL = [
+    "ray",
+    "grpc_health",
+    "prometheus_client",
+    "sklearn",
+    "matplotlib",
+    "psutil",
+    "tqdm",
+]
 
 
 def _imports(path: Path) -> set[str]:
