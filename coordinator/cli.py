@@ -141,6 +141,8 @@ def coordinator(
     # joined, its driver would otherwise put a fatal-signal handler (absl's) over the
     # coordinator's SIGTERM handler and abort the process instead of letting it drain.
     os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+    if ray_address:
+        check_ray_address(ray_address)
     from coordinator.driver import Deadlines
     from coordinator.server import CoordinatorConfig, serve
 
@@ -166,3 +168,17 @@ def coordinator(
     finally:
         if local_ray is not None:
             local_ray.stop()
+
+
+def check_ray_address(address: str) -> None:
+    """Fail now, with Ray's reason and what to set, if the cluster refuses this process.
+
+    Raises:
+        click.ClickException: The cluster cannot be joined.
+    """
+    from coordinator.ray_pool import RayJoinRefused, check_join
+
+    try:
+        check_join(address)
+    except RayJoinRefused as err:
+        raise click.ClickException(str(err)) from err

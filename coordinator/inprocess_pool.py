@@ -2,9 +2,10 @@
 
 :class:`InProcessPool` is a :class:`coordinator.training.GradientPool` that runs
 :class:`coordinator.worker.ShardWorker` objects directly, one after the other, on the block runs
-the Ray pool's block sharding gives them (:func:`coordinator.sharding.assign_blocks`). It reads
-the same job directory and returns the same per-worker gradient sums as Ray workers holding
-those blocks; it just computes them without parallelism and without a Ray cluster.
+the Ray pool's block sharding gives them (:func:`coordinator.sharding.assign_blocks`). Its
+workers read the job directory themselves and return the same per-worker gradient sums as Ray
+workers given those blocks; it just computes them without parallelism and without a Ray
+cluster.
 """
 
 from __future__ import annotations
@@ -37,23 +38,33 @@ class InProcessPool:
         columns: int,
         workers: int = 1,
     ) -> None:
-        self._workers = [
-            ShardWorker(parameter_set=parameter_set, job_root=job_root, blocks=run, columns=columns)
-            for run in assign_blocks(layout, workers)
-        ]
+        self._parameter_set = parameter_set
+        self._job_root = job_root
+        self._runs = assign_blocks(layout, workers)
+        self._columns = columns
+        self._workers: list[ShardWorker] = []
 
     @property
     def size(self) -> int:
-        return len(self._workers)
+        return len(self._runs)
 
     def load(self) -> None:
-        for worker in self._workers:
-            worker.load()
+        if not self._workers:
+            self._workers = [
+                ShardWorker.from_job_directory(
+                    parameter_set=self._parameter_set,
+                    job_root=self._job_root,
+                    blocks=run,
+                    columns=self._columns,
+                )
+                for run in self._runs
+            ]
 
     def gradient(
         self, masked_weights: Sequence[bytes], unmask: Sequence[float], *, a: float, b: float
     ) -> list[list[bytes]]:
         """Per-column gradient sums, one list per worker, to be added up."""
+        self.load()
         return [worker.gradient(masked_weights, unmask, a, b) for worker in self._workers]
 
     def peak_rss_mb(self) -> list[float]:
@@ -65,8 +76,8 @@ class InProcessPool:
 
 
 def in_process_pool_factory(*, workers: int = 1) -> PoolFactory:
-    """Makes each job's :class:`InProcessPool` (the public context is read from the job
-    directory, as Ray workers do)."""
+    """Makes each job's :class:`InProcessPool` (its workers read the job directory, the public
+    context included)."""
 
     def make(
         context_bytes: bytes, parameter_set: str, job_root: str, layout: PackingLayout, columns: int

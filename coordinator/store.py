@@ -12,9 +12,9 @@ Layout under ``<workdir>/jobs/<job_id>/``::
     report.json                   timings and traffic of the training run
 
 Every write is atomic and durable (:func:`atomic_write`): after a crash a file holds either its
-previous content or the whole new one, and a write that returned survives a crash. Ray workers
-read the columns from here, which is what lets a restarted worker rebuild its shards; on a
-multi-node cluster the work directory must be on storage every node mounts.
+previous content or the whole new one, and a write that returned survives a crash. The
+coordinator reads the columns from here to give Ray workers their shards (again, to a worker
+Ray restarted); workers never read this directory, so it need not be on shared storage.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def atomic_write(path: Path, data: bytes) -> None:
     """
     _make_dirs(path.parent)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{TMP_SUFFIX}")
-    # Created as open() would (0666 less the umask, not mkstemp's 0600): Ray workers on other
-    # nodes read these files from shared storage.
+    # Created as open() would (0666 less the umask, not mkstemp's 0600): an operator's tools
+    # (backups, a copy to another machine) read these as any other file.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as file:

@@ -1,14 +1,17 @@
 """The work a Ray worker does, as a plain class: hold encrypted shards, compute gradients.
 
-:mod:`coordinator.ray_pool` wraps it with ``ray.remote``; tests use it directly. A worker
-loads its blocks from the job directory (summing the parties' contributions to each block), so
-a restarted worker rebuilds exactly the same shards; after that they stay in its memory for the
-whole training and only weights and gradient sums travel.
+:mod:`coordinator.ray_pool` wraps it with ``ray.remote``; tests use it directly. A worker is
+given its blocks (:meth:`ShardWorker.hold`: each party's serialized contributions to a block,
+which it sums), one block at a time, by whoever reads the job directory: the coordinator, which
+sends them through Ray's object store, so that a worker needs no access to the coordinator's
+disk. After that the shards stay in its memory for the whole training and only weights and
+gradient sums travel. A worker restarted by Ray comes back empty and says so
+(:class:`ShardsMissing`) on its next call, and the coordinator gives it its blocks again.
 
-Shards are loaded once and kept as SEAL ciphertexts at the top level; the kernel
+Shards are kept as SEAL ciphertexts at the top level; the kernel
 (:class:`coordinator.gradient.GradientKernel`) never modifies them.
 
-Every ciphertext a worker loads, from the job directory or in a call, passes
+Every ciphertext a worker loads, from the coordinator or in a call, passes
 :mod:`hefl.validate` against what it must be there: shards fresh with a block's slots, weights
 fresh (seeded when the key holder encrypted them), margins one rescaling down.
 """
@@ -27,6 +30,7 @@ import tenseal as ts
 from coordinator.gradient import Ciphertext, GradientKernel
 from coordinator.store import JobStore
 from hefl import sealio
+from hefl.errors import HeflError, InvalidArgument
 from hefl.params import PARAMETER_SETS, check_public_context
 from hefl.validate import CiphertextRules, Expected
 
@@ -41,6 +45,24 @@ class BlockSource:
     parties: tuple[str, ...]
 
 
+# A block as it travels to a worker: for each party of the block (in BlockSource order), its
+# serialized ciphertexts, one per column.
+BlockBytes = list[list[bytes]]
+
+
+def read_block(store: JobStore, source: BlockSource, columns: int) -> BlockBytes:
+    """The job directory's files of one block, as :meth:`ShardWorker.hold` takes them."""
+    return [
+        [store.column_path(party, source.block, column).read_bytes() for column in range(columns)]
+        for party in source.parties
+    ]
+
+
+class ShardsMissing(HeflError):
+    """A worker was asked to compute before it held all its blocks: Ray restarted it (its
+    process died) and nobody has given them again yet."""
+
+
 class ShardWorker:
     """Holds some blocks of a job's encrypted data and computes their gradient sums."""
 
@@ -48,16 +70,14 @@ class ShardWorker:
         self,
         *,
         parameter_set: str,
-        job_root: str,
+        context: bytes,
         blocks: Sequence[BlockSource],
         columns: int,
     ) -> None:
-        """Cheap: the shards are read by :meth:`load` (or the first call that needs them), so a
-        pool can be started while parties are still uploading. Everything else comes from the
-        job directory too (the public context included), so Ray can restart a worker from its
-        arguments alone."""
-        self._store = JobStore(Path(job_root))
-        self._context = ts.context_from(self._store.context_path().read_bytes())
+        """Cheap: the shards come later (:meth:`hold`), so a pool can be started while parties
+        are still uploading. Ray restarts a worker from these arguments alone (the public
+        context is an object the pool keeps in Ray's store for the job's lifetime)."""
+        self._context = ts.context_from(context)
         check_public_context(self._context, parameter_set)
         self._kernel = GradientKernel(self._context)
         self._slots = PARAMETER_SETS[parameter_set].slots
@@ -65,36 +85,66 @@ class ShardWorker:
         self._shard = Expected(values=self._slots)
         self._weight = Expected(values=self._slots, seeded=True)
         self._margin = Expected(values=self._slots, rescales=1)
-        self._sources = list(blocks)
+        self._sources = {source.block: source for source in blocks}
+        self._order = [source.block for source in blocks]
         self._columns = columns
-        self._loaded: list[list[Ciphertext]] | None = None
+        self._held: dict[int, list[Ciphertext]] = {}
 
-    def load(self) -> int:
-        """Read this worker's blocks from the job directory; returns how many it holds."""
-        if self._loaded is None:
-            self._loaded = [
-                [self._read_column(source, column) for column in range(self._columns)]
-                for source in self._sources
-            ]
-            log.info("worker %s holds %d blocks", os.getpid(), len(self._loaded))
-        return len(self._loaded)
-
-    def _read_column(self, source: BlockSource, column: int) -> Ciphertext:
-        """One column of a block: the sum of the parties' contributions to it."""
-        paths = [self._store.column_path(party, source.block, column) for party in source.parties]
-        total = sealio.add_vectors(
-            self._context,
-            (path.read_bytes() for path in paths),
-            what=f"column {column} of block {source.block}",
-            expected=self._shard,
+    @classmethod
+    def from_job_directory(
+        cls, *, parameter_set: str, job_root: str, blocks: Sequence[BlockSource], columns: int
+    ) -> ShardWorker:
+        """A worker holding its blocks, read from a job directory it can see (one process)."""
+        store = JobStore(Path(job_root))
+        worker = cls(
+            parameter_set=parameter_set,
+            context=store.context_path().read_bytes(),
+            blocks=blocks,
+            columns=columns,
         )
-        return self._kernel.open(total)
+        for source in blocks:
+            worker.hold(source.block, read_block(store, source, columns))
+        return worker
+
+    def hold(self, block: int, contributions: BlockBytes) -> int:
+        """Keep block ``block``: the sum of its parties' contributions, column by column.
+        Returns how many of its blocks this worker holds.
+
+        Raises:
+            InvalidArgument: A ciphertext fails the gate, or the block is not this worker's, or
+                its parties or columns differ from the plan.
+        """
+        source = self._sources.get(block)
+        if source is None or len(contributions) != len(source.parties):
+            raise InvalidArgument(f"block {block} is not this worker's as given")
+        if any(len(party) != self._columns for party in contributions):
+            raise InvalidArgument(f"block {block} must have {self._columns} columns per party")
+        self._held[block] = [
+            self._kernel.open(
+                sealio.add_vectors(
+                    self._context,
+                    (party[column] for party in contributions),
+                    what=f"column {column} of block {block}",
+                    expected=self._shard,
+                )
+            )
+            for column in range(self._columns)
+        ]
+        if len(self._held) == len(self._order):
+            log.info("worker %s holds its %d blocks", os.getpid(), len(self._held))
+        return len(self._held)
+
+    def missing(self) -> list[int]:
+        """This worker's blocks it does not hold (all of them after a restart by Ray)."""
+        return [block for block in self._order if block not in self._held]
 
     @property
     def _blocks(self) -> list[list[Ciphertext]]:
-        self.load()  # after a restart by Ray, the first call reloads from disk
-        assert self._loaded is not None
-        return self._loaded
+        if len(self._held) < len(self._order):
+            raise ShardsMissing(
+                f"worker {os.getpid()} holds {len(self._held)} of its {len(self._order)} blocks"
+            )
+        return [self._held[block] for block in self._order]
 
     def _weights(
         self, masked_weights: Sequence[bytes], unmask: Sequence[float]

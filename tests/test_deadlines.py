@@ -59,6 +59,10 @@ def _to_uploading(running: RunningCoordinator, public_context: ts.Context) -> No
 
 
 def _upload(running: RunningCoordinator, context: ts.Context, party: str) -> None:
+    running.stub.Upload(iter([_upload_chunk(context, party)]))
+
+
+def _upload_chunk(context: ts.Context, party: str) -> pb.UploadChunk:
     """Every ciphertext of a party of this 12-row job (one block) and its label term."""
     columns = [
         pb.EncryptedColumn(
@@ -67,10 +71,9 @@ def _upload(running: RunningCoordinator, context: ts.Context, party: str) -> Non
         for j in range(len(FEATURES) + 1)
     ]
     label = sealio.serialize(ts.ckks_vector(context, np.zeros(len(FEATURES) + 1)))
-    chunk = pb.UploadChunk(
+    return pb.UploadChunk(
         job_id="job-1", party=party, seq=0, columns=columns, label_term=label, last=True
     )
-    running.stub.Upload(iter([chunk]))
 
 
 def test_a_party_that_never_uploads_fails_the_job_for_everyone(
@@ -94,12 +97,15 @@ def test_a_party_that_never_uploads_fails_the_job_for_everyone(
 def test_a_key_holder_that_is_gone_when_training_starts_fails_the_job(
     running: RunningCoordinator, private_context: ts.Context, public_context: ts.Context
 ) -> None:
+    # Encrypted beforehand: both uploads must arrive within the uploads' 1 s deadline, which
+    # encrypting them on a busy machine could overrun.
+    chunks = {party: _upload_chunk(public_context, party) for party in ("kh", "h2")}
     session = _session(running, private_context)
     _to_uploading(running, public_context)
     session.stop()  # the key holder leaves during the uploads
 
-    for party in ("kh", "h2"):
-        _upload(running, public_context, party)
+    for chunk in chunks.values():
+        running.stub.Upload(iter([chunk]))
     failed = watch_until(running.stub, pb.FAILED, party="h2")
 
     # Whether the coordinator noticed the stream close before training or while it waited for

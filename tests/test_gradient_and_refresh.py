@@ -92,7 +92,7 @@ class InProcessPool:
         self.size = 1
 
     def load(self) -> None:
-        self._worker.load()
+        pass  # the worker read its blocks when it was made
 
     def gradient(self, masked_weights, unmask, *, a, b):
         return [self._worker.gradient(masked_weights, unmask, a, b)]
@@ -171,7 +171,7 @@ def test_training_loop_delivers_the_float64_replica(
                 ts.ckks_vector(public_context, label_term(columns[rows], labels[rows]))
             )
         )
-    worker = ShardWorker(
+    worker = ShardWorker.from_job_directory(
         parameter_set=params.name,
         job_root=str(tmp_path),
         blocks=[BlockSource(0, ("a", "b"))],

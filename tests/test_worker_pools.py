@@ -142,3 +142,43 @@ def test_ray_workers_give_the_plaintext_gradient(
         _assert_plaintext_gradient(pool, job, private_context)
     finally:
         pool.shutdown()
+
+
+@pytest.mark.slow  # starts the session's local Ray and its actors
+@pytest.mark.parametrize(
+    "uploaded",
+    [
+        pytest.param("two_blocks", id="block-sharding"),
+        pytest.param("one_block", id="column-sharding"),
+    ],
+)
+def test_a_ray_worker_restarted_after_its_process_died_gets_its_blocks_again(
+    uploaded: str,
+    request: pytest.FixtureRequest,
+    ray_session: None,
+    public_context_bytes: bytes,
+    private_context: ts.Context,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The blocks reach workers through Ray's store only; a worker whose process is killed
+    comes back empty, and the pool gives it its blocks again from the job directory."""
+    import ray
+
+    job: UploadedJob = request.getfixturevalue(uploaded)
+    pool = WorkerPool(
+        context_bytes=public_context_bytes,
+        parameter_set=PARAMS.name,
+        job_root=str(job.root),
+        layout=job.layout,
+        columns=job.columns,
+        workers=2,
+    )
+    try:
+        pool.load()
+        # Ray kills the actor's process and restarts it from its constructor's arguments.
+        ray.kill(pool._actors[1], no_restart=False)
+        with caplog.at_level("WARNING", logger="hefl.ray"):
+            _assert_plaintext_gradient(pool, job, private_context)
+        assert "1 of 2 workers restarted by Ray hold no shards" in caplog.text
+    finally:
+        pool.shutdown()

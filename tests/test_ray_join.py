@@ -1,0 +1,148 @@
+"""Joining an existing Ray cluster is a checked step: `hefl coordinator --ray-address` against a
+real `ray start --head` with token authentication fails at start-up, within seconds, with Ray's
+reason and what to set, when its token is missing or wrong, and joins when it is right."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.deployment import free_port
+
+pytestmark = pytest.mark.slow
+# A generous bound for a hung test, never a measured duration.
+WAIT_S = 120.0
+# What the coordinator must stay under to refuse: seconds, not Ray's minutes of retries.
+REFUSE_WITHIN_S = 30.0
+
+
+def _clean_environment(home: Path) -> dict[str, str]:
+    """This test's environment without any Ray token or mode, and a home without a token."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env["HOME"] = str(home)
+    return env
+
+
+@pytest.fixture(scope="module")
+def token_cluster() -> Iterator[tuple[str, str]]:
+    """A one-node Ray cluster (`ray start --head`) on loopback requiring a token; yields its
+    address and token."""
+    temp = Path(tempfile.mkdtemp(prefix="hefl-rj-", dir="/tmp"))  # Ray's socket paths are short
+    home = temp / "home"
+    home.mkdir()
+    token = secrets.token_hex(32)
+    env = _clean_environment(home) | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    address = f"127.0.0.1:{free_port()}"
+    command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+               "--node-ip-address", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
+               "--num-cpus", "1", "--include-dashboard", "false", "--disable-usage-stats",
+               "--temp-dir", str(temp / "ray")]  # fmt: skip
+    log = temp / "ray-start.log"
+    with log.open("wb") as out:
+        head = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while "Ray runtime started." not in log.read_text(errors="replace"):
+            if head.poll() is not None:
+                pytest.skip(f"this machine cannot run `ray start --head`:\n{log.read_text()}")
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        yield address, token
+    finally:
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=60)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _coordinator(
+    tmp_path: Path, address: str, extra_env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], Path]:
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    log = tmp_path / "coordinator.log"
+    command = [sys.executable, "-m", "tools.cli", "coordinator", "--insecure",
+               "--listen", "127.0.0.1:0", "--workdir", str(tmp_path / "work"),
+               "--ray-address", address]  # fmt: skip
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_clean_environment(home) | extra_env,
+        )
+    return process, log
+
+
+@pytest.mark.parametrize(
+    ("extra_env", "expected"),
+    [
+        pytest.param(
+            {},
+            "the cluster requires token authentication and this process sends no token "
+            "(RAY_AUTH_MODE is unset); set RAY_AUTH_MODE=token and put the cluster's token in "
+            "RAY_AUTH_TOKEN",
+            id="no-token",
+        ),
+        pytest.param(
+            {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64},
+            "the token this process sends is not the cluster's; put the cluster's token in "
+            "RAY_AUTH_TOKEN",
+            id="wrong-token",
+        ),
+    ],
+)
+def test_a_coordinator_the_cluster_refuses_exits_at_once_with_rays_reason(
+    token_cluster: tuple[str, str], tmp_path: Path, extra_env: dict[str, str], expected: str
+) -> None:
+    address, _ = token_cluster
+    started = time.monotonic()
+    process, log = _coordinator(tmp_path, address, extra_env)
+    try:
+        code = process.wait(timeout=WAIT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    elapsed = time.monotonic() - started
+    output = log.read_text(errors="replace")
+
+    assert code == 1, output
+    assert elapsed < REFUSE_WITHIN_S, output
+    assert "refused this coordinator (InvalidAuthToken" in output
+    assert expected in output
+    assert output.count("InvalidAuthToken") == 1  # not Ray's retry loop
+
+
+def test_a_coordinator_with_the_clusters_token_joins_it(
+    token_cluster: tuple[str, str], tmp_path: Path
+) -> None:
+    address, token = token_cluster
+    process, log = _coordinator(
+        tmp_path, address, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    )
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while "joined Ray in" not in (output := log.read_text(errors="replace")):
+            assert process.poll() is None, output
+            assert time.monotonic() < deadline, output
+            time.sleep(0.1)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=60)
+    assert "InvalidAuthToken" not in output
