@@ -23,6 +23,7 @@ from coordinator.training import WorkerFailure, WorkerTimeout
 from coordinator.worker import ShardWorker
 from hefl import sealio
 from hefl.codec import PackingLayout
+from hefl.models.base import KernelForm
 
 log = logging.getLogger("hefl.ray")
 
@@ -128,18 +129,18 @@ class WorkerPool:
         return len(self._actors)
 
     def gradient(
-        self, masked_weights: Sequence[bytes], unmask: Sequence[float], *, a: float, b: float
+        self, masked_weights: Sequence[bytes], unmask: Sequence[float], *, form: KernelForm
     ) -> list[list[bytes]]:
-        """Per-column gradient sums, as one list per worker to be added up (block sharding) or
-        a single list (column sharding)."""
+        """Per-(output, column) gradient sums, output-major, as one list per worker to be added
+        up (block sharding) or a single list (column sharding)."""
         weights_ref = ray.put(list(masked_weights))
         unmask = list(unmask)
         if self._column_ranges is None:
-            futures = [actor.gradient.remote(weights_ref, unmask, a, b) for actor in self._actors]
+            futures = [actor.gradient.remote(weights_ref, unmask, form) for actor in self._actors]
             return _get(futures, timeout_s=CALL_TIMEOUT_S, what="the gradient")
         partial = _get(
             [
-                actor.margins.remote(weights_ref, unmask, columns)
+                actor.margins.remote(weights_ref, unmask, columns, form.outputs)
                 for actor, columns in zip(self._actors, self._column_ranges, strict=True)
             ],
             timeout_s=CALL_TIMEOUT_S,
@@ -149,13 +150,22 @@ class WorkerPool:
         margins_ref = ray.put([sealio.serialize(m) for m in margins])
         parts = _get(
             [
-                actor.gradient_from_margins.remote(margins_ref, columns, a, b)
+                actor.gradient_from_margins.remote(margins_ref, columns, form)
                 for actor, columns in zip(self._actors, self._column_ranges, strict=True)
             ],
             timeout_s=CALL_TIMEOUT_S,
             what="the gradient",
         )
-        return [[g for part in parts for g in part]]
+        # Each worker answers its columns output by output; the refresh wants output-major.
+        widths = [hi - lo for lo, hi in self._column_ranges]
+        return [
+            [
+                g
+                for o in range(form.outputs)
+                for part, width in zip(parts, widths, strict=True)
+                for g in part[o * width : (o + 1) * width]
+            ]
+        ]
 
     def peak_rss_mb(self) -> list[float]:
         return _get(
