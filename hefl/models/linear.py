@@ -60,8 +60,13 @@ class Linear(Model):
 
     def defaults(self, *, curvature: float, rows: int) -> Defaults:
         """Step 1/curvature, the exact bound for a quadratic loss (its Hessian's largest
-        eigenvalue is the curvature); iterations 8 sqrt(curvature), at least 20: the loss has
-        no flat tail to stop early on, and nothing is approximated, so the target is the
-        closed-form ridge solution."""
+        eigenvalue is the curvature); iterations ``ceil(30 sqrt(curvature))``.
+
+        Nothing is approximated, so the target is the closed-form ridge solution, and
+        Nesterov's method reaches it in about sqrt(largest / smallest eigenvalue) steps. The
+        summary publishes only the largest; correlated features put the smallest near 0.01
+        (diabetes: 4.1 and 0.009), so 30 sqrt(curvature) (61 on diabetes) is taken: there the
+        replica's test R^2 is within 0.001 of the closed form on 5 of 5 splits, where 20
+        iterations miss by up to 0.007 (README "Accuracy")."""
         c = max(curvature, 1.0)
-        return Defaults(max(20, math.ceil(8.0 * math.sqrt(c))), 1.0 / c, 0.0)
+        return Defaults(math.ceil(30.0 * math.sqrt(c)), 1.0 / c, 0.0)
