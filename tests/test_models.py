@@ -5,6 +5,9 @@ worker and training loop, the real key holder)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +19,14 @@ from coordinator.store import JobStore
 from coordinator.training import MemoryJournal, TrainingInputs, train
 from coordinator.worker import BlockSource, ShardWorker
 from hefl import sealio, signed
-from hefl.algorithm import add_bias, choose_hyperparameters, standardize, train_replica
-from hefl.codec import PackingLayout
+from hefl.algorithm import (
+    Hyperparameters,
+    add_bias,
+    choose_hyperparameters,
+    standardize,
+    train_replica,
+)
+from hefl.codec import AggregateStats, PackingLayout
 from hefl.errors import DataError, InvalidArgument
 from hefl.models import get_model, model_names
 from hefl.models.base import Model, quartic_form
@@ -31,6 +40,7 @@ from parties.identity import SigningKey
 from parties.keyholder import KeyHolder, associated_data
 from parties.sealing import SealedBox, SealingKey
 from tests.test_gradient_and_refresh import InProcessLink, InProcessPool
+from tools.simulate import SimulationConfig, load_dataset, partition
 
 PARAMS = PARAMETER_SETS[DEFAULT_PARAMETER_SET]
 MODELS = {
@@ -348,3 +358,46 @@ def test_encrypted_training_equals_the_float64_replica(
     else:
         null = hyper.family.metrics(np.r_[np.zeros(4), np.log(labels.mean())], x, labels)
         assert metrics["deviance"] < null["deviance"]
+
+
+@pytest.mark.slow  # real processes: `hefl simulate` (coordinator, Ray, parties, mutual TLS)
+@pytest.mark.parametrize(
+    ("args", "model", "headline"),
+    [
+        (["--dataset", "iris", "--model", "multiclass"], "multiclass", "accuracy"),
+        (["--dataset", "diabetes", "--model", "linear"], "linear", "r2"),
+        (["--synthetic", "3000x5", "--model", "poisson"], "poisson", "deviance"),
+    ],
+    ids=["multiclass-iris", "linear-diabetes", "poisson-generated"],
+)
+def test_hefl_simulate_delivers_each_models_replica(tmp_path, args, model, headline):
+    """Through the real processes: the delivered model equals the replica on the same split,
+    the report carries the model's own metrics, and the command prints them."""
+    report_path = tmp_path / "report.json"
+    command = [
+        sys.executable, "-m", "tools.cli", "simulate", "--parties", "2", "--iterations", "5",
+        "--workers", "1", "--workdir", str(tmp_path), "--report", str(report_path), *args,
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{headline:<9} encrypted | plaintext" in result.stdout
+    report = json.loads(report_path.read_text())
+    encrypted = report["encrypted"]
+    assert encrypted["hyperparameters"]["model"] == model
+    config = SimulationConfig(
+        **{k.removeprefix("--"): v for k, v in zip(args[::2], args[1::2], strict=True)}, seed=0
+    )  # type: ignore[arg-type]
+    config = replace(config, dataset=None) if config.synthetic else config
+    train = partition(load_dataset(config), config).train_union
+    stats = AggregateStats.of_rows(train.features)
+    assert encrypted["curvature"] == pytest.approx(stats.curvature, rel=1e-4)
+    hyper = Hyperparameters(**encrypted["hyperparameters"])
+    assert hyper.iterations == 5
+    x = add_bias(standardize(train.features, stats.mean, stats.std))
+    replica = train_model_replica(
+        hyper.family, x, train.labels, iterations=5, learning_rate=hyper.learning_rate, l2=hyper.l2
+    )
+    tolerance = 5e-3 * max(1.0, float(np.abs(replica.weights).max()))
+    np.testing.assert_allclose(encrypted["weights"], replica.weights, atol=tolerance)
+    assert np.isfinite(encrypted["metrics"][headline])
+    assert np.isfinite(report["plaintext"]["metrics"][headline])
