@@ -12,6 +12,20 @@ Levels (depth 4, every allowed parameter set has exactly that; level l has l pri
 
     s at 1,  s^2 at 2,  inner = (s^2 + a)^2 + b at 3,  s * X_j computed at 2 -> 3,  G_j at 4.
 
+That is the logistic sigmoid's shape (``odd5``). Every model of :mod:`hefl.models` gives its
+polynomial as a :class:`hefl.models.base.KernelForm` in one of three shapes, and each lands on
+the last level so that the refresh never sees which model it is:
+
+- ``linear`` (linear regression, G_j = s * X_j): s and X_j switched down to level 3 and
+  multiplied there: per block one margin and d products at the cheapest level, no
+  relinearization (``finish`` relinearizes once per column per job);
+- ``odd5`` (logistic, multiclass): as above;
+- ``quartic`` (Poisson, G_j = s (s + c) ((s + a)^2 + b) * X_j): s (s + c) and (s + a)^2 + b at
+  2, their product at 3, times X_j at 3: three relinearizations per block and d products.
+
+A model with k outputs (multiclass) has k margins per block from the same shards, its weights
+and sums output-major.
+
 The kernel works on TenSEAL's SEAL objects directly (``tenseal.sealapi``) because TenSEAL's
 vector API decides relinearization, rescaling and modulus switching per operation, and those
 decisions are most of the cost. Measured at N=8192 (one core): relinearization 6.9 ms at
@@ -142,12 +156,18 @@ class GradientKernel:
         form: KernelForm,
     ) -> list[Ciphertext]:
         """Add G_j of one block (given its full margins, one per output) to the running sums
-        ``totals`` (None for the first block), output-major; returns the sums (unrescaled:
-        level 3 for the depth-4 shapes, 1 for ``linear``)."""
+        ``totals`` (None for the first block), output-major; returns the sums (unrescaled, one
+        level above the last)."""
         gradients = []
         for s in margins:
             if form.shape == "linear":
-                gradients += [self._product(s, self._at_level(column, 1)) for column in columns]
+                # Nothing to evaluate: the products are formed where they are cheapest, one
+                # level above the last (modulus switching drops primes, not precision).
+                low = len(self._levels) - 2
+                s_low = self._at_level(s, low)
+                gradients += [
+                    self._product(s_low, self._at_level(column, low)) for column in columns
+                ]
             elif form.shape == "odd5":
                 inner, _ = self._factor(s, form)
                 s2 = self._at_level(s, 2)

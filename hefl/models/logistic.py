@@ -63,7 +63,7 @@ class Logistic(Model):
 
     #: Iterations: early stopping is the logistic models' regularizer, so more is not better.
     #: The replica over breast cancer, wine, digits, iris, generated 5000 x 20 and 200k x 32
-    #: (README "Accuracy") puts every dataset within 0.3 points of its best count at 15 and
+    #: (README "Accuracy") puts every dataset within 0.6 points of its best count at 15 and
     #: loses up to 2.8 points (wine) at 8; neither the curvature nor the row count predicts the
     #: best count, so it stays fixed.
     default_iterations = 15
