@@ -159,7 +159,7 @@ def run_party(config: PartyConfig) -> PartyResult:
         raise InvalidArgument("name the job to join with --job")
     dataset = load_csv_raw(config.data, label=config.label)
     test = load_csv_raw(config.test, label=config.label) if config.test else None
-    model = chosen_model(config, dataset)
+    model = chosen_model(config, dataset, test)
     dataset = dataset.for_model(model)
     if test is not None:
         test = test.for_model(model)
@@ -479,19 +479,23 @@ class Party:
                 outage.failed(err.code().name)  # type: ignore[attr-defined]
 
 
-def chosen_model(config: PartyConfig, dataset: Dataset) -> Model:
-    """The model ``--model`` names, or the one the label column calls for (logged).
+def chosen_model(config: PartyConfig, dataset: Dataset, test: Dataset | None = None) -> Model:
+    """The model ``--model`` names, or the one the label column calls for (training and
+    held-out rows, logged).
+
+    A multiclass model without ``--classes``: the key holder counts the classes in its rows
+    (training and held-out, the largest index plus one); a joining party leaves the count open
+    (any class index is read) until it learns the job's (:meth:`Party._adopt_model`).
 
     Raises:
         InvalidArgument: An unknown model name.
     """
+    cells = [*dataset.raw_labels, *(test.raw_labels if test is not None else ())]
     if not config.model:
-        return infer_model(dataset.raw_labels, column=config.label)
-    if config.model == "multiclass" and not config.classes:
-        inferred = infer_model(dataset.raw_labels, column=config.label)
-        classes = inferred.classes if inferred.outputs > 1 else 0
-        if not classes:
-            # The largest class index present, plus one (a key holder must hold every class).
-            classes = int(max(float(v) for v in dataset.raw_labels)) + 1 if dataset.rows else 0
-        return get_model("multiclass", classes=classes)
+        return infer_model(cells, column=config.label)
+    if config.model == "multiclass" and not config.classes and config.key_holder:
+        indices = get_model("multiclass").parse_labels(
+            cells, where=str(config.data), column=config.label
+        )
+        return get_model("multiclass", classes=int(indices.max(initial=0)) + 1)
     return get_model(config.model, classes=config.classes)

@@ -35,7 +35,8 @@ from hefl.params import DEFAULT_PARAMETER_SET, PARAMETER_SETS
 from hefl.protocols.refresh import Recipient
 from hefl.protocols.stats import StatsProtocol, StatsRequest, summary_from_proto
 from hefl.v1 import hefl_pb2 as pb
-from parties.data import infer_model, load_csv
+from parties.client import PartyConfig, chosen_model
+from parties.data import infer_model, load_csv, load_csv_raw
 from parties.identity import SigningKey
 from parties.keyholder import KeyHolder, associated_data
 from parties.sealing import SealedBox, SealingKey
@@ -159,6 +160,21 @@ def test_model_inferred_from_the_label(labels, name, classes, caplog):
     model = infer_model(labels, column="y")
     assert (model.name, model.classes) == (name, classes)
     assert f"says {name}" in caplog.text
+
+
+def test_a_joining_party_reads_any_class_until_it_learns_the_jobs(tmp_path):
+    train = _write_csv(tmp_path / "train.csv", ["0", "1", "1"])
+    test = _write_csv(tmp_path / "test.csv", ["2", "0"])
+    raw = load_csv_raw(train, label="y")
+    held_out = load_csv_raw(test, label="y")
+    joiner = PartyConfig(coordinator="-", data=train, label="y", model="multiclass")
+    model = chosen_model(joiner, raw, held_out)
+    assert (model.name, model.classes) == ("multiclass", 0)
+    np.testing.assert_array_equal(held_out.for_model(model).labels, [2.0, 0.0])
+    key_holder = replace(joiner, key_holder=True)
+    assert chosen_model(key_holder, raw, held_out).classes == 3
+    inferred = chosen_model(replace(joiner, model=""), raw, held_out)
+    assert (inferred.name, inferred.classes) == ("multiclass", 3)
 
 
 def _blocks(context: ts.Context, data: np.ndarray) -> list[list[object]]:
@@ -364,7 +380,12 @@ def test_encrypted_training_equals_the_float64_replica(
 @pytest.mark.parametrize(
     ("args", "model", "headline"),
     [
-        (["--dataset", "iris", "--model", "multiclass"], "multiclass", "accuracy"),
+        # Label skew: a joining party may hold fewer classes than the job (it learns them).
+        (
+            ["--dataset", "iris", "--model", "multiclass", "--split", "label-skew"],
+            "multiclass",
+            "accuracy",
+        ),
         (["--dataset", "diabetes", "--model", "linear"], "linear", "r2"),
         (["--synthetic", "3000x5", "--model", "poisson"], "poisson", "deviance"),
     ],

@@ -8,8 +8,6 @@ pattern every model passes: the encrypted model equals the float64 replica).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from hefl.errors import InvalidArgument
 from hefl.models.base import Defaults, KernelForm, Model
 
@@ -47,6 +45,5 @@ def _load_members() -> None:
 
 _load_members()
 
-ModelFactory = Callable[..., Model]
 
 __all__ = ["Defaults", "KernelForm", "Model", "get_model", "model_names", "register"]
