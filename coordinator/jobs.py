@@ -107,6 +107,8 @@ class Job:
         self.context_bytes = context_bytes or b""
         self._context: ts.Context | None = None
         self._inputs: JobInputs | None = None
+        # The model's outputs: a k-class model refreshes k x columns weights.
+        self.outputs = model_outputs(options, columns=len(features) + 1, slots=params.slots)
         if context_bytes is not None:
             try:
                 context = ts.context_from(context_bytes)
@@ -121,7 +123,7 @@ class Job:
                 context=context,
                 params=params,
                 features=len(features),
-                outputs=model_outputs(options, columns=len(features) + 1, slots=params.slots),
+                outputs=self.outputs,
             )
         self.features = features
         self.expected_parties = expected_parties
