@@ -198,6 +198,9 @@ class JobDriver:
             learning_rate=job.options.learning_rate,
             l2=job.options.l2,
             sigmoid_interval=job.options.sigmoid_interval,
+            model=job.options.model,
+            classes=job.options.classes,
+            rows=stats.count,
         )
         layout = PackingLayout.assign(
             slots=job.params.slots, party_rows=[(p.name, p.rows) for p in job.parties.values()]
@@ -212,12 +215,14 @@ class JobDriver:
             layout=layout,
         )
         log.info(
-            "job %s: %d rows, %d blocks, curvature %.1f, step %.3g",
+            "job %s: %s model, %d rows, %d blocks, curvature %.1f, step %.3g, %d iterations",
             job.job_id,
+            hyper.model,
             stats.count,
             layout.n_blocks,
             stats.curvature,
             hyper.learning_rate,
+            hyper.iterations,
         )
 
     def _make_pool(self) -> GradientPool:
@@ -249,7 +254,7 @@ class JobDriver:
                 params=job.params,
                 hyper=hyper,
                 rows=job.layout.total_rows,
-                columns=job.columns,
+                columns=hyper.outputs * job.columns,
                 label_term=label_term,
                 recipients=tuple(Recipient.from_hello(p.hello) for p in job.parties.values()),
                 reveal_intermediate=options.reveal_intermediate,

@@ -12,6 +12,20 @@ Levels (depth 4, every allowed parameter set has exactly that; level l has l pri
 
     s at 1,  s^2 at 2,  inner = (s^2 + a)^2 + b at 3,  s * X_j computed at 2 -> 3,  G_j at 4.
 
+That is the logistic sigmoid's shape (``odd5``). Every model of :mod:`hefl.models` gives its
+polynomial as a :class:`hefl.models.base.KernelForm` in one of three shapes, and each lands on
+the last level so that the refresh never sees which model it is:
+
+- ``linear`` (linear regression, G_j = s * X_j): s and X_j switched down to level 3 and
+  multiplied there: per block one margin and d products at the cheapest level, no
+  relinearization (``finish`` relinearizes once per column per job);
+- ``odd5`` (logistic, multiclass): as above;
+- ``quartic`` (Poisson, G_j = s (s + c) ((s + a)^2 + b) * X_j): s (s + c) and (s + a)^2 + b at
+  2, their product at 3, times X_j at 3: three relinearizations per block and d products.
+
+A model with k outputs (multiclass) has k margins per block from the same shards, its weights
+and sums output-major.
+
 The kernel works on TenSEAL's SEAL objects directly (``tenseal.sealapi``) because TenSEAL's
 vector API decides relinearization, rescaling and modulus switching per operation, and those
 decisions are most of the cost. Measured at N=8192 (one core): relinearization 6.9 ms at
@@ -37,6 +51,8 @@ from typing import Any, TypeAlias
 
 import tenseal as ts
 import tenseal.sealapi as seal
+
+from hefl.models.base import KernelForm
 
 # SEAL's ciphertext as TenSEAL binds it (untyped); tenseal.sealapi's evaluator works on it.
 Ciphertext: TypeAlias = Any
@@ -95,26 +111,74 @@ class GradientKernel:
             self._evaluator.add_inplace(total, self._product(weight, column))
         return self._settle(total)
 
+    def margins(
+        self, scaled_weights: Sequence[Ciphertext], columns: Sequence[Ciphertext], outputs: int
+    ) -> list[Ciphertext]:
+        """One margin per output from the same columns; ``scaled_weights`` output-major
+        (``outputs x len(columns)``)."""
+        width = len(columns)
+        if len(scaled_weights) != outputs * width:
+            raise ValueError(f"{len(scaled_weights)} weights for {outputs} x {width} columns")
+        return [
+            self.margin(scaled_weights[o * width : (o + 1) * width], columns)
+            for o in range(outputs)
+        ]
+
+    def _factor(self, s: Ciphertext, form: KernelForm) -> tuple[Ciphertext, int]:
+        """The part of p(s) / s that multiplies every column, and its level (s is at 1)."""
+        if form.shape == "odd5":
+            a, b = form.constants
+            inner = self._settle(self._product(s, s))
+            self.add_constant(inner, a)
+            inner = self._settle(self._product(inner, inner))
+            self.add_constant(inner, b)
+            return inner, 3
+        a, b, c = form.constants  # quartic: s (s + c) ((s + a)^2 + b)
+        left = self._settle(self._product(s, self._plus(s, c)))
+        square = self._plus(s, a)
+        square = self._settle(self._product(square, square))
+        self.add_constant(square, b)
+        return self._settle(self._product(left, square)), 3
+
+    def _plus(self, ciphertext: Ciphertext, value: float) -> Ciphertext:
+        """``ciphertext + value`` in every slot, as a new ciphertext."""
+        plain = seal.Plaintext()
+        self._encoder.encode(value, ciphertext.parms_id(), ciphertext.scale, plain)
+        out = seal.Ciphertext()
+        self._evaluator.add_plain(ciphertext, plain, out)
+        return out
+
     def accumulate(
         self,
         totals: list[Ciphertext] | None,
-        s: Ciphertext,
+        margins: Sequence[Ciphertext],
         columns: Sequence[Ciphertext],
-        *,
-        a: float,
-        b: float,
+        form: KernelForm,
     ) -> list[Ciphertext]:
-        """Add G_j of one block (given its full margin ``s``) to the running per-column sums
-        ``totals`` (None for the first block); returns the sums (level 3, unrescaled)."""
-        inner = self._settle(self._product(s, s))
-        self.add_constant(inner, a)
-        inner = self._settle(self._product(inner, inner))
-        self.add_constant(inner, b)
-        s2 = self._at_level(s, 2)
+        """Add G_j of one block (given its full margins, one per output) to the running sums
+        ``totals`` (None for the first block), output-major; returns the sums (unrescaled, one
+        level above the last)."""
         gradients = []
-        for column in columns:
-            scaled = self._settle(self._product(s2, self._at_level(column, 2)))
-            gradients.append(self._product(scaled, inner))
+        for s in margins:
+            if form.shape == "linear":
+                # Nothing to evaluate: the products are formed where they are cheapest, one
+                # level above the last (modulus switching drops primes, not precision).
+                low = len(self._levels) - 2
+                s_low = self._at_level(s, low)
+                gradients += [
+                    self._product(s_low, self._at_level(column, low)) for column in columns
+                ]
+            elif form.shape == "odd5":
+                inner, _ = self._factor(s, form)
+                s2 = self._at_level(s, 2)
+                for column in columns:
+                    scaled = self._settle(self._product(s2, self._at_level(column, 2)))
+                    gradients.append(self._product(scaled, inner))
+            else:
+                factor, level = self._factor(s, form)
+                gradients += [
+                    self._product(factor, self._at_level(column, level)) for column in columns
+                ]
         if totals is None:
             return gradients
         for total, gradient in zip(totals, gradients, strict=True):
@@ -122,23 +186,30 @@ class GradientKernel:
         return totals
 
     def finish(self, totals: Iterable[Ciphertext]) -> list[Ciphertext]:
-        """Relinearize and rescale the summed G_j to the last level: once per column, not per
-        block, and a third smaller to send and decrypt."""
-        return [self._settle(total) for total in totals]
+        """Relinearize and rescale the summed G_j, once per column and not per block, and bring
+        them to the last level (where the refresh expects every model's gradient)."""
+        last = len(self._levels) - 1
+        finished = []
+        for total in totals:
+            total = self._settle(total)
+            finished.append(total if self._level_of(total) == last else self._at_level(total, last))
+        return finished
+
+    def _level_of(self, ciphertext: Ciphertext) -> int:
+        return self._levels.index(ciphertext.parms_id())
 
     def gradient_sums(
         self,
         scaled_weights: Sequence[Ciphertext],
         blocks: Iterable[Sequence[Ciphertext]],
-        *,
-        a: float,
-        b: float,
+        form: KernelForm,
     ) -> list[Ciphertext]:
-        """Slot-wise sum of G_j over ``blocks``; one ciphertext per column, at the last level."""
+        """Slot-wise sum of G_j over ``blocks``; one ciphertext per (output, column),
+        output-major, at the last level."""
         totals: list[Ciphertext] | None = None
         for columns in blocks:
-            s = self.margin(scaled_weights, columns)
-            totals = self.accumulate(totals, s, columns, a=a, b=b)
+            s = self.margins(scaled_weights, columns, form.outputs)
+            totals = self.accumulate(totals, s, columns, form)
         if totals is None:
             raise ValueError("no blocks to compute a gradient on")
         return self.finish(totals)

@@ -16,6 +16,7 @@ from coordinator.driver import PoolFactory
 from coordinator.sharding import assign_blocks
 from coordinator.worker import ShardWorker
 from hefl.codec import PackingLayout
+from hefl.models.base import KernelForm
 
 
 class InProcessPool:
@@ -61,11 +62,11 @@ class InProcessPool:
             ]
 
     def gradient(
-        self, masked_weights: Sequence[bytes], unmask: Sequence[float], *, a: float, b: float
+        self, masked_weights: Sequence[bytes], unmask: Sequence[float], *, form: KernelForm
     ) -> list[list[bytes]]:
-        """Per-column gradient sums, one list per worker, to be added up."""
+        """Per-(output, column) gradient sums, one list per worker, to be added up."""
         self.load()
-        return [worker.gradient(masked_weights, unmask, a, b) for worker in self._workers]
+        return [worker.gradient(masked_weights, unmask, form) for worker in self._workers]
 
     def peak_rss_mb(self) -> list[float]:
         """Every worker's figure is this process's peak."""

@@ -47,6 +47,7 @@ from hefl.errors import (
     ResourceExhausted,
 )
 from hefl.identity import same_bytes, verify_signature
+from hefl.models import get_model
 from hefl.params import CkksParameters, check_public_context
 from hefl.v1 import hefl_pb2 as pb
 
@@ -106,6 +107,8 @@ class Job:
         self.context_bytes = context_bytes or b""
         self._context: ts.Context | None = None
         self._inputs: JobInputs | None = None
+        # The model's outputs: a k-class model refreshes k x columns weights.
+        self.outputs = model_outputs(options, columns=len(features) + 1, slots=params.slots)
         if context_bytes is not None:
             try:
                 context = ts.context_from(context_bytes)
@@ -116,7 +119,11 @@ class Job:
             check_public_context(context, params.name)
             self._context = context
             self._inputs = JobInputs(
-                job_id=job_id, context=context, params=params, features=len(features)
+                job_id=job_id,
+                context=context,
+                params=params,
+                features=len(features),
+                outputs=self.outputs,
             )
         self.features = features
         self.expected_parties = expected_parties
@@ -650,3 +657,20 @@ def _column_mismatch(party: str, got: list[str], expected: list[str], job_id: st
 
 def _duration(seconds: float) -> str:
     return format_quantity(seconds, "seconds")
+
+
+def model_outputs(options: pb.TrainingOptions, *, columns: int, slots: int) -> int:
+    """The job's model outputs (its label term holds outputs x columns values).
+
+    Raises:
+        InvalidArgument: An unknown model, a multiclass model without classes, or more weights
+            than one ciphertext's slots.
+    """
+    model = get_model(options.model, classes=options.classes)
+    model.kernel()  # refuses a model that cannot be trained (e.g. one class)
+    if model.outputs * columns > slots:
+        raise InvalidArgument(
+            f"a {model.name} model of {model.outputs} x {columns} weights does not fit the "
+            f"{slots} slots of one ciphertext"
+        )
+    return model.outputs

@@ -38,6 +38,7 @@ from coordinator.worker import ShardsMissing, read_block
 from hefl import sealio
 from hefl.codec import PackingLayout
 from hefl.errors import HeflError
+from hefl.models.base import KernelForm
 
 log = logging.getLogger("hefl.ray")
 
@@ -343,28 +344,37 @@ class WorkerPool:
         )
 
     def gradient(
-        self, masked_weights: Sequence[bytes], unmask: Sequence[float], *, a: float, b: float
+        self, masked_weights: Sequence[bytes], unmask: Sequence[float], *, form: KernelForm
     ) -> list[list[bytes]]:
-        """Per-column gradient sums, as one list per worker to be added up (block sharding) or
-        a single list (column sharding)."""
+        """Per-(output, column) gradient sums, output-major, as one list per worker to be added
+        up (block sharding) or a single list (column sharding)."""
         weights_ref = ray.put(list(masked_weights))
         unmask = list(unmask)
         ranges = self._column_ranges
         if ranges is None:
             return self._call(
-                "the gradient", lambda actor, _: actor.gradient.remote(weights_ref, unmask, a, b)
+                "the gradient", lambda actor, _: actor.gradient.remote(weights_ref, unmask, form)
             )
         partial = self._call(
             "the margins",
-            lambda actor, i: actor.margins.remote(weights_ref, unmask, ranges[i]),
+            lambda actor, i: actor.margins.remote(weights_ref, unmask, ranges[i], form.outputs),
         )
         margins = sealio.add_up(self._context, partial, what="margin")
         margins_ref = ray.put([sealio.serialize(m) for m in margins])
         parts = self._call(
             "the gradient",
-            lambda actor, i: actor.gradient_from_margins.remote(margins_ref, ranges[i], a, b),
+            lambda actor, i: actor.gradient_from_margins.remote(margins_ref, ranges[i], form),
         )
-        return [[g for part in parts for g in part]]
+        # Each worker answers its columns output by output; the refresh wants output-major.
+        widths = [hi - lo for lo, hi in ranges]
+        return [
+            [
+                g
+                for o in range(form.outputs)
+                for part, width in zip(parts, widths, strict=True)
+                for g in part[o * width : (o + 1) * width]
+            ]
+        ]
 
     def peak_rss_mb(self) -> list[float]:
         return _get(

@@ -273,7 +273,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             )
             cap = task_answer_bytes_cap(
                 job.params,
-                columns=job.columns,
+                columns=job.outputs * job.columns,
                 parties=job.expected_parties,
                 iterations=job.options.iterations or self._registry.limits.max_iterations,
             )

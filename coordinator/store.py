@@ -142,6 +142,8 @@ class JobRecord:
                 "l2": options.l2,
                 "sigmoid_interval": options.sigmoid_interval,
                 "reveal_intermediate": options.reveal_intermediate,
+                "model": options.model,
+                "classes": options.classes,
             },
             "phase": pb.Phase.Name(self.phase),
             "message": self.message,
@@ -231,6 +233,9 @@ class JobRecord:
                 l2=options.get("l2", float),
                 sigmoid_interval=options.get("sigmoid_interval", float),
                 reveal_intermediate=options.get("reveal_intermediate", bool),
+                # Jobs stored before models existed are logistic.
+                model=options.get("model", str) if options.has("model") else "",
+                classes=options.get("classes", int) if options.has("classes") else 0,
             ),
             phase=pb.Phase.Value(phase_name),
             message=read.get("message", str),
@@ -249,6 +254,9 @@ class _Fields:
             raise InvalidArgument(f"{where} is not a JSON object")
         self._value = value
         self._where = where
+
+    def has(self, name: str) -> bool:
+        return name in self._value
 
     def get(self, name: str, kind: type) -> Any:
         if name not in self._value:

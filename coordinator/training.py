@@ -38,6 +38,7 @@ import tenseal as ts
 from hefl import sealio
 from hefl.algorithm import Hyperparameters
 from hefl.errors import FailedPrecondition, HeflError, ProtocolError
+from hefl.models.base import KernelForm
 from hefl.params import CkksParameters
 from hefl.protocols.refresh import (
     MaskedWeights,
@@ -76,7 +77,7 @@ class GradientPool(Protocol):
     def shutdown(self) -> None: ...
 
     def gradient(
-        self, masked_weights: Sequence[bytes], unmask: Sequence[float], *, a: float, b: float
+        self, masked_weights: Sequence[bytes], unmask: Sequence[float], *, form: KernelForm
     ) -> list[list[bytes]]:
         """Raises: WorkerFailure: the workers cannot answer."""
         ...
@@ -213,7 +214,7 @@ def train(
         FailedPrecondition: The journal has no task in flight to resume with.
     """
     hyper = inputs.hyper
-    _, a, b = hyper.sigmoid.encrypted_form()
+    form = hyper.kernel
     checkpoint = journal.load()
     refresh = RefreshCoordinator(
         context=inputs.context,
@@ -272,7 +273,7 @@ def train(
                 report.iteration_s[-1],
             )
             on_iteration(checkpoint.done)
-        pending = _next_task(checkpoint, inputs, refresh, pool, report, a=a, b=b)
+        pending = _next_task(checkpoint, inputs, refresh, pool, report, form=form)
         checkpoint = replace(checkpoint, masks=refresh.masks, pending=pending)
         # Ahead of sending, so that a repeat is byte-identical.
         journal.save(checkpoint if pending.kind == "reveal" else replace(checkpoint, weights=()))
@@ -285,8 +286,7 @@ def _next_task(
     pool: GradientPool,
     report: TrainingReport,
     *,
-    a: float,
-    b: float,
+    form: KernelForm,
 ) -> PendingTask:
     """The task that follows an answered one: the next refresh (after the workers' gradient),
     the reveal of the last one, or the finalization."""
@@ -302,7 +302,7 @@ def _next_task(
             else refresh.initial_weights()
         )
         tick = time.perf_counter()
-        gradients = _gradients(inputs.context, pool, weights, report, a=a, b=b)
+        gradients = _gradients(inputs.context, pool, weights, report, form=form)
         report.gradient_s += time.perf_counter() - tick
         request = refresh.request(gradients, iteration=done)
         return PendingTask.of(pb.KeyHolderTask(refresh=request.to_proto()), iteration=done)
@@ -316,10 +316,9 @@ def _gradients(
     weights: MaskedWeights,
     report: TrainingReport,
     *,
-    a: float,
-    b: float,
+    form: KernelForm,
 ) -> list[ts.CKKSVector]:
-    partials = pool.gradient(weights.ciphertexts, weights.unmask, a=a, b=b)
+    partials = pool.gradient(weights.ciphertexts, weights.unmask, form=form)
     report.worker_bytes_per_iteration = sum(map(len, weights.ciphertexts)) * pool.size + sum(
         len(g) for worker in partials for g in worker
     )

@@ -38,17 +38,24 @@ class JobInputs:
         context: The job's public context.
         params: Its parameter set.
         features: Feature columns (the model has one more, the bias).
+        outputs: The model's outputs; its label term has one value per (output, column).
     """
 
     def __init__(
-        self, *, job_id: str, context: ts.Context, params: CkksParameters, features: int
+        self,
+        *,
+        job_id: str,
+        context: ts.Context,
+        params: CkksParameters,
+        features: int,
+        outputs: int = 1,
     ) -> None:
         self.job_id = job_id
         self.rules = CiphertextRules(context)
         self.columns = features + 1
         self.stats = StatsProtocol(features=features, slots=params.slots)
         self._column = Expected(values=params.slots)
-        self._label_term = Expected(values=self.columns)
+        self._label_term = Expected(values=outputs * self.columns)
 
     def upload(self, chunk: pb.UploadChunk, *, blocks: range) -> list[Accepted]:
         """Every ciphertext of ``chunk``, checked one after the other and re-serialized.

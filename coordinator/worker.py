@@ -31,6 +31,7 @@ from coordinator.gradient import Ciphertext, GradientKernel
 from coordinator.store import JobStore
 from hefl import sealio
 from hefl.errors import HeflError, InvalidArgument
+from hefl.models.base import KernelForm
 from hefl.params import PARAMETER_SETS, check_public_context
 from hefl.validate import CiphertextRules, Expected
 
@@ -162,37 +163,53 @@ class ShardWorker:
         return [sealio.vector_bytes(c, size=self._slots, scale=c.scale) for c in ciphertexts]
 
     def gradient(
-        self, masked_weights: Sequence[bytes], unmask: Sequence[float], a: float, b: float
+        self, masked_weights: Sequence[bytes], unmask: Sequence[float], form: KernelForm
     ) -> list[bytes]:
-        """Per-column gradient sums over this worker's blocks (block sharding).
+        """Per-(output, column) gradient sums over this worker's blocks (block sharding).
 
         Args:
-            masked_weights: The key holder's fresh ciphertexts of k * (w_j + mask_j).
+            masked_weights: The key holder's fresh ciphertexts of k * (w_j + mask_j), one per
+                (output, column), output-major.
             unmask: k * mask_j.
-            a, b: The sigmoid's encrypted form (:meth:`SigmoidPolynomial.encrypted_form`).
+            form: The model's polynomial (:meth:`hefl.models.Model.kernel`).
         """
         weights = self._weights(masked_weights, unmask)
-        return self._serialize(self._kernel.gradient_sums(weights, self._blocks, a=a, b=b))
+        return self._serialize(self._kernel.gradient_sums(weights, self._blocks, form))
 
     def margins(
-        self, masked_weights: Sequence[bytes], unmask: Sequence[float], columns: tuple[int, int]
+        self,
+        masked_weights: Sequence[bytes],
+        unmask: Sequence[float],
+        columns: tuple[int, int],
+        outputs: int = 1,
     ) -> list[bytes]:
-        """Column sharding, phase 1: each block's margin over columns [lo, hi)."""
+        """Column sharding, phase 1: each block's margins over columns [lo, hi), one per output
+        (block-major)."""
         lo, hi = columns
-        weights = self._weights(masked_weights[lo:hi], unmask[lo:hi])
+        picked = [o * self._columns + j for o in range(outputs) for j in range(lo, hi)]
+        weights = self._weights([masked_weights[i] for i in picked], [unmask[i] for i in picked])
         return self._serialize(
-            [self._kernel.margin(weights, block[lo:hi]) for block in self._blocks]
+            [
+                s
+                for block in self._blocks
+                for s in self._kernel.margins(weights, block[lo:hi], outputs)
+            ]
         )
 
     def gradient_from_margins(
-        self, margins: Sequence[bytes], columns: tuple[int, int], a: float, b: float
+        self, margins: Sequence[bytes], columns: tuple[int, int], form: KernelForm
     ) -> list[bytes]:
-        """Column sharding, phase 2: gradient sums of columns [lo, hi) from full margins."""
+        """Column sharding, phase 2: gradient sums of columns [lo, hi) from full margins, one
+        per (output, column), output-major."""
         lo, hi = columns
+        outputs = form.outputs
         totals = None
-        for block, data in zip(self._blocks, margins, strict=True):
-            s = self._kernel.open(self._rules.load(data, self._margin, what="margin"))
-            totals = self._kernel.accumulate(totals, s, block[lo:hi], a=a, b=b)
+        for index, block in enumerate(self._blocks):
+            s = [
+                self._kernel.open(self._rules.load(data, self._margin, what="margin"))
+                for data in margins[index * outputs : (index + 1) * outputs]
+            ]
+            totals = self._kernel.accumulate(totals, s, block[lo:hi], form)
         assert totals is not None
         return self._serialize(self._kernel.finish(totals))
 

@@ -23,9 +23,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from hefl.models.base import KernelForm, Model
 
 Array = NDArray[np.float64]
 
@@ -76,16 +80,44 @@ class SigmoidPolynomial:
 
 @dataclass(frozen=True)
 class Hyperparameters:
-    """Everything the optimizer needs; public to every role of a job."""
+    """Everything the optimizer needs; public to every role of a job.
+
+    ``sigmoid_interval`` is the interval the model's mean function is fitted on (the sigmoid's
+    for logistic models, the exponential's for Poisson; unused by linear regression), ``model``
+    a name of :mod:`hefl.models` and ``classes`` the number of classes of a multiclass model.
+    """
 
     iterations: int
     learning_rate: float
     l2: float
     sigmoid_interval: float
+    model: str = "logistic"
+    classes: int = 0
 
     @property
     def sigmoid(self) -> SigmoidPolynomial:
         return SigmoidPolynomial.fit(self.sigmoid_interval)
+
+    @property
+    def family(self) -> Model:
+        """The model these hyperparameters train (:func:`hefl.models.get_model`)."""
+        from hefl.models import get_model
+
+        return get_model(self.model, interval=self.sigmoid_interval, classes=self.classes)
+
+    @property
+    def kernel(self) -> KernelForm:
+        """The polynomial the encrypted kernel evaluates."""
+        return self.family.kernel()
+
+    @property
+    def weight_scale(self) -> float:
+        """k, the pre-scale of the encrypted weights."""
+        return self.family.kernel().weight_scale
+
+    @property
+    def outputs(self) -> int:
+        return self.family.outputs
 
 
 #: Step size times the loss's curvature bound (sigmoid slope at 0 x ``curvature``). Classic
@@ -101,6 +133,9 @@ def choose_hyperparameters(
     learning_rate: float = 0.0,
     l2: float = 0.0,
     sigmoid_interval: float = 0.0,
+    model: str = "",
+    classes: int = 0,
+    rows: int = 0,
 ) -> Hyperparameters:
     """Fill unset (zero) hyperparameters from the data.
 
@@ -113,14 +148,22 @@ def choose_hyperparameters(
     regularizer; margins beyond 16 stay safe because the fit keeps rising there. Strongly
     correlated features raise the curvature (breast cancer 13, the same data with every feature
     twice 26, where step 1.0 diverges), so the step is capped at :func:`stable_step`.
+
+    Other models choose theirs (:meth:`hefl.models.Model.defaults`): linear and Poisson
+    regression, which have no early-stopping optimum, take iterations growing with the square
+    root of the curvature (:func:`hefl.models.base.iterations_for`).
     """
-    sigmoid = SigmoidPolynomial.fit(sigmoid_interval or 16.0)
-    chosen_lr = learning_rate or min(1.0, stable_step(curvature, sigmoid))
+    from hefl.models import get_model
+
+    family = get_model(model, interval=sigmoid_interval, classes=classes)
+    defaults = family.defaults(curvature=curvature, rows=rows)
     return Hyperparameters(
-        iterations=iterations or 15,
-        learning_rate=float(chosen_lr),
+        iterations=iterations or defaults.iterations,
+        learning_rate=float(learning_rate or defaults.learning_rate),
         l2=max(l2, 0.0),
-        sigmoid_interval=sigmoid.interval,
+        sigmoid_interval=defaults.interval,
+        model=family.name,
+        classes=classes if family.outputs > 1 else 0,
     )
 
 
@@ -150,11 +193,12 @@ def nesterov_momentum(iteration: int) -> float:
     return (lam - 1.0) / lam_next
 
 
-def l2_vector(n_columns: int, l2: float) -> Array:
-    """Per-column L2 strength; the bias (last column) is not regularized."""
-    vec = np.full(n_columns, l2, dtype=np.float64)
-    vec[-1] = 0.0
-    return vec
+def l2_vector(n_columns: int, l2: float, *, outputs: int = 1) -> Array:
+    """Per-column L2 strength, ``n_columns`` over all outputs (output-major); no output's bias
+    (its last column) is regularized."""
+    vec = np.full((outputs, n_columns // outputs), l2, dtype=np.float64)
+    vec[:, -1] = 0.0
+    return vec.ravel()
 
 
 def nesterov_step(

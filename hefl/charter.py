@@ -91,6 +91,8 @@ def charter_parts(charter: pb.Charter) -> list[bytes]:
                 options.l2,
                 options.sigmoid_interval,
                 options.reveal_intermediate,
+                options.model or "logistic",
+                options.classes,
             )
         ).encode(),
         charter.context_sha256,

@@ -16,6 +16,8 @@ def hyperparameters_of(options: pb.TrainingOptions) -> Hyperparameters:
         learning_rate=options.learning_rate,
         l2=options.l2,
         sigmoid_interval=options.sigmoid_interval,
+        model=options.model or "logistic",
+        classes=options.classes,
     )
 
 
@@ -26,4 +28,6 @@ def training_options(hyper: Hyperparameters, *, reveal_intermediate: bool) -> pb
         l2=hyper.l2,
         sigmoid_interval=hyper.sigmoid_interval,
         reveal_intermediate=reveal_intermediate,
+        model=hyper.model,
+        classes=hyper.classes,
     )

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from hefl.errors import HeflError
+from hefl.models import model_names
 from hefl.params import DEFAULT_PARAMETER_SET, PARAMETER_SETS
 
 
@@ -17,7 +18,24 @@ def training_options(function: Callable[..., Any]) -> Callable[..., Any]:
     """The job's training options, which the key holder sets (and ``hefl simulate`` passes on)."""
     for option in reversed(
         [
-            click.option("--iterations", type=int, default=0, help="0: 15"),
+            click.option(
+                "--model",
+                type=click.Choice(["", *model_names()]),
+                default="",
+                help="the model to train (default: inferred from the label column, logged): "
+                "logistic (two values), multiclass (integers 0..k-1), poisson (other counts), "
+                "linear (other numbers)",
+            ),
+            click.option(
+                "--classes", type=int, default=0, help="multiclass: classes (0: from the labels)"
+            ),
+            click.option(
+                "--iterations",
+                type=int,
+                default=0,
+                help="0: chosen from the data (logistic 15, multiclass 25, linear and Poisson "
+                "from the curvature)",
+            ),
             click.option(
                 "--learning-rate",
                 type=float,
@@ -29,7 +47,8 @@ def training_options(function: Callable[..., Any]) -> Callable[..., Any]:
                 "--sigmoid-interval",
                 type=float,
                 default=0.0,
-                help="half-width of the sigmoid fit's range (0: 16)",
+                help="half-width of the mean function's fitted range (0: the model's: sigmoid "
+                "16, multiclass 8, Poisson's exponential 3)",
             ),
             click.option(
                 "--reveal-intermediate",
@@ -120,6 +139,9 @@ def party(
     if result_out is not None:
         result_out.write_text(json.dumps(result.to_json(), indent=1))
     summary = f"party {result.name}: job {result.job_id} done"
-    if result.accuracy is not None:
+    if result.metrics:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if "auc_" not in k)
+        summary += f", held-out {shown} on {result.test_rows} rows"
+    elif result.accuracy is not None:
         summary += f", held-out accuracy {result.accuracy:.4f} on {result.test_rows} rows"
     click.echo(summary)

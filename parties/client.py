@@ -34,15 +34,16 @@ import grpc
 import tenseal as ts
 
 from hefl import chunks, signed
-from hefl.errors import HeflError, InvalidArgument
+from hefl.errors import DataError, HeflError, InvalidArgument
 from hefl.identity import channel_credentials
+from hefl.models import Model, get_model
 from hefl.params import DEFAULT_PARAMETER_SET, check_public_context, get_parameter_set
 from hefl.protocols.stats import StatsProtocol
 from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
-from parties.data import Dataset, load_csv
+from parties.data import Dataset, infer_model, load_csv_raw
 from parties.encryption import Upload, layout_of, open_model
-from parties.evaluation import evaluate, margins_on, warn_about_step
+from parties.evaluation import evaluate, evaluate_model, margins_on, warn_about_step
 from parties.identity import PartyIdentity
 from parties.keyholder import KeyHolder
 from parties.reconnect import FINISHED, Outage, Reconnect, is_transient, watch
@@ -84,6 +85,11 @@ class PartyConfig:
     l2: float = 0.0
     sigmoid_interval: float = 0.0
     reveal_intermediate: bool = False
+    # The model (a name of hefl.models; "" infers it from the label) and its classes
+    # (multiclass; 0 infers them). A joining party trains the job's model and refuses a job
+    # whose model differs from the one it was told.
+    model: str = ""
+    classes: int = 0
     # Held-out rows to evaluate the model on; without it the party keeps no rows back.
     test: Path | None = None
     model_out: Path | None = None
@@ -101,6 +107,8 @@ class PartyResult:
     test_rows: int = 0
     accuracy: float | None = None
     auc: float | None = None
+    # The model's own held-out metrics (hefl.models.Model.metrics): r2/rmse, deviance, ...
+    metrics: dict[str, float] = field(default_factory=dict)
     weights: list[float] = field(default_factory=list)
     # Margins of the delivered model on this party's own training rows (see MarginCheck).
     max_margin: float = 0.0
@@ -149,8 +157,18 @@ def run_party(config: PartyConfig) -> PartyResult:
     started = time.perf_counter()
     if not config.key_holder and not config.job:
         raise InvalidArgument("name the job to join with --job")
-    dataset = load_csv(config.data, label=config.label)
-    test = load_csv(config.test, label=config.label) if config.test else None
+    dataset = load_csv_raw(config.data, label=config.label)
+    test = load_csv_raw(config.test, label=config.label) if config.test else None
+    model = chosen_model(config, dataset, test)
+    dataset = dataset.for_model(model)
+    if test is not None:
+        test = test.for_model(model)
+    try:
+        model.check_labels(dataset.labels, where=str(config.data), column=config.label)
+    except DataError as gap:
+        # Other parties may hold the class (a label-skewed partition): only the union counts,
+        # which no party sees, so this is a warning here; tools that hold all rows refuse it.
+        log.warning("%s", gap)
     trust: Trust
     if config.kit is not None:
         identity = PartyIdentity.load(config.kit)
@@ -174,7 +192,7 @@ def run_party(config: PartyConfig) -> PartyResult:
         raise InvalidArgument("give this party's startup kit (--kit) or --insecure")
     result = PartyResult(name=name, rows=dataset.rows, test_rows=test.rows if test else 0)
     stub = pb_grpc.CoordinatorStub(channel)
-    party = Party(config, name, trust, dataset, test, stub, result)
+    party = Party(config, name, trust, dataset, test, stub, result, model)
     try:
         party.run()
     except grpc.RpcError as err:
@@ -195,8 +213,10 @@ class Party:
         test: Dataset | None,
         stub: pb_grpc.CoordinatorStub,
         result: PartyResult,
+        model: Model,
     ) -> None:
         self.config = config
+        self.model = model
         self.name = name
         self.trust = trust
         # Chosen here, not by the coordinator: it is part of what the key holder signs.
@@ -248,6 +268,7 @@ class Party:
             tasks.start()
         else:
             info = self._join()
+            self._adopt_model(info.charter.options if info.HasField("charter") else info.options)
             context = self._download_context(info)
             tasks = None
         self.result.job_id = info.job_id
@@ -304,7 +325,34 @@ class Party:
             l2=self.config.l2,
             sigmoid_interval=self.config.sigmoid_interval,
             reveal_intermediate=self.config.reveal_intermediate,
+            model=self.model.name,
+            classes=self.model.classes if self.model.outputs > 1 else 0,
         )
+
+    def _adopt_model(self, options: pb.TrainingOptions) -> None:
+        """A joining party trains the job's model: its labels are parsed again for it, and a
+        model this party was told (``--model``) that differs is refused.
+
+        Raises:
+            InvalidArgument: The job's model is not the one this party was started with.
+            DataError: This party's labels do not fit the job's model.
+        """
+        job_model = get_model(options.model, classes=options.classes)
+        told = self.config.model
+        if told and (told != job_model.name or self.config.classes not in (0, job_model.classes)):
+            raise InvalidArgument(
+                f"job {self.job_id} trains a {job_model.name} model "
+                f"({job_model.classes or 'no'} classes); this party was started with "
+                f"--model {told}"
+            )
+        if (job_model.name, job_model.classes) != (self.model.name, self.model.classes):
+            log.info(
+                "job %s trains a %s model; reading the labels for it", self.job_id, job_model.name
+            )
+            self.model = job_model
+            self.dataset = self.dataset.for_model(job_model)
+            if self.test is not None:
+                self.test = self.test.for_model(job_model)
 
     def _join(self) -> pb.JobInfo:
         request = pb.JoinJobRequest(job_id=self.job_id, party=self.hello)
@@ -383,6 +431,7 @@ class Party:
             layout=layout_of(status),
             dataset=self.dataset,
             standardization=status.standardization,
+            model=self.model,
         )
         tick = time.perf_counter()
         summary = self.stub.Upload(upload.chunks())
@@ -402,13 +451,20 @@ class Party:
         )
         self.result.clock["model"] = time.time()
         self.result.weights = model["weights"]
-        check = margins_on(model, self.dataset, self.sigmoid_interval)
+        family = get_model(
+            self.model.name, interval=self.sigmoid_interval, classes=self.model.classes
+        )
+        check = margins_on(model, self.dataset, family)
         self.result.max_margin = check.max_margin
         self.result.margin_outside_fraction = check.outside_fraction
         if self.config.model_out is not None:
             self.config.model_out.write_text(json.dumps(model, indent=1))
         if self.test is not None:
-            self.result.accuracy, self.result.auc = evaluate(model, self.test)
+            self.result.metrics = evaluate_model(model, self.test, family)
+            if family.name == "logistic":
+                self.result.accuracy, self.result.auc = evaluate(model, self.test)
+            else:
+                self.result.accuracy = self.result.metrics.get("accuracy")
 
     def _get_model(self, job_id: str) -> pb.SealedModel:
         """The sealed model, asked again while the coordinator is away (it keeps it on disk)."""
@@ -421,3 +477,25 @@ class Party:
                 if not is_transient(err):
                     raise
                 outage.failed(err.code().name)  # type: ignore[attr-defined]
+
+
+def chosen_model(config: PartyConfig, dataset: Dataset, test: Dataset | None = None) -> Model:
+    """The model ``--model`` names, or the one the label column calls for (training and
+    held-out rows, logged).
+
+    A multiclass model without ``--classes``: the key holder counts the classes in its rows
+    (training and held-out, the largest index plus one); a joining party leaves the count open
+    (any class index is read) until it learns the job's (:meth:`Party._adopt_model`).
+
+    Raises:
+        InvalidArgument: An unknown model name.
+    """
+    cells = [*dataset.raw_labels, *(test.raw_labels if test is not None else ())]
+    if not config.model:
+        return infer_model(cells, column=config.label)
+    if config.model == "multiclass" and not config.classes and config.key_holder:
+        indices = get_model("multiclass").parse_labels(
+            cells, where=str(config.data), column=config.label
+        )
+        return get_model("multiclass", classes=int(indices.max(initial=0)) + 1)
+    return get_model(config.model, classes=config.classes)

@@ -7,43 +7,101 @@ header is row 1) and the column, before anything is encrypted or sent.
 from __future__ import annotations
 
 import csv
+import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
 from hefl.errors import DataError
+from hefl.models import KernelForm, Model, get_model
 
 Array = NDArray[np.float64]
+
+log = logging.getLogger("hefl.party")
+
+#: At most this many classes are inferred from integer labels 0 .. k-1 (more: counts).
+MAX_INFERRED_CLASSES = 20
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Numeric features and 0/1 labels with their column names."""
+    """Numeric features and labels (as the model reads them) with their column names."""
 
     features: Array
     labels: Array
     feature_names: tuple[str, ...]
     label_name: str
-    # The two original label values, negative class first.
+    # The two original label values, negative class first (binary labels).
     classes: tuple[str, str] = ("0", "1")
+    # The label cells as read, to parse again for another model; the file they came from.
+    raw_labels: tuple[str, ...] = ()
+    source: str = ""
 
     @property
     def rows(self) -> int:
         return int(self.features.shape[0])
 
+    def for_model(self, model: Model) -> Dataset:
+        """These rows with the labels parsed for ``model``.
 
-def load_csv(path: str | Path, *, label: str) -> Dataset:
-    """Load and validate a party's CSV: a header row, numeric features, a binary label column.
+        Raises:
+            DataError: A label ``model`` cannot read, naming the file, row and column.
+        """
+        where = self.source or "data"
+        labels = model.parse_labels(list(self.raw_labels), where=where, column=self.label_name)
+        return replace(self, labels=labels, classes=_classes_of(model, self.raw_labels))
 
-    The label may use any two distinct values; the one that sorts first (numerically when both
-    are numbers) is the negative class.
+
+def _classes_of(model: Model, raw: tuple[str, ...]) -> tuple[str, str]:
+    if model.name != "logistic":
+        return ("0", "1")
+    distinct = sorted(set(raw), key=_sort_key)
+    return (distinct[0], distinct[1]) if len(distinct) == 2 else ("0", "1")
+
+
+def infer_model(raw: list[str] | tuple[str, ...], *, column: str) -> Model:
+    """The model a label column calls for, logged: two values -> logistic; integers 0 .. k-1
+    with 2 < k <= 20 -> multiclass with k classes; other non-negative integers -> poisson;
+    other numbers -> linear."""
+    distinct = set(raw)
+    numbers: list[float] = []
+    try:
+        numbers = [float(v) for v in distinct]
+    except ValueError:
+        numbers = []
+    if len(distinct) <= 2 or not numbers:
+        model = get_model("logistic")
+    elif all(v == int(v) and v >= 0 for v in numbers):
+        top = int(max(numbers))
+        if len(numbers) == top + 1 and top + 1 <= MAX_INFERRED_CLASSES:
+            model = get_model("multiclass", classes=top + 1)
+        else:
+            model = get_model("poisson")
+    else:
+        model = get_model("linear")
+    log.info(
+        "no --model given: label column %r (%d distinct values) says %s%s",
+        column,
+        len(distinct),
+        model.name,
+        f" with {model.classes} classes" if model.outputs > 1 else "",
+    )
+    return model
+
+
+def load_csv(path: str | Path, *, label: str, model: Model | None = None) -> Dataset:
+    """Load and validate a party's CSV: a header row, numeric features, a label column.
+
+    The labels are parsed for ``model`` (:meth:`hefl.models.Model.parse_labels`); without one,
+    as binary labels (logistic regression): any two distinct values, the one that sorts first
+    (numerically when both are numbers) is the negative class.
 
     Raises:
         DataError: Missing file or header, missing label column, duplicate columns, an empty or
-            non-numeric cell, a non-finite value, or a label column without exactly two values.
+            non-numeric cell, a non-finite value, or a label the model cannot read.
     """
     path = Path(path)
     try:
@@ -86,14 +144,21 @@ def load_csv(path: str | Path, *, label: str) -> Dataset:
             rows.append(values)
     if not rows:
         raise DataError(f"{path}: no data rows after the header")
-    labels, classes = _binary_labels(raw_labels, path=path, label=label)
-    return Dataset(
+    unparsed = Dataset(
         features=np.asarray(rows, dtype=np.float64),
-        labels=labels,
+        labels=np.zeros(len(rows)),
         feature_names=feature_names,
         label_name=label,
-        classes=classes,
+        raw_labels=tuple(raw_labels),
+        source=str(path),
     )
+    return unparsed.for_model(model or get_model("logistic"))
+
+
+def load_csv_raw(path: str | Path, *, label: str) -> Dataset:
+    """The CSV checked as :func:`load_csv` does, with its labels left unparsed (all zero) until
+    the model is known (:meth:`Dataset.for_model`)."""
+    return load_csv(path, label=label, model=_Unparsed())
 
 
 def _parse_cell(cell: str, *, path: Path, row: int, column: str) -> float:
@@ -115,31 +180,36 @@ def _sort_key(value: str) -> tuple[int, float | str]:
         return (1, value)
 
 
-def _binary_labels(raw: list[str], *, path: Path, label: str) -> tuple[Array, tuple[str, str]]:
-    distinct = sorted(set(raw), key=_sort_key)
-    if len(distinct) > 2:
-        shown = distinct[:5] + (["..."] if len(distinct) > 5 else [])
-        raise DataError(
-            f"{path}: label column {label!r} is not binary: {len(distinct)} distinct values {shown}"
-        )
-    if len(distinct) == 2:
-        negative, positive = distinct
-    elif distinct[0] in ("0", "0.0", "1", "1.0"):
-        # One class present in this party's rows: a label-skewed partition; keep 0/1 meaning.
-        negative, positive = "0", "1"
-    else:
-        raise DataError(
-            f"{path}: label column {label!r} has the single value {distinct[0]!r}; "
-            "with only one class present, labels must be 0/1"
-        )
-    labels = np.array([1.0 if _sort_key(v) == _sort_key(positive) else 0.0 for v in raw])
-    return labels, (negative, positive)
-
-
 def write_csv(path: str | Path, dataset: Dataset) -> None:
     """Write ``dataset`` as a CSV with a header, label column last."""
     with Path(path).open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow([*dataset.feature_names, dataset.label_name])
         for features, label in zip(dataset.features, dataset.labels, strict=True):
-            writer.writerow([*(repr(float(v)) for v in features), int(label)])
+            cell = int(label) if float(label).is_integer() else repr(float(label))
+            writer.writerow([*(repr(float(v)) for v in features), cell])
+
+
+class _Unparsed(Model):
+    """Reads any label as 0: for :func:`load_csv_raw` only."""
+
+    name = "unparsed"
+    label_kind = "anything"
+
+    def constant(self) -> float:
+        raise NotImplementedError
+
+    def kernel(self) -> KernelForm:
+        raise NotImplementedError
+
+    def mean(self, z: Array) -> Array:
+        raise NotImplementedError
+
+    def loss(self, weights: Array, features_with_bias: Array, labels: Array) -> float:
+        raise NotImplementedError
+
+    def metrics(self, weights: Array, features_with_bias: Array, labels: Array) -> dict[str, float]:
+        raise NotImplementedError
+
+    def parse_labels(self, raw: list[str], *, where: str, column: str) -> Array:
+        return np.zeros(len(raw))

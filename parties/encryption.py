@@ -17,9 +17,10 @@ import numpy as np
 import tenseal as ts
 
 from hefl import chunks, sealio
-from hefl.algorithm import add_bias, label_term, standardize
+from hefl.algorithm import add_bias, standardize
 from hefl.codec import PackingLayout
 from hefl.errors import ProtocolError
+from hefl.models import Model, get_model
 from hefl.v1 import hefl_pb2 as pb
 from parties.data import Dataset
 from parties.keyholder import associated_data
@@ -47,6 +48,7 @@ class Upload:
         layout: Where every party's rows sit.
         dataset: This party's rows.
         standardization: The job's published mean and std.
+        model: The job's model (its label term); logistic if not given.
 
     Attributes:
         encrypt_s: Time spent encrypting so far.
@@ -61,8 +63,10 @@ class Upload:
         layout: PackingLayout,
         dataset: Dataset,
         standardization: pb.Standardization,
+        model: Model | None = None,
     ) -> None:
         self._job_id = job_id
+        self._model = model or get_model("logistic")
         self._party = party
         self._context = context
         self._layout = layout
@@ -74,7 +78,7 @@ class Upload:
 
     def chunks(self) -> Iterator[pb.UploadChunk]:
         label = sealio.serialize(
-            ts.ckks_vector(self._context, label_term(self._columns, self._labels))
+            ts.ckks_vector(self._context, self._model.label_term(self._columns, self._labels))
         )
         seq, size = 0, 0
         pending: list[pb.EncryptedColumn] = []

@@ -11,6 +11,7 @@ import numpy as np
 
 from hefl.algorithm import (
     MarginCheck,
+    add_bias,
     check_margins,
     decision_function,
     roc_auc,
@@ -18,10 +19,17 @@ from hefl.algorithm import (
     step_warning,
 )
 from hefl.algorithm import accuracy as accuracy_of
+from hefl.models import Model
 from hefl.v1 import hefl_pb2 as pb
 from parties.data import Dataset
 
 log = logging.getLogger("hefl.party")
+
+
+def evaluate_model(model: dict[str, Any], test: Dataset, family: Model) -> dict[str, float]:
+    """The family's held-out metrics of a delivered model (:meth:`hefl.models.Model.metrics`)."""
+    features = standardize(test.features, np.asarray(model["mean"]), np.asarray(model["std"]))
+    return family.metrics(np.asarray(model["weights"]), add_bias(features), test.labels)
 
 
 def evaluate(model: dict[str, Any], test: Dataset) -> tuple[float, float | None]:
@@ -32,8 +40,10 @@ def evaluate(model: dict[str, Any], test: Dataset) -> tuple[float, float | None]
 
 
 def warn_about_step(status: pb.JobStatus) -> None:
-    """Warn when the job's step exceeds what the aggregate statistics call stable."""
+    """Warn when a logistic job's step exceeds what the aggregate statistics call stable."""
     options = status.options
+    if options.model not in ("", "logistic", "multiclass"):
+        return
     warning = step_warning(
         options.learning_rate, status.standardization.curvature, options.sigmoid_interval
     )
@@ -41,11 +51,24 @@ def warn_about_step(status: pb.JobStatus) -> None:
         log.warning("%s", warning)
 
 
-def margins_on(model: dict[str, Any], dataset: Dataset, sigmoid_interval: float) -> MarginCheck:
-    """The model's margins on this party's rows against the sigmoid's safe range; warns when
-    they leave twice the interval."""
+def margins_on(model: dict[str, Any], dataset: Dataset, family: Model) -> MarginCheck:
+    """The model's margins on this party's rows against its mean function's safe range; warns
+    when they leave it (twice the interval for the sigmoid, which keeps rising beyond it)."""
     features = standardize(dataset.features, np.asarray(model["mean"]), np.asarray(model["std"]))
-    check = check_margins(np.asarray(model["weights"]), features, sigmoid_interval)
+    weights = np.asarray(model["weights"])
+    if family.name != "logistic":
+        margins = family.margins(weights, add_bias(features)).ravel()
+        warning = family.margin_warning(margins)
+        if warning:
+            log.warning("%s", warning)
+        top = np.abs(margins)
+        return MarginCheck(
+            interval=family.interval,
+            max_margin=float(top.max(initial=0.0)),
+            outside_fraction=float(np.mean(top > family.interval)) if family.interval else 0.0,
+        )
+    sigmoid_interval = family.interval
+    check = check_margins(weights, features, sigmoid_interval)
     if check.risky:
         log.warning(
             "the model's margin reaches %.1f on this party's rows, more than twice the "

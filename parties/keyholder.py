@@ -225,6 +225,9 @@ class KeyHolder:
             learning_rate=options.learning_rate,
             l2=options.l2,
             sigmoid_interval=options.sigmoid_interval,
+            model=options.model,
+            classes=options.classes,
+            rows=summary.count,
         )
         self._stage = "setup"
         return summary
@@ -247,18 +250,22 @@ class KeyHolder:
         """The setup, if it is exactly the training this key holder's summary calls for."""
         setup = RefreshSetup.from_proto(message)
         assert self._summary is not None and self._hyper is not None
-        hyper, columns = self._hyper, len(self._features) + 1
+        hyper = self._hyper
+        columns = hyper.outputs * (len(self._features) + 1)
         expected = {
             "rows": (setup.rows, self._summary.count),
             "columns": (setup.columns, columns),
             "iterations": (setup.iterations, hyper.iterations),
             "learning rate": (setup.learning_rate, hyper.learning_rate),
-            "weight scale": (setup.weight_scale, hyper.sigmoid.encrypted_form()[0]),
+            "weight scale": (setup.weight_scale, hyper.weight_scale),
         }
         wrong = [
             f"{k} {got} (expected {want})" for k, (got, want) in expected.items() if got != want
         ]
-        if not wrong and list(setup.l2) != l2_vector(columns, hyper.l2).tolist():
+        if (
+            not wrong
+            and list(setup.l2) != l2_vector(columns, hyper.l2, outputs=hyper.outputs).tolist()
+        ):
             wrong.append(f"l2 {list(setup.l2)}")
         if wrong:
             raise ProtocolError(f"training setup refused: {', '.join(wrong)}")

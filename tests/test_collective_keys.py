@@ -16,6 +16,7 @@ from coordinator.gradient import GradientKernel
 from hefl import sealio
 from hefl.algorithm import SigmoidPolynomial
 from hefl.errors import InvalidArgument, PermissionDenied, ProtocolError
+from hefl.models import get_model
 from hefl.params import PARAMETER_SETS, check_public_context
 from hefl.protocols.collective.crs import CrsLabel
 from hefl.protocols.collective.keygen import (
@@ -255,7 +256,10 @@ def test_the_training_kernel_runs_unchanged_on_the_collective_context(
         kernel = GradientKernel(context)
         columns = [kernel.open(ts.ckks_vector(context, features[:, j])) for j in range(4)]
         scaled = [kernel.open(ts.ckks_vector(context, np.full(slots, k * w))) for w in weights]
-        return [CiphertextPolys.of(g) for g in kernel.gradient_sums(scaled, [columns], a=a, b=b)]
+        return [
+            CiphertextPolys.of(g)
+            for g in kernel.gradient_sums(scaled, [columns], get_model().kernel())
+        ]
 
     revealed = []
     for j, gradient in enumerate(gradient_sums(keys.context)):

@@ -13,6 +13,7 @@ import tenseal as ts
 from coordinator.gradient import GradientKernel
 from hefl.algorithm import SigmoidPolynomial
 from hefl.errors import InvalidArgument, ProtocolError
+from hefl.models import get_model
 from hefl.protocols.collective import seal_layout
 from hefl.protocols.collective.crs import CrsLabel
 from hefl.protocols.collective.keyswitch import (
@@ -179,7 +180,7 @@ def test_each_revealed_value_hides_the_key_dependent_noise_by_40_bits_or_more(
     kernel = GradientKernel(keys.context)
     columns = [kernel.open(ts.ckks_vector(keys.context, features[:, j])) for j in range(4)]
     scaled = [kernel.open(ts.ckks_vector(keys.context, np.full(slots, k * w))) for w in weights]
-    gradients = kernel.gradient_sums(scaled, [columns], a=a, b=b)
+    gradients = kernel.gradient_sums(scaled, [columns], get_model().kernel())
     terms = (sigmoid(features @ weights) - 0.5)[:, None] * features
     secret = joint_secret(ring, keys.shares)
 

@@ -86,7 +86,9 @@ def test_encrypted_model_is_the_plaintext_replica(three_hospitals):
     encrypted = report["encrypted"]
     assert encrypted["curvature"] == pytest.approx(stats.curvature, rel=1e-4)
     hyper = choose_hyperparameters(curvature=stats.curvature)
-    assert asdict(hyper) == pytest.approx(encrypted["hyperparameters"], rel=1e-4)
+    got, want = dict(encrypted["hyperparameters"]), asdict(hyper)
+    assert (got.pop("model"), got.pop("classes")) == (want.pop("model"), want.pop("classes"))
+    assert want == pytest.approx(got, rel=1e-4)
     features = add_bias(standardize(train.features, stats.mean, stats.std))
     replica = train_replica(features, train.labels, hyper)
     np.testing.assert_allclose(encrypted["weights"], replica.weights, atol=5e-3)

@@ -25,6 +25,7 @@ from hefl.algorithm import (
     train_replica,
 )
 from hefl.codec import PackingLayout
+from hefl.models import get_model
 from hefl.params import DEFAULT_PARAMETER_SET, PARAMETER_SETS
 from hefl.protocols.refresh import Recipient
 from hefl.protocols.stats import StatsProtocol, StatsRequest, summary_from_proto
@@ -68,7 +69,7 @@ def test_encrypted_gradient_sums_equal_plaintext(name):
 
     # Twice: the kernel must leave the shards (and weights) as they were.
     for _ in range(2):
-        sums = kernel.gradient_sums(scaled, blocks, a=a, b=b)
+        sums = kernel.gradient_sums(scaled, blocks, get_model().kernel())
         vectors = [
             sealio.deserialize(
                 context,
@@ -94,8 +95,8 @@ class InProcessPool:
     def load(self) -> None:
         pass  # the worker read its blocks when it was made
 
-    def gradient(self, masked_weights, unmask, *, a, b):
-        return [self._worker.gradient(masked_weights, unmask, a, b)]
+    def gradient(self, masked_weights, unmask, *, form):
+        return [self._worker.gradient(masked_weights, unmask, form)]
 
     def peak_rss_mb(self):
         return [0.0]

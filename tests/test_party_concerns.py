@@ -13,6 +13,7 @@ from hefl import chunks, sealio
 from hefl.algorithm import add_bias, label_term, standardize
 from hefl.codec import AggregateStats
 from hefl.errors import ProtocolError
+from hefl.models import get_model
 from hefl.params import DEFAULT_PARAMETER_SET, PARAMETER_SETS
 from hefl.v1 import hefl_pb2 as pb
 from parties.data import Dataset
@@ -130,7 +131,7 @@ def test_a_party_evaluates_the_model_on_its_own_rows():
     model = {"mean": [0.0] * 3, "std": [1.0] * 3, "weights": [8.0, 0.0, 0.0, 0.0]}
 
     accuracy, auc = evaluate(model, test)
-    check = margins_on(model, test, sigmoid_interval=16.0)
+    check = margins_on(model, test, get_model("logistic", interval=16.0))
 
     assert accuracy == 1.0 and auc == 1.0  # the label is the sign of the first feature
     assert 0 < check.max_margin < 32 and check.interval == 16.0

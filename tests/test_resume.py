@@ -34,6 +34,7 @@ from hefl.algorithm import (
 )
 from hefl.codec import AggregateStats, PackingLayout
 from hefl.errors import ProtocolError
+from hefl.models.base import KernelForm
 from hefl.params import DEFAULT_PARAMETER_SET, PARAMETER_SETS
 from hefl.protocols.refresh import Recipient, RefreshMasks
 from hefl.protocols.stats import StatsProtocol, StatsRequest, summary_from_proto
@@ -132,12 +133,12 @@ class FailingPool(InProcessPool):
     calls = 0
 
     def gradient(
-        self, masked_weights: Sequence[bytes], unmask: Sequence[float], *, a: float, b: float
+        self, masked_weights: Sequence[bytes], unmask: Sequence[float], *, form: KernelForm
     ) -> list[list[bytes]]:
         self.calls += 1
         if self.calls - 1 == self.fail_at:
             raise WorkerFailure("the Ray workers failed the gradient: ActorDiedError")
-        return super().gradient(masked_weights, unmask, a=a, b=b)
+        return super().gradient(masked_weights, unmask, form=form)
 
 
 @dataclass

@@ -18,12 +18,11 @@ from coordinator.ray_pool import WorkerPool
 from coordinator.store import JobStore, atomic_write
 from coordinator.training import GradientPool
 from hefl import sealio
-from hefl.algorithm import SigmoidPolynomial
 from hefl.codec import PackingLayout
+from hefl.models import get_model
 from hefl.params import DEFAULT_PARAMETER_SET, PARAMETER_SETS
 
 PARAMS = PARAMETER_SETS[DEFAULT_PARAMETER_SET]
-SIGMOID = SigmoidPolynomial.fit(16.0)
 
 
 @dataclass(frozen=True)
@@ -73,22 +72,25 @@ def one_block(tmp_path_factory: pytest.TempPathFactory, public_context_bytes: by
 
 
 def _assert_plaintext_gradient(
-    pool: GradientPool, job: UploadedJob, private_context: ts.Context
+    pool: GradientPool, job: UploadedJob, private_context: ts.Context, model: str = "logistic"
 ) -> None:
-    """Masked weights in, the plaintext gradient sums out (summed over the workers' lists)."""
+    """Masked weights in, the plaintext gradient sums out (summed over the workers' lists), one
+    per (output, column) in the model's output-major order."""
+    family = get_model(model, classes=3 if model == "multiclass" else 0)
+    form = family.kernel()
     rng = np.random.default_rng(3)
-    weights = rng.normal(size=job.columns) * 0.3
-    mask = rng.normal(size=job.columns) * 100.0
-    k, a, b = SIGMOID.encrypted_form()
+    weights = rng.normal(size=family.outputs * job.columns) * 0.3
+    mask = rng.normal(size=weights.size) * 100.0
+    k = form.weight_scale
     masked = sealio.encrypt_replicated(
         private_context, (k * (weights + mask)).tolist(), PARAMS.slots
     )
 
-    partials = pool.gradient(masked, (k * mask).tolist(), a=a, b=b)
+    partials = pool.gradient(masked, (k * mask).tolist(), form=form)
 
     sums = sealio.add_up(private_context, partials, what="worker gradient")
     got = np.array([np.sum(vector.decrypt()) for vector in sums])
-    expected = (SIGMOID(job.data @ weights) - 0.5) @ job.data
+    expected = family.gradient_sums(weights, job.data)
     # CKKS noise: about 1e-3 per slot at the 30-bit scale, summed over the job's slots.
     rows = len(job.data)
     np.testing.assert_allclose(
@@ -113,6 +115,7 @@ def test_in_process_workers_give_the_plaintext_gradient(
 
 
 @pytest.mark.slow  # starts the session's local Ray and its actors
+@pytest.mark.parametrize("model", ["logistic", "multiclass"])
 @pytest.mark.parametrize(
     "uploaded",
     [
@@ -122,6 +125,7 @@ def test_in_process_workers_give_the_plaintext_gradient(
 )
 def test_ray_workers_give_the_plaintext_gradient(
     uploaded: str,
+    model: str,
     request: pytest.FixtureRequest,
     ray_session: None,
     public_context_bytes: bytes,
@@ -139,7 +143,9 @@ def test_ray_workers_give_the_plaintext_gradient(
     try:
         pool.load()
         assert pool.size == 2
-        _assert_plaintext_gradient(pool, job, private_context)
+        # Multiclass: three margins per block from the same shards; with column sharding each
+        # worker answers its columns class by class and the pool puts them in output-major order.
+        _assert_plaintext_gradient(pool, job, private_context, model)
     finally:
         pool.shutdown()
 

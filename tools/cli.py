@@ -16,6 +16,7 @@ import click
 
 from coordinator.cli import coordinator
 from hefl.errors import HeflError
+from hefl.models import model_names
 from parties.cli import party, training_options
 from tools.splits import SPLITS
 
@@ -45,8 +46,10 @@ def _dataset_options(function):  # type: ignore[no-untyped-def]
         [
             click.option(
                 "--dataset",
-                type=click.Choice(["breast-cancer", "wine", "digits", "iris"]),
+                type=click.Choice(["breast-cancer", "wine", "digits", "iris", "diabetes"]),
                 default="breast-cancer",
+                help="wine, digits and iris keep their classes with --model multiclass; "
+                "diabetes has a numeric target (--model linear)",
             ),
             click.option(
                 "--data",
@@ -55,7 +58,10 @@ def _dataset_options(function):  # type: ignore[no-untyped-def]
             ),
             click.option("--label", default="label", help="label column of --data"),
             click.option(
-                "--synthetic", metavar="ROWSxCOLS", help="sklearn make_classification, fixed seed"
+                "--synthetic",
+                metavar="ROWSxCOLS",
+                help="generated, fixed seed: make_classification (logistic, multiclass), "
+                "a linear target (linear), log-linear counts (poisson)",
             ),
         ]
     ):
@@ -66,7 +72,8 @@ def _dataset_options(function):  # type: ignore[no-untyped-def]
 @click.group(context_settings={"auto_envvar_prefix": "HEFL", "show_default": True})
 @click.option("-v", "--verbose", is_flag=True, help="debug logging")
 def main(verbose: bool) -> None:
-    """Federated logistic regression on CKKS-encrypted data."""
+    """Federated generalized linear models (logistic, linear, multiclass, Poisson) on
+    CKKS-encrypted data."""
     _logging(verbose)
 
 
@@ -114,7 +121,9 @@ def simulate(**kwargs: object) -> None:
 @click.option("--parties", type=int, default=3)
 @click.option("--workers", type=int, default=0, help="Ray actors (0: one per CPU)")
 @click.option("--seed", type=int, default=0)
-@click.option("--iterations", type=int, default=0, help="0: 15")
+@click.option("--iterations", type=int, default=0, help="0: chosen from the data")
+@click.option("--model", type=click.Choice(["", *model_names()]), default="", help="inferred: ''")
+@click.option("--classes", type=int, default=0, help="multiclass: classes (0: from the labels)")
 @click.option(
     "--tls-cost",
     type=int,
@@ -142,6 +151,8 @@ def bench(
     workers: int,
     seed: int,
     iterations: int,
+    model: str,
+    classes: int,
     skip: tuple[str, ...],
     seed_style_rows: int,
     tls_cost: int,
@@ -162,6 +173,8 @@ def bench(
         synthetic=synthetic,
         seed=seed,
         iterations=iterations,
+        model=model,
+        classes=classes,
         workdir=workdir,
         ray_address=ray_address,
         workers=workers,

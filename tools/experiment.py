@@ -10,6 +10,7 @@ Config (every list is a grid axis; see ``experiments/example.toml``)::
     [experiment]
     name = "breast-cancer"
     output = "experiments/out"          # relative to the config file
+    model = "logistic"                  # or linear, multiclass, poisson; omitted: inferred
 
     [grid]
     datasets = ["breast-cancer", "synthetic:2000x10", "csv:path/to/file.csv:label_column"]
@@ -57,6 +58,7 @@ class Cell:
     seed: int
     alpha: float
     hyper: tuple[tuple[str, float], ...]
+    model: str = ""
 
     @property
     def name(self) -> str:
@@ -93,6 +95,7 @@ def load_config(path: Path) -> dict[str, Any]:
 
 def cells(config: dict[str, Any]) -> list[Cell]:
     grid = config["grid"]
+    model = str(config.get("experiment", {}).get("model", ""))
     hyper = config.get("hyperparameters", {})
     axes = [[(name, float(v)) for v in _as_list(hyper.get(name, 0))] for name in HYPERPARAMETERS]
     out = []
@@ -104,7 +107,7 @@ def cells(config: dict[str, Any]) -> list[Cell]:
         [float(a) for a in _as_list(grid.get("alpha", 0.5))],
         *axes,
     ):
-        out.append(Cell(str(dataset), parties, str(split), seed, alpha, tuple(chosen)))
+        out.append(Cell(str(dataset), parties, str(split), seed, alpha, tuple(chosen), model))
     return out
 
 
@@ -133,13 +136,29 @@ def simulation_config(cell: Cell, workdir: Path, *, reveal: bool = False) -> Sim
         sigmoid_interval=hyper["sigmoid_interval"],
         reveal_intermediate=reveal,
         workdir=workdir,
+        model=cell.model,
         **source,
     )
 
 
 def row_of(cell: Cell, report: SimulationReport) -> dict[str, Any]:
     enc, plain, timings = report.encrypted, report.plaintext, report.timings
+    # The model's headline metric (accuracy, r2, deviance), encrypted and sklearn's.
+    metric = next(iter(enc.metrics), "accuracy")
+    value = enc.metrics.get(metric, enc.accuracy)
+    baseline = plain.metrics.get(metric, plain.accuracy)
     return {
+        "model": enc.hyperparameters.model,
+        "metric": metric,
+        "value": value,
+        "plaintext_value": baseline,
+        "gap": value - baseline,
+        "relative_gap": (value - baseline) / abs(baseline) if baseline else float("nan"),
+        "macro_f1": enc.metrics.get("macro_f1", float("nan")),
+        "plaintext_macro_f1": plain.metrics.get("macro_f1", float("nan")),
+        "min_class_auc": min(
+            (v for k, v in enc.metrics.items() if k.startswith("auc_")), default=float("nan")
+        ),
         "run": cell.name,
         "dataset": cell.dataset,
         "parties": cell.parties,
@@ -198,10 +217,11 @@ def run_experiment(config_path: Path, *, progress: bool = True) -> list[dict[str
         jsonl.flush()
         _write_csv(output / "results.csv", rows)
         log.info(
-            "%s: accuracy %.4f vs %.4f in %.1f s",
+            "%s: %s %.4f vs %.4f in %.1f s",
             cell.name,
-            row["accuracy"],
-            row["plaintext_accuracy"],
+            row["metric"],
+            row["value"],
+            row["plaintext_value"],
             time.perf_counter() - tick,
         )
     jsonl.close()
@@ -223,19 +243,42 @@ def summarize(rows: list[dict[str, Any]]) -> str:
     groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["dataset"], row["parties"], row["split"]), []).append(row)
+    if all(r.get("model", "logistic") == "logistic" for r in rows):
+        header = (
+            f"{'dataset':<22}{'parties':>8}  {'split':<11}{'runs':>5}{'enc acc':>9}"
+            f"{'plain acc':>10}{'mean gap':>10}{'worst gap':>10}{'AUC gap':>9}{'NaN':>5}"
+        )
+        lines = [header]
+        for (dataset, parties, split), group in groups.items():
+            gaps = [r["accuracy_gap"] for r in group]
+            lines.append(
+                f"{dataset[:21]:<22}{parties:>8}  {split:<11}{len(group):>5}"
+                f"{np.mean([r['accuracy'] for r in group]):>9.4f}"
+                f"{np.mean([r['plaintext_accuracy'] for r in group]):>10.4f}"
+                f"{100 * np.mean(gaps):>+9.2f}p{100 * np.min(gaps):>+9.2f}p"
+                f"{np.mean([r['auc_gap'] for r in group]):>+9.4f}"
+                f"{sum(not r['finite'] for r in group):>5}"
+            )
+        return "\n".join(lines)
     header = (
-        f"{'dataset':<22}{'parties':>8}  {'split':<11}{'runs':>5}{'enc acc':>9}{'plain acc':>10}"
-        f"{'mean gap':>10}{'worst gap':>10}{'AUC gap':>9}{'NaN':>5}"
+        f"{'dataset':<22}{'model':<11}{'parties':>8}  {'split':<11}{'runs':>5}{'metric':>10}"
+        f"{'hefl':>10}{'sklearn':>10}{'mean gap':>10}{'worst gap':>10}{'rel gap':>9}"
+        f"{'macro-F1':>9}{'min AUC':>8}{'NaN':>5}"
     )
     lines = [header]
     for (dataset, parties, split), group in groups.items():
-        gaps = [r["accuracy_gap"] for r in group]
+        gaps = [r["gap"] for r in group]
+        metric = group[0]["metric"]
+        # Worst: the lowest for scores (accuracy, r2), the highest for deviance.
+        worst = max(gaps) if metric == "deviance" else min(gaps)
         lines.append(
-            f"{dataset[:21]:<22}{parties:>8}  {split:<11}{len(group):>5}"
-            f"{np.mean([r['accuracy'] for r in group]):>9.4f}"
-            f"{np.mean([r['plaintext_accuracy'] for r in group]):>10.4f}"
-            f"{100 * np.mean(gaps):>+9.2f}p{100 * np.min(gaps):>+9.2f}p"
-            f"{np.mean([r['auc_gap'] for r in group]):>+9.4f}"
+            f"{dataset[:21]:<22}{group[0]['model']:<11}{parties:>8}  {split:<11}{len(group):>5}"
+            f"{metric:>10}{np.mean([r['value'] for r in group]):>10.4f}"
+            f"{np.mean([r['plaintext_value'] for r in group]):>10.4f}"
+            f"{np.mean(gaps):>+10.4f}{worst:>+10.4f}"
+            f"{100 * np.mean([r['relative_gap'] for r in group]):>+8.2f}%"
+            f"{np.nanmean([r['macro_f1'] for r in group]) if metric == 'accuracy' else float('nan'):>9.4f}"
+            f"{np.nanmean([r['min_class_auc'] for r in group]) if metric == 'accuracy' else float('nan'):>8.4f}"
             f"{sum(not r['finite'] for r in group):>5}"
         )
     return "\n".join(lines)
@@ -256,17 +299,23 @@ def plot_accuracy(rows: list[dict[str, Any]], path: Path) -> None:
             picked = [r for r in rows if r["dataset"] == dataset and r["split"] == split]
             if picked:
                 ax.scatter(
-                    [r["plaintext_accuracy"] for r in picked],
-                    [r["accuracy"] for r in picked],
+                    [r.get("plaintext_value", r["plaintext_accuracy"]) for r in picked],
+                    [r.get("value", r["accuracy"]) for r in picked],
                     marker=marker,
                     color=f"C{i}",
                     alpha=0.7,
                     label=f"{dataset} {split}",
                 )
-    low = min(min(r["accuracy"], r["plaintext_accuracy"]) for r in rows) - 0.01
-    ax.plot([low, 1], [low, 1], "k--", linewidth=1, label="encrypted = plaintext")
-    ax.set_xlabel("plaintext accuracy (sklearn LogisticRegression)")
-    ax.set_ylabel("encrypted accuracy (hefl)")
+    values = [
+        v
+        for r in rows
+        for v in (r.get("value", r["accuracy"]), r.get("plaintext_value", r["plaintext_accuracy"]))
+    ]
+    low, high = min(values) - 0.01, max(values) + 0.01
+    ax.plot([low, high], [low, high], "k--", linewidth=1, label="encrypted = plaintext")
+    metric = rows[0].get("metric", "accuracy")
+    ax.set_xlabel(f"plaintext {metric} (sklearn)")
+    ax.set_ylabel(f"encrypted {metric} (hefl)")
     ax.set_title("hefl vs plaintext, one point per run")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -285,8 +334,9 @@ def plot_losses(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hefl.algorithm import add_bias, logistic_loss, standardize, train_replica
+    from hefl.algorithm import add_bias, standardize
     from hefl.codec import AggregateStats
+    from hefl.models.replica import train_model_replica
     from tools.simulate import load_dataset, partition
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -299,7 +349,7 @@ def plot_losses(
         if iterates:
             ax.plot(
                 range(1, len(iterates) + 1),
-                [logistic_loss(np.asarray(w), x, train.labels) for w in iterates],
+                [hyper.family.loss(np.asarray(w), x, train.labels) for w in iterates],
                 color="C1",
                 alpha=0.4,
                 label="encrypted (revealed iterates)" if not seen else None,
@@ -307,7 +357,14 @@ def plot_losses(
         if (cell.dataset, cell.seed) in seen:
             continue
         seen.add((cell.dataset, cell.seed))
-        losses = train_replica(x, train.labels, hyper).losses
+        losses = train_model_replica(
+            hyper.family,
+            x,
+            train.labels,
+            iterations=hyper.iterations,
+            learning_rate=hyper.learning_rate,
+            l2=hyper.l2,
+        ).losses
         ax.plot(
             range(1, len(losses) + 1),
             losses,
@@ -316,8 +373,8 @@ def plot_losses(
             label="replica" if len(seen) == 1 else None,
         )
     ax.set_xlabel("iteration")
-    ax.set_ylabel("training logistic loss")
-    ax.set_yscale("log")
+    ax.set_ylabel(f"training loss ({trained[0][1].model})" if trained else "training loss")
+    ax.set_yscale("symlog" if trained and trained[0][1].model == "poisson" else "log")
     ax.set_title("loss per iteration")
     ax.legend()
     fig.tight_layout()

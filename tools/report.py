@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,8 @@ class PlaintextResult:
     accuracy: float
     auc: float | None
     fit_s: float
+    # The model's own metrics (hefl.models.Model.metrics), the headline first.
+    metrics: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -42,6 +44,8 @@ class EncryptedResult:
     # The model after every iteration, when the key holder opted in to reveal them: sealed to
     # the parties with the model (the coordinator never sees them).
     intermediate: tuple[tuple[float, ...], ...] = ()
+    # The model's own metrics on the held-out rows (hefl.models.Model.metrics).
+    metrics: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -158,8 +162,7 @@ def format_report(report: SimulationReport) -> str:
             f"{report.config.parties} ({report.config.split}), rows {list(report.party_rows)}",
         ),
         ("train / test rows", f"{report.n_train} / {report.n_test}, {report.n_features} features"),
-        ("accuracy  encrypted | plaintext", f"{enc.accuracy:.4f} | {plain.accuracy:.4f}"),
-        ("ROC AUC   encrypted | plaintext", f"{enc.auc:.4f} | {plain.auc:.4f}"),
+        *_metric_rows(enc, plain),
         (
             "iterations",
             f"{enc.iterations} ({enc.iteration_s:.2f} s each, {report.workers} Ray workers, {report.blocks} blocks)",
@@ -181,6 +184,36 @@ def format_report(report: SimulationReport) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _metric_rows(enc: EncryptedResult, plain: PlaintextResult) -> list[tuple[str, str]]:
+    model = enc.hyperparameters.model
+    if model == "logistic":
+        return [
+            ("accuracy  encrypted | plaintext", f"{enc.accuracy:.4f} | {plain.accuracy:.4f}"),
+            ("ROC AUC   encrypted | plaintext", f"{enc.auc:.4f} | {plain.auc:.4f}"),
+        ]
+    rows = [
+        (
+            "model",
+            model
+            + (f" ({enc.hyperparameters.classes} classes)" if enc.hyperparameters.classes else ""),
+        )
+    ]
+    for name, value in enc.metrics.items():
+        if name.startswith("auc_"):
+            continue
+        rows.append(
+            (
+                f"{name:<9} encrypted | plaintext",
+                f"{value:.4f} | {plain.metrics.get(name, float('nan')):.4f}",
+            )
+        )
+    aucs = [k for k in enc.metrics if k.startswith("auc_")]
+    if aucs:
+        shown = " ".join(f"{enc.metrics[k]:.3f}" for k in aucs)
+        rows.append(("per-class AUC encrypted", shown))
+    return rows
 
 
 def _mb(n: int) -> str:

@@ -21,15 +21,16 @@ import grpc
 import numpy as np
 
 from hefl import chunks, messages
-from hefl.algorithm import accuracy, roc_auc
+from hefl.algorithm import accuracy, add_bias, roc_auc
 from hefl.errors import HeflError
 from hefl.identity import TlsFiles, channel_credentials
+from hefl.models import Model, get_model
 from hefl.params import DEFAULT_PARAMETER_SET
 from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
 from parties.client import PartyResult
-from parties.data import Dataset, load_csv, write_csv
-from parties.evaluation import evaluate
+from parties.data import Dataset, infer_model, load_csv_raw, write_csv
+from parties.evaluation import evaluate, evaluate_model
 from tools.datasets import builtin_dataset, synthetic_dataset
 from tools.memory import MemorySampler
 from tools.provision import provision, remove_project
@@ -64,6 +65,9 @@ class SimulationConfig:
     l2: float = 0.0
     sigmoid_interval: float = 0.0
     reveal_intermediate: bool = False
+    # The model ("" infers it from the label, as a party does) and its classes (multiclass).
+    model: str = ""
+    classes: int = 0
     parameter_set: str = DEFAULT_PARAMETER_SET
     workdir: Path = Path("hefl-work")
     ray_address: str | None = None
@@ -112,11 +116,22 @@ class PartyFiles:
 
 def load_dataset(config: SimulationConfig) -> Dataset:
     if config.data is not None:
-        return load_csv(config.data, label=config.label)
+        raw = load_csv_raw(config.data, label=config.label)
+        return raw.for_model(model_of(config, raw))
     if config.synthetic:
         rows, cols = (int(v) for v in config.synthetic.lower().split("x"))
-        return synthetic_dataset(rows, cols, seed=config.seed)
-    return builtin_dataset(config.dataset or "breast-cancer")
+        return synthetic_dataset(rows, cols, seed=config.seed, model=config.model)
+    return builtin_dataset(config.dataset or "breast-cancer", model=config.model)
+
+
+def model_of(config: SimulationConfig, dataset: Dataset) -> Model:
+    """The simulation's model: ``config.model`` or the one the labels call for (logged)."""
+    raw = dataset.raw_labels or tuple(repr(float(v)).removesuffix(".0") for v in dataset.labels)
+    if not config.model:
+        return infer_model(raw, column=dataset.label_name)
+    if config.model == "multiclass" and not config.classes:
+        return get_model("multiclass", classes=int(max(float(v) for v in raw)) + 1)
+    return get_model(config.model, classes=config.classes)
 
 
 @dataclass(frozen=True)
@@ -131,8 +146,12 @@ def partition(dataset: Dataset, config: SimulationConfig) -> Partition:
     from sklearn.model_selection import train_test_split
 
     index = np.arange(dataset.rows)
+    classified = model_of(config, dataset).name in ("logistic", "multiclass")
     train_idx, test_idx = train_test_split(
-        index, test_size=config.test_size, stratify=dataset.labels, random_state=config.seed
+        index,
+        test_size=config.test_size,
+        stratify=dataset.labels if classified else None,
+        random_state=config.seed,
     )
     train_idx = np.sort(train_idx)
     shares = split_rows(
@@ -155,18 +174,39 @@ def partition(dataset: Dataset, config: SimulationConfig) -> Partition:
     )
 
 
-def plaintext_baseline(train: Dataset, test: Dataset) -> PlaintextResult:
-    """sklearn ``LogisticRegression()`` on standardized features (default C=1, lbfgs)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
+def plaintext_baseline(
+    train: Dataset, test: Dataset, model: Model | None = None
+) -> PlaintextResult:
+    """sklearn on standardized features, judged by the model's own metrics: for logistic and
+    multiclass ``LogisticRegression()`` (C=1, lbfgs; multinomial for classes), for linear
+    ``Ridge()`` (alpha=1), for Poisson ``PoissonRegressor(alpha=0)`` (hefl's default has no
+    penalty either; sklearn's default alpha=1 shrinks standardized coefficients noticeably)."""
+    from sklearn.linear_model import LogisticRegression, PoissonRegressor, Ridge
     from sklearn.preprocessing import StandardScaler
 
+    family = model or get_model("logistic")
+    estimator: Any = {
+        "linear": Ridge(),
+        "poisson": PoissonRegressor(alpha=0.0, max_iter=1000),
+    }.get(family.name, LogisticRegression())
     tick = time.perf_counter()
-    model = make_pipeline(StandardScaler(), LogisticRegression()).fit(train.features, train.labels)
+    scaler = StandardScaler().fit(train.features)
+    estimator.fit(scaler.transform(train.features), train.labels)
     fit_s = time.perf_counter() - tick
-    scores = model.decision_function(test.features)
+    coef = np.atleast_2d(estimator.coef_)
+    intercept = np.atleast_1d(estimator.intercept_)
+    weights = np.hstack([coef, intercept[:, None]]).ravel()
+    metrics = family.metrics(weights, add_bias(scaler.transform(test.features)), test.labels)
+    if family.name == "logistic":
+        scores = scaler.transform(test.features) @ coef[0] + intercept[0]
+        return PlaintextResult(
+            accuracy=accuracy(scores, test.labels),
+            auc=roc_auc(scores, test.labels),
+            fit_s=fit_s,
+            metrics=metrics,
+        )
     return PlaintextResult(
-        accuracy=accuracy(scores, test.labels), auc=roc_auc(scores, test.labels), fit_s=fit_s
+        accuracy=metrics.get("accuracy", float("nan")), auc=None, fit_s=fit_s, metrics=metrics
     )
 
 
@@ -223,7 +263,12 @@ def simulate(config: SimulationConfig) -> SimulationReport:
     try:
         # The coordinator's Ray takes seconds to start: prepare the parties' data meanwhile.
         parts, label_name = write_party_data(config, parties)
-        baseline = plaintext_baseline(parts.train_union, parts.test)
+        family = model_of(config, parts.train_union)
+        family.check_labels(parts.train_union.labels, where="training rows", column=label_name)
+        if family.outputs > 1 and not config.classes:
+            # The key holder's rows may lack a class (label skew): it is told how many.
+            config = replace(config, classes=family.classes)
+        baseline = plaintext_baseline(parts.train_union, parts.test, family)
         address = _wait_for_file(ready, coordinator, coordinator_log)
         for i, files in enumerate(parties):
             args = _party_args(
@@ -337,6 +382,8 @@ def _party_args(
         args += ["--kit", str(project / files.name), "--roster", ",".join(p.name for p in parties)]
     args += ["--data", str(files.train), "--label", label_name, "--test", str(files.test)]
     args += ["--model-out", str(files.model), "--result-out", str(files.result_path)]
+    if config.model:
+        args += ["--model", config.model]
     if key_holder:
         args += ["--key-holder", "--parameter-set", config.parameter_set, *_option_args(config)]
         if config.insecure:  # without a charter, the job only knows how many to wait for
@@ -349,6 +396,7 @@ def _party_args(
 def _option_args(config: SimulationConfig) -> list[str]:
     args = []
     for flag, value in (
+        ("--classes", config.classes),
         ("--iterations", config.iterations),
         ("--learning-rate", config.learning_rate),
         ("--l2", config.l2),
@@ -364,10 +412,16 @@ def _option_args(config: SimulationConfig) -> list[str]:
 def _encrypted_result(
     job: pb.JobReport, results: list[PartyResult], model: dict[str, Any], test: Dataset
 ) -> EncryptedResult:
-    accuracy, auc = evaluate(model, test)
+    hyper = messages.hyperparameters_of(job.options)
+    metrics = evaluate_model(model, test, hyper.family)
+    if hyper.model == "logistic":
+        accuracy, auc = evaluate(model, test)
+    else:
+        accuracy, auc = metrics.get("accuracy", float("nan")), None
     return EncryptedResult(
         accuracy=accuracy,
         auc=auc,
+        metrics=metrics,
         iterations=job.iterations,
         iteration_s=job.train_s / max(job.iterations, 1),
         party_accuracy=tuple(r.accuracy for r in results),

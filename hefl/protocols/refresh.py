@@ -283,7 +283,7 @@ class RefreshCoordinator:
         params: Its parameter set (slots per ciphertext, mask width).
         hyper: The job's resolved hyperparameters.
         rows: Rows over all parties.
-        columns: Columns of the model (features + bias).
+        columns: Weights of the model: outputs x (features + bias).
         random_bytes: Source of the masks' randomness; a seeded one only in tests.
         masks: Resume with these masks (:attr:`masks` of the half that sent the last message)
             instead of drawing new ones.
@@ -315,8 +315,8 @@ class RefreshCoordinator:
         self._hyper = hyper
         self._rows = rows
         self._columns = columns
-        self._l2 = l2_vector(columns, hyper.l2)
-        self._weight_scale = hyper.sigmoid.encrypted_form()[0]
+        self._l2 = l2_vector(columns, hyper.l2, outputs=hyper.outputs)
+        self._weight_scale = hyper.weight_scale
         if masks is None:
             masks = RefreshMasks(
                 label=_floats(self._uniform(columns)),

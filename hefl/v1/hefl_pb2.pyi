@@ -25,18 +25,22 @@ DONE: Phase
 FAILED: Phase
 
 class TrainingOptions(_message.Message):
-    __slots__ = ("iterations", "learning_rate", "l2", "sigmoid_interval", "reveal_intermediate")
+    __slots__ = ("iterations", "learning_rate", "l2", "sigmoid_interval", "reveal_intermediate", "model", "classes")
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     L2_FIELD_NUMBER: _ClassVar[int]
     SIGMOID_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     REVEAL_INTERMEDIATE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
     iterations: int
     learning_rate: float
     l2: float
     sigmoid_interval: float
     reveal_intermediate: bool
-    def __init__(self, iterations: _Optional[int] = ..., learning_rate: _Optional[float] = ..., l2: _Optional[float] = ..., sigmoid_interval: _Optional[float] = ..., reveal_intermediate: _Optional[bool] = ...) -> None: ...
+    model: str
+    classes: int
+    def __init__(self, iterations: _Optional[int] = ..., learning_rate: _Optional[float] = ..., l2: _Optional[float] = ..., sigmoid_interval: _Optional[float] = ..., reveal_intermediate: _Optional[bool] = ..., model: _Optional[str] = ..., classes: _Optional[int] = ...) -> None: ...
 
 class PartyHello(_message.Message):
     __slots__ = ("name", "features", "seal_public_key", "signing_public_key", "seal_key_signature")
