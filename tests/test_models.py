@@ -301,7 +301,7 @@ def _train_encrypted(
                 ts.ckks_vector(public_context, model.label_term(x[rows], labels[rows]))
             )
         )
-    worker = ShardWorker(
+    worker = ShardWorker.from_job_directory(
         parameter_set=PARAMS.name,
         job_root=str(tmp_path),
         blocks=[BlockSource(0, ("a", "b"))],
