@@ -13,6 +13,7 @@ from collections.abc import Sequence
 SEAL_KEY = "seal-key"
 STATS = "stats"
 MODEL = "model"
+COLLECTIVE_BOX = "collective-box"
 
 
 def seal_key_parts(job_id: str, party: str, seal_public_key: bytes) -> list[bytes]:
@@ -36,3 +37,22 @@ def model_parts(
 ) -> list[bytes]:
     """The key holder vouches that it sealed this model for ``party`` of ``job_id``."""
     return [job_id.encode(), party.encode(), ephemeral_public_key, nonce, ciphertext]
+
+
+def collective_box_parts(
+    job_id: str,
+    step: str,
+    sender: str,
+    recipient: str,
+    ephemeral_public_key: bytes,
+    nonce: bytes,
+    ciphertext: bytes,
+) -> list[bytes]:
+    """A roster party vouches that it sealed this box of protocol step ``step`` for
+    ``recipient`` (collective mode: decryption shares of the statistics, mask shares of the
+    model), so that the coordinator relaying it can neither forge nor redirect it."""
+    return [job_id.encode(), step.encode(), sender.encode(), recipient.encode()] + [
+        ephemeral_public_key,
+        nonce,
+        ciphertext,
+    ]

@@ -69,6 +69,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -79,12 +80,14 @@ from hefl.protocols.collective.keyswitch import ciphertext_digest
 from hefl.protocols.collective.ring import Poly, RnsRing
 from hefl.protocols.collective.sampling import centered_binomial, uniform_mask
 from hefl.protocols.collective.seal_layout import CiphertextPolys
-from hefl.protocols.collective.secret import SecretKeyShare
 from hefl.protocols.collective.shares import CollectiveJob, complete_shares, pack, unpack
 from hefl.protocols.masks import RandomBytes
 
 #: A linear map from the masked slot sum to the output slots (or one value for every slot).
 SlotSumTransform = Callable[[float], Sequence[float] | float]
+
+if TYPE_CHECKING:
+    from hefl.protocols.collective.secret import SecretKeyShare
 
 
 def mask_bits(ring: RnsRing, *, rows: int, parties: int) -> int:
