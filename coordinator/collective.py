@@ -48,7 +48,7 @@ from hefl.protocols.collective.keygen import (
     public_context,
 )
 from hefl.protocols.collective.keyswitch import ciphertext_of
-from hefl.protocols.collective.seal_layout import vector_of
+from hefl.protocols.collective.seal_layout import polys_of_vector_bytes, vector_bytes_of
 from hefl.protocols.collective.shares import CollectiveJob
 from hefl.protocols.collective.step import (
     EncToShareProtocol,
@@ -335,7 +335,7 @@ def train(
         traffic = relay.bytes_total()
         protocol = MaskedStepProtocol(
             job,
-            [ciphertext_of(sealio.deserialize(context, g, what="gradient")) for g in serialized],
+            [polys_of_vector_bytes(g) for g in serialized],
             iteration=iteration,
             step_id=identity,
             output_scale_bits=inputs.params.scale_bits,
@@ -367,10 +367,7 @@ def train(
             l2=l2,
             iteration=iteration,
         )
-        fresh = [
-            sealio.serialize(vector_of(context, c, size=slots))
-            for c in protocol.finalize(aggregate, k * weights)
-        ]
+        fresh = [vector_bytes_of(c, size=slots) for c in protocol.finalize(aggregate, k * weights)]
         report.refresh_s += time.perf_counter() - refresh_started
         report.refresh_bytes_per_iteration = relay.bytes_total() - traffic
         report.iteration_s.append(time.perf_counter() - tick)

@@ -38,15 +38,23 @@ class JobInputs:
         context: The job's public context.
         params: Its parameter set.
         features: Feature columns (the model has one more, the bias).
+        stats_scale: The statistics' scale; None: the context's.
     """
 
     def __init__(
-        self, *, job_id: str, context: ts.Context, params: CkksParameters, features: int
+        self,
+        *,
+        job_id: str,
+        context: ts.Context,
+        params: CkksParameters,
+        features: int,
+        stats_scale: float | None = None,
     ) -> None:
         self.job_id = job_id
         self.rules = CiphertextRules(context)
         self.columns = features + 1
-        self.stats = StatsProtocol(features=features, slots=params.slots)
+        # Collective jobs encrypt statistics at the reveal scale (a smudged decryption).
+        self.stats = StatsProtocol(features=features, slots=params.slots, scale=stats_scale)
         self._column = Expected(values=params.slots)
         self._label_term = Expected(values=self.columns)
 

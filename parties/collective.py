@@ -52,6 +52,7 @@ import hmac
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -86,6 +87,7 @@ from hefl.protocols.collective.keyswitch import (
     fresh_noise_std,
     sum_noise_std,
 )
+from hefl.protocols.collective.seal_layout import polys_of_vector_bytes
 from hefl.protocols.collective.secret import RelinKeyEphemeral, SecretKeyShare
 from hefl.protocols.collective.shares import CollectiveJob
 from hefl.protocols.collective.step import (
@@ -218,6 +220,7 @@ class CollectiveMember:
         self._masked_model: Array | None = None
         self.model: dict[str, object] | None = None
         self.on_context: Callable[[ts.Context], None] = lambda _: None
+        self.keygen_started: float | None = None  # wall clock of the first setup step
 
     # ----- the state machine -------------------------------------------------------------
 
@@ -296,6 +299,7 @@ class CollectiveMember:
     # ----- setup: seed, keys, context ----------------------------------------------------------
 
     def _step_seed_commit(self, task: pb.CollectiveTask) -> pb.KeyHolderResult:
+        self.keygen_started = time.time()
         return _named([("commitment", self._seed.commitment().to_bytes())])
 
     def _step_seed_reveal(self, task: pb.CollectiveTask) -> pb.KeyHolderResult:
@@ -590,12 +594,10 @@ class CollectiveMember:
                 f"refresh {iteration}: {len(task.inputs)} inputs for {setup.columns} column gradients"
             )
         last = Expected(values=None, rescales=rules.top - 1)
-        ciphertexts = [
-            ciphertext_of(
-                rules.load(g, last, what=f"gradient of column {j} (iteration {iteration})")
-            )
-            for j, g in enumerate(gradients)
-        ]
+        for j, gradient in enumerate(gradients):  # the gate, before a byte is used
+            rules.load(gradient, last, what=f"gradient of column {j} (iteration {iteration})")
+        ciphertexts = [polys_of_vector_bytes(g) for g in gradients]
+
         protocol = MaskedStepProtocol(
             self.job,
             ciphertexts,
@@ -645,13 +647,15 @@ class CollectiveMember:
             self._masked_model is not None and self._masks is not None and self.summary is not None
         )
         opened = self._open_boxes(task, "model")
-        masks = [self._masks[1]]
+        masks = {self.name: self._masks[1]}
         for sender, payload in opened.items():
             content = json.loads(payload)
             if content["masked_model_sha256"] != _digest(self._masked_model):
                 raise ProtocolError(f"{sender!r} was sent another masked model than this party")
-            masks.append(np.asarray(content["velocity_mask"], dtype=np.float64))
-        weights = self._masked_model - np.sum(masks, axis=0)
+            masks[sender] = np.asarray(content["velocity_mask"], dtype=np.float64)
+        weights = self._masked_model.copy()
+        for party in self.roster.names:  # in roster order: every party gets the same bits
+            weights -= masks[party]
         self.model = {
             "job_id": self.job_id,
             "features": list(self.features),

@@ -498,7 +498,7 @@ class GetReportRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobReport(_message.Message):
-    __slots__ = ("job_id", "workers", "blocks", "iterations", "load_s", "train_s", "gradient_s", "refresh_s", "iteration_s", "upload_bytes", "key_holder_bytes_per_iteration", "worker_bytes_per_iteration", "worker_peak_rss_mb", "options", "curvature")
+    __slots__ = ("job_id", "workers", "blocks", "iterations", "load_s", "train_s", "gradient_s", "refresh_s", "iteration_s", "upload_bytes", "key_holder_bytes_per_iteration", "worker_bytes_per_iteration", "worker_peak_rss_mb", "options", "curvature", "trust", "keygen_s", "keygen_bytes_per_party")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
@@ -514,6 +514,9 @@ class JobReport(_message.Message):
     WORKER_PEAK_RSS_MB_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     CURVATURE_FIELD_NUMBER: _ClassVar[int]
+    TRUST_FIELD_NUMBER: _ClassVar[int]
+    KEYGEN_S_FIELD_NUMBER: _ClassVar[int]
+    KEYGEN_BYTES_PER_PARTY_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     workers: int
     blocks: int
@@ -529,4 +532,7 @@ class JobReport(_message.Message):
     worker_peak_rss_mb: _containers.RepeatedScalarFieldContainer[float]
     options: TrainingOptions
     curvature: float
-    def __init__(self, job_id: _Optional[str] = ..., workers: _Optional[int] = ..., blocks: _Optional[int] = ..., iterations: _Optional[int] = ..., load_s: _Optional[float] = ..., train_s: _Optional[float] = ..., gradient_s: _Optional[float] = ..., refresh_s: _Optional[float] = ..., iteration_s: _Optional[_Iterable[float]] = ..., upload_bytes: _Optional[int] = ..., key_holder_bytes_per_iteration: _Optional[int] = ..., worker_bytes_per_iteration: _Optional[int] = ..., worker_peak_rss_mb: _Optional[_Iterable[float]] = ..., options: _Optional[_Union[TrainingOptions, _Mapping]] = ..., curvature: _Optional[float] = ...) -> None: ...
+    trust: str
+    keygen_s: float
+    keygen_bytes_per_party: int
+    def __init__(self, job_id: _Optional[str] = ..., workers: _Optional[int] = ..., blocks: _Optional[int] = ..., iterations: _Optional[int] = ..., load_s: _Optional[float] = ..., train_s: _Optional[float] = ..., gradient_s: _Optional[float] = ..., refresh_s: _Optional[float] = ..., iteration_s: _Optional[_Iterable[float]] = ..., upload_bytes: _Optional[int] = ..., key_holder_bytes_per_iteration: _Optional[int] = ..., worker_bytes_per_iteration: _Optional[int] = ..., worker_peak_rss_mb: _Optional[_Iterable[float]] = ..., options: _Optional[_Union[TrainingOptions, _Mapping]] = ..., curvature: _Optional[float] = ..., trust: _Optional[str] = ..., keygen_s: _Optional[float] = ..., keygen_bytes_per_party: _Optional[int] = ...) -> None: ...
