@@ -257,6 +257,7 @@ class CollectiveInputs:
     rows: int
     columns: int
     label_terms: Mapping[str, bytes]  # each party's label-term ciphertext, as stored
+    label_term_signatures: Mapping[str, bytes]  # each party's signature over it
     hellos: tuple[pb.PartyHello, ...]
 
 
@@ -300,7 +301,11 @@ def train(
     shares = _output(
         relay.outputs(
             "setup",
-            pb.CollectiveTask(setup=setup, inputs=_inputs("label-term", inputs.label_terms)),
+            pb.CollectiveTask(
+                setup=setup,
+                inputs=_inputs("label-term", inputs.label_terms)
+                + _inputs("label-term-signature", inputs.label_term_signatures),
+            ),
         ),
         "label-term",
     )

@@ -229,6 +229,10 @@ class JobDriver:
                 label_terms={
                     name: job.store.label_term_path(name).read_bytes() for name in job.parties
                 },
+                label_term_signatures={
+                    name: job.store.label_term_signature_path(name).read_bytes()
+                    for name in job.parties
+                },
                 hellos=tuple(hellos),
             ),
             pool=pool,

@@ -498,6 +498,19 @@ class Job:
                 f"expected chunk {expected_seq}"
             )
         checked = self.inputs.upload(chunk, blocks=layout.blocks_of(chunk.party))
+        if self.collective and chunk.label_term:
+            # Checked at the edge: parties EncToShare only the sum of signed label terms.
+            assert self.roster is not None
+            (stored,) = [item.data for item in checked if item.key == LABEL_TERM]
+            verify_signature(
+                self.roster[chunk.party].signing_public_key,
+                chunk.label_term_signature,
+                signed.LABEL_TERM,
+                signed.label_term_parts(self.job_id, chunk.party, stored),
+            )
+            atomic_write(
+                self.store.label_term_signature_path(chunk.party), chunk.label_term_signature
+            )
         # Only a fully valid chunk is written: a rejected chunk leaves no trace.
         accepted = 0
         for item in checked:

@@ -14,6 +14,7 @@ SEAL_KEY = "seal-key"
 STATS = "stats"
 MODEL = "model"
 COLLECTIVE_BOX = "collective-box"
+LABEL_TERM = "label-term"
 
 
 def seal_key_parts(job_id: str, party: str, seal_public_key: bytes) -> list[bytes]:
@@ -56,3 +57,8 @@ def collective_box_parts(
         nonce,
         ciphertext,
     ]
+
+
+def label_term_parts(job_id: str, party: str, label_term: bytes) -> list[bytes]:
+    """A party vouches for its encrypted label term in ``job_id`` (collective mode)."""
+    return [job_id.encode(), party.encode(), hashlib.sha256(label_term).digest()]

@@ -489,6 +489,7 @@ class Party:
             layout=layout_of(status),
             dataset=self.dataset,
             standardization=status.standardization,
+            signing_key=self.trust.signing_key,
         )
         tick = time.perf_counter()
         summary = self.stub.Upload(upload.chunks())

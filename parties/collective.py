@@ -571,6 +571,14 @@ class CollectiveMember:
     def _label_terms(self, task: pb.CollectiveTask) -> EncToShareProtocol:
         assert self.context is not None
         terms = self._inputs(task, "label-term", self.roster.names)
+        signatures = self._inputs(task, "label-term-signature", self.roster.names)
+        for party in self.roster.names:  # the sum of the roster's signed label terms only
+            verify_signature(
+                self.roster.keys[party],
+                signatures[party],
+                signed.LABEL_TERM,
+                signed.label_term_parts(self.job_id, party, terms[party]),
+            )
         columns = len(self.features) + 1
         total = sealio.add_vectors(
             self.context,

@@ -163,6 +163,10 @@ def run() -> dict:
         )
         for p, rows in zip(PARTIES, parts, strict=True)
     }
+    signatures = {
+        p: signing[p].sign(signed.LABEL_TERM, signed.label_term_parts(JOB, p, term))
+        for p, term in label_terms.items()
+    }
     hyper = choose_hyperparameters(curvature=curvature)
     report = train(
         CollectiveInputs(
@@ -173,6 +177,7 @@ def run() -> dict:
             rows=count,
             columns=xs.shape[1],
             label_terms=label_terms,
+            label_term_signatures=signatures,
             hellos=tuple(hellos),
         ),
         pool=MemoryPool(context, columns),

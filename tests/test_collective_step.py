@@ -152,3 +152,24 @@ def test_enc_to_share_gives_masked_slots_and_additive_shares(keys: Collective) -
     assert np.all(np.abs(coordinator - values) > 1e3)
     total = coordinator - sum(m[1][:COLUMNS] for m in made.values())
     assert np.max(np.abs(total - values)) < 1e-3
+
+
+@pytest.mark.parametrize("name", ["n8192-depth4", "n16384-depth4"])
+def test_products_modulo_the_large_primes_are_exact(name: str) -> None:
+    """The long-double quotient estimate never changes a residue: random and extreme values."""
+    from hefl.params import get_parameter_set
+    from hefl.protocols.collective.ring import ring_for
+
+    ring = ring_for(get_parameter_set(name))
+    rng = np.random.default_rng(5)
+    for q in ring.primes:
+        a = np.concatenate([rng.integers(0, q, 20000, dtype=np.uint64), [0, 1, q - 1, q - 2]])
+        b = np.concatenate([rng.integers(0, q, 20000, dtype=np.uint64), [q - 1, q - 1, q - 1, 2]])
+        a, b = a.astype(np.uint64)[None, :], b.astype(np.uint64)[None, :]
+        column = np.array([q], dtype=object)
+        exact = (a.astype(object) * b.astype(object)) % column[:, None]
+        row = ring.primes.index(q)
+        padded_a = np.zeros((row + 1, a.shape[1]), dtype=np.uint64)
+        padded_b = np.zeros_like(padded_a)
+        padded_a[row], padded_b[row] = a[0], b[0]
+        assert ring.mul(padded_a, padded_b)[row].tolist() == exact[0].tolist()

@@ -270,20 +270,22 @@ class EncryptedColumn(_message.Message):
     def __init__(self, block: _Optional[int] = ..., feature: _Optional[int] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
 
 class UploadChunk(_message.Message):
-    __slots__ = ("job_id", "party", "seq", "columns", "label_term", "last")
+    __slots__ = ("job_id", "party", "seq", "columns", "label_term", "last", "label_term_signature")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PARTY_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     LABEL_TERM_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
+    LABEL_TERM_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     party: str
     seq: int
     columns: _containers.RepeatedCompositeFieldContainer[EncryptedColumn]
     label_term: bytes
     last: bool
-    def __init__(self, job_id: _Optional[str] = ..., party: _Optional[str] = ..., seq: _Optional[int] = ..., columns: _Optional[_Iterable[_Union[EncryptedColumn, _Mapping]]] = ..., label_term: _Optional[bytes] = ..., last: _Optional[bool] = ...) -> None: ...
+    label_term_signature: bytes
+    def __init__(self, job_id: _Optional[str] = ..., party: _Optional[str] = ..., seq: _Optional[int] = ..., columns: _Optional[_Iterable[_Union[EncryptedColumn, _Mapping]]] = ..., label_term: _Optional[bytes] = ..., last: _Optional[bool] = ..., label_term_signature: _Optional[bytes] = ...) -> None: ...
 
 class UploadSummary(_message.Message):
     __slots__ = ("columns_accepted", "bytes_accepted", "complete")
