@@ -424,15 +424,19 @@ class Party:
 
         Raises:
             PartyFailed: The job FAILED or ended first.
+            CoordinatorLost: The coordinator stayed away longer than ``reconnect_s``.
         """
         request = pb.WatchJobRequest(job_id=job_id, party=self.name)
+        outage = Outage(self.reconnect, f"waiting for the keys of job {job_id}")
         while not ready.wait(1.0):
             try:
                 status = next(iter(self.stub.WatchJob(request, timeout=STATUS_TIMEOUT_S)))
             except grpc.RpcError as err:
                 if not is_transient(err):
                     raise
+                outage.failed(err.code().name)  # type: ignore[attr-defined]
                 continue
+            outage.ok()
             if status.phase == pb.FAILED:
                 raise PartyFailed(f"job {job_id} failed: {status.message}")
             if status.phase == pb.DONE:

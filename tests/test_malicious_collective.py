@@ -259,3 +259,60 @@ def test_n_minus_1_key_shares_do_not_decrypt_an_upload():
         guess = decrypt_with(keys.ring, upload, joint_secret(keys.ring, some))
         assert np.median(np.abs(guess - rows)) > 1e3
         assert abs(np.corrcoef(guess, rows)[0, 1]) < 0.1
+
+
+def test_a_restarted_coordinator_fails_a_collective_job_with_the_reason(project, tmp_path):
+    """Only the initiator has joined (the job waits for the others) when the coordinator stops;
+    restarted on the same directory, it restores the job FAILED, saying why."""
+    workdir = tmp_path / "work"
+    registry = Registry(workdir, in_process_pool_factory(workers=1))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=chunks.CHANNEL_OPTIONS)
+    pb_grpc.add_CoordinatorServicer_to_server(
+        CoordinatorServicer(registry, authenticated=True), server
+    )
+    port = server.add_secure_port(
+        "127.0.0.1:0", server_credentials(TlsFiles.load(project / "coordinator"))
+    )
+    server.start()
+    config = PartyConfig(
+        coordinator=f"127.0.0.1:{port}",
+        data=project / "ha.csv",
+        label="label",
+        kit=project / "ha",
+        roster=ROSTER,
+        job=JOB,
+        key_holder=True,
+        trust="collective",
+        reconnect_s=1,
+    )
+    ended: list[BaseException | None] = []
+
+    def initiator() -> None:
+        try:
+            run_party(config)
+            ended.append(None)
+        except (HeflError, grpc.RpcError) as err:
+            ended.append(err)
+
+    thread = threading.Thread(target=initiator, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if registry.jobs():
+                break
+            threading.Event().wait(0.1)
+        (job,) = registry.jobs()
+        assert job.collective and job.status().phase == pb.WAITING_FOR_PARTIES
+    finally:
+        registry.shutdown()
+        server.stop(0).wait()
+    thread.join(timeout=60)
+    assert ended and ended[0] is not None  # the initiator gave up on the vanished coordinator
+
+    restarted = Registry(workdir, in_process_pool_factory(workers=1))
+    try:
+        (status,) = [job.status() for job in restarted.jobs()]
+        assert status.phase == pb.FAILED
+        assert "a collective job does not resume after a coordinator restart" in status.message
+    finally:
+        restarted.shutdown()
