@@ -64,6 +64,7 @@ def run_bench(
     skip: set[str],
     seed_style_rows: int = SEED_STYLE_MAX_ROWS,
     tls_cost_runs: int = 0,
+    trust: str = "both",
 ) -> dict[str, Any]:
     """Run (a)-(d) on the same data and split; returns the report (also written if asked).
 
@@ -73,6 +74,8 @@ def run_bench(
         seed_style_rows: Train (c) on at most this many rows and extrapolate its epoch time.
         tls_cost_runs: Also run (d) this many more times with and as often without TLS and
             signatures (``--insecure``), alternating, to measure what they cost.
+        trust: "both": (d) in collective mode and (d') in key-holder mode; else (d) in
+            ``config.trust`` only.
     """
     dataset = load_dataset(config)
     parts = partition(dataset, config)
@@ -150,22 +153,32 @@ def run_bench(
         }
 
     if "hefl" not in skip:
-        sim = simulate(config)
-        report["hefl"] = {
-            "total_s": sim.timings.total,
-            "job_s": sim.timings.job,
-            "train_s": sim.timings.train,
-            "iteration_s": sim.encrypted.iteration_s,
-            "iterations": sim.encrypted.iterations,
-            "accuracy": sim.encrypted.accuracy,
-            "auc": sim.encrypted.auc,
-            "metrics": sim.encrypted.metrics,
-            "timings_s": sim.timings.to_json(),
-            "bytes": sim.traffic.to_json(),
-            "peak_rss_mb": sim.peak_memory.to_json(),
-            "workers": sim.workers,
-            "blocks": sim.blocks,
-        }
+        # (d) in the configured trust mode (collective by default), and (d') in key-holder mode
+        # on the same data, split and machine when both are asked for.
+        modes = {"hefl": config.trust}
+        if trust == "both":
+            modes = {"hefl": "collective", "hefl_key_holder": "key-holder"}
+        for key, mode in modes.items():
+            sim = simulate(replace(config, trust=mode, report=None))
+            report[key] = {
+                "trust": mode,
+                "total_s": sim.timings.total,
+                "job_s": sim.timings.job,
+                "train_s": sim.timings.train,
+                "keygen_s": sim.timings.keygen,
+                "iteration_s": sim.encrypted.iteration_s,
+                "iterations": sim.encrypted.iterations,
+                "accuracy": sim.encrypted.accuracy,
+                "auc": sim.encrypted.auc,
+                "metrics": sim.encrypted.metrics,
+                "timings_s": sim.timings.to_json(),
+                "bytes": sim.traffic.to_json(),
+                "party_bytes_per_iteration": sim.traffic.key_holder_per_iteration
+                // (config.parties if mode == "collective" else 1),
+                "peak_rss_mb": sim.peak_memory.to_json(),
+                "workers": sim.workers,
+                "blocks": sim.blocks,
+            }
         if "seed_style" in report:
             report["ratios"] = {
                 "seed_style_epoch_over_hefl_iteration": report["seed_style"]["epoch_s"]
@@ -190,7 +203,10 @@ def tls_cost(config: SimulationConfig, runs: int) -> dict[str, Any]:
     }
     for _ in range(runs):
         for mode in ("secure", "insecure"):
-            sim = simulate(replace(config, insecure=mode == "insecure", report=None))
+            # --insecure has no kits, hence no collective mode: both runs in key-holder mode.
+            sim = simulate(
+                replace(config, insecure=mode == "insecure", trust="key-holder", report=None)
+            )
             measured[mode]["job_s"].append(sim.timings.job)
             measured[mode]["iteration_s"].append(sim.encrypted.iteration_s)
     mean = {m: {k: sum(v) / len(v) for k, v in d.items()} for m, d in measured.items()}
@@ -252,17 +268,20 @@ def format_bench(report: dict[str, Any]) -> str:
                 seed["auc"],
             )
         )
-    if "hefl" in report:
-        h = report["hefl"]
+    for key, label in (("hefl", "(d)"), ("hefl_key_holder", "(d')")):
+        if key not in report:
+            continue
+        h = report[key]
         moved = (
             f"up {h['bytes']['upload'] / 1e6:.0f} MB, {h['bytes']['per_iteration'] / 1e6:.0f} MB/it"
         )
         rss = "coord {coordinator:.0f} / worker {worker:.0f} / party {party:.0f} / all {total:.0f} MB".format(
             **h["peak_rss_mb"]
         )
+        mode = h.get("trust", "key-holder")
         lines.append(
             row(
-                "(d) hefl end to end",
+                f"{label} hefl {mode}",
                 h["total_s"],
                 f"{h['iteration_s']:.3f} s/it (train {h['train_s']:.1f} s)",
                 h["accuracy"],
@@ -271,10 +290,16 @@ def format_bench(report: dict[str, Any]) -> str:
                 rss,
             )
         )
-    if "hefl" in report:
+        per_party = h.get("party_bytes_per_iteration", 0) / 1e6
         lines.append(
-            f"(d) wall {report['hefl']['total_s']:.1f} s = data preparation, processes up and "
-            f"down, and key generation to models delivered {report['hefl']['job_s']:.1f} s"
+            f"{label} {mode}: wall {h['total_s']:.1f} s = data preparation, processes up and "
+            f"down, and key generation to models delivered {h['job_s']:.1f} s; key generation "
+            f"{h.get('keygen_s', 0.0):.2f} s; "
+            + (
+                f"{per_party:.1f} MB per party per iteration"
+                if mode == "collective"
+                else f"key holder {per_party:.1f} MB per iteration"
+            )
         )
     if "tls_cost" in report:
         cost = report["tls_cost"]

@@ -31,6 +31,8 @@ from pathlib import Path
 import tenseal as ts
 
 from coordinator.checkpoint import FileJournal
+from coordinator.collective import CollectiveInputs, Relay, decrypt_statistics, generate_keys
+from coordinator.collective import train as train_collective
 from coordinator.jobs import Job, ShuttingDown
 from coordinator.report import JobReport
 from coordinator.training import GradientPool, TrainingInputs, train
@@ -38,6 +40,7 @@ from hefl import messages, sealio
 from hefl.algorithm import choose_hyperparameters
 from hefl.codec import PackingLayout
 from hefl.errors import FailedPrecondition
+from hefl.protocols.collective.step import stats_protocol
 from hefl.protocols.refresh import Recipient
 from hefl.protocols.stats import StatsProtocol, StatsRequest, StatsShare, summary_from_proto
 from hefl.v1 import hefl_pb2 as pb
@@ -101,6 +104,14 @@ class JobDriver:
         job = self._job
         pool: GradientPool | None = None
         try:
+            if job.collective:
+                pools: list[GradientPool] = []
+                try:
+                    self._run_collective(stop, pools)
+                finally:
+                    for started in pools:
+                        started.shutdown()
+                return
             if job.phase in (pb.WAITING_FOR_PARTIES, pb.COLLECTING_STATS):
                 job.wait_for(job.all_stats_in, stop)
                 self._publish_standardization()
@@ -132,6 +143,132 @@ class JobDriver:
         finally:
             if pool is not None:
                 pool.shutdown()
+
+    # ----- collective (n-of-n) mode: coordinator.collective -----------------------------------
+
+    def _run_collective(self, stop: threading.Event, pools: list[GradientPool]) -> None:
+        """Keys among the roster, statistics toward the parties, uploads, training; the pool it
+        starts goes to ``pools``, for the caller to release.
+
+        Raises:
+            FailedPrecondition: The coordinator restarted: every party's protocol state (its
+                key share, its masks) is in its own process, and the parties' sessions do not
+                resume a collective job yet.
+        """
+        job = self._job
+        if self._restored:
+            raise FailedPrecondition(
+                "the coordinator restarted during this collective job; collective jobs do not "
+                "resume after a coordinator restart yet (start the job again)"
+            )
+        deadline = self._deadlines.key_holder_s
+        job.wait_for(lambda: len(job.parties) == job.expected_parties, stop)
+        self._wait(
+            lambda: all(link.connected for link in job.links.values()),
+            stop,
+            timeout_s=deadline,
+            missing=lambda: (
+                "the roster parties "
+                + ", ".join(repr(n) for n, link in job.links.items() if not link.connected)
+                + " did not open their task streams"
+            ),
+        )
+        relay = Relay(job.links, timeout_s=deadline)
+        keys = generate_keys(
+            relay, job_id=job.job_id, params=job.params, on_context=job.set_context
+        )
+        job.wait_for(job.all_stats_in, stop)
+        protocol = stats_protocol(len(job.features), job.params)
+        stats = [
+            pb.SubmitStatsRequest(
+                job_id=job.job_id,
+                party=party.name,
+                rows=party.rows,
+                signature=job.store.stats_signature_path(party.name).read_bytes(),
+                ciphertexts=[
+                    job.store.stats_path(party.name, piece).read_bytes()
+                    for piece in range(len(protocol.piece_sizes))
+                ],
+            )
+            for party in job.parties.values()
+        ]
+        hellos = [p.hello for p in job.parties.values()]
+        count, curvature = decrypt_statistics(relay, stats=stats, hellos=hellos)
+        declared = sum(party.rows for party in job.parties.values())
+        if count != declared:
+            raise FailedPrecondition(
+                f"the parties declare {declared} rows but their statistics count {count}"
+            )
+        hyper = choose_hyperparameters(
+            curvature=curvature,
+            iterations=job.options.iterations,
+            learning_rate=job.options.learning_rate,
+            l2=job.options.l2,
+            sigmoid_interval=job.options.sigmoid_interval,
+        )
+        layout = PackingLayout.assign(
+            slots=job.params.slots, party_rows=[(p.name, p.rows) for p in job.parties.values()]
+        )
+        # The coordinator learns the row count and the curvature (the step size); the means
+        # and deviations stay with the parties.
+        job.publish(
+            standardization=pb.Standardization(count=count, curvature=curvature),
+            options=messages.training_options(hyper, reveal_intermediate=False),
+            layout=layout,
+        )
+        pool = self._make_pool()
+        pools.append(pool)
+        job.wait_for(job.all_uploads_in, stop)
+        job.set_phase(pb.TRAINING)
+        started = time.perf_counter()
+        pool.load()
+        load_s = time.perf_counter() - started
+        report = train_collective(
+            CollectiveInputs(
+                job=keys.job,
+                context=job.context,
+                params=job.params,
+                hyper=hyper,
+                rows=layout.total_rows,
+                columns=job.columns,
+                label_terms={
+                    name: job.store.label_term_path(name).read_bytes() for name in job.parties
+                },
+                label_term_signatures={
+                    name: job.store.label_term_signature_path(name).read_bytes()
+                    for name in job.parties
+                },
+                hellos=tuple(hellos),
+            ),
+            pool=pool,
+            relay=relay,
+            on_iteration=job.set_iteration,
+        )
+        job.finish(
+            [],
+            JobReport(
+                job_id=job.job_id,
+                workers=pool.size,
+                blocks=layout.n_blocks,
+                iterations=report.iterations,
+                load_s=load_s,
+                train_s=report.train_s,
+                gradient_s=report.gradient_s,
+                refresh_s=report.refresh_s,
+                iteration_s=tuple(report.iteration_s),
+                upload_bytes=sum(p.upload_bytes for p in job.parties.values()),
+                key_holder_bytes_per_iteration=report.refresh_bytes_per_iteration,
+                worker_bytes_per_iteration=report.worker_bytes_per_iteration,
+                worker_peak_rss_mb=tuple(pool.peak_rss_mb()),
+                hyperparameters=hyper,
+                reveal_intermediate=False,
+                curvature=curvature,
+                trust="collective",
+                keygen_s=keys.seconds,
+                keygen_bytes_per_party=max(keys.bytes_per_party.values()),
+            ),
+        )
+        log.info("collective job %s done in %.1f s of training", job.job_id, report.train_s)
 
     def _show_resumed_iteration(self) -> None:
         """Statuses say where training will resume while the job waits for its key holder.

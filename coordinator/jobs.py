@@ -49,6 +49,7 @@ from hefl.errors import (
 from hefl.identity import same_bytes, verify_signature
 from hefl.models import get_model
 from hefl.params import CkksParameters, check_public_context
+from hefl.protocols.collective.keyswitch import REVEAL_SCALE_BITS
 from hefl.v1 import hefl_pb2 as pb
 
 log = logging.getLogger("hefl.jobs")
@@ -104,28 +105,17 @@ class Job:
         self.store = store
         self.params = params
         self.limits = limits or Limits()
-        self.context_bytes = context_bytes or b""
+        self.context_bytes = b""
         self._context: ts.Context | None = None
         self._inputs: JobInputs | None = None
         # The model's outputs: a k-class model refreshes k x columns weights.
         self.outputs = model_outputs(options, columns=len(features) + 1, slots=params.slots)
-        if context_bytes is not None:
-            try:
-                context = ts.context_from(context_bytes)
-            except Exception as err:  # TenSEAL raises bare C++ errors
-                raise InvalidArgument(
-                    f"the job context does not deserialize as TenSEAL ({err})"
-                ) from err
-            check_public_context(context, params.name)
-            self._context = context
-            self._inputs = JobInputs(
-                job_id=job_id,
-                context=context,
-                params=params,
-                features=len(features),
-                outputs=self.outputs,
-            )
+        # Collective (n-of-n) mode, as the signed charter says: every roster party runs a task
+        # session (coordinator.collective); the context exists once they made the keys.
+        self.collective = charter is not None and charter.trust == pb.COLLECTIVE
         self.features = features
+        if context_bytes is not None:
+            self._load_context(context_bytes)
         self.expected_parties = expected_parties
         self.options = options
         self.key_holder = key_holder
@@ -143,10 +133,66 @@ class Job:
         self.standardization: pb.Standardization | None = None
         self.layout: PackingLayout | None = None
         self.link = KeyHolderLink()
+        self.links: dict[str, KeyHolderLink] = (
+            {name: KeyHolderLink() for name in self.roster or ()} if self.collective else {}
+        )
         self.report: JobReport | None = None
         self._cond = threading.Condition()
         self._version = 0
         self._ciphertext_bytes: int | None = None
+
+    def _load_context(self, context_bytes: bytes) -> None:
+        """Check and keep the public context.
+
+        Raises:
+            InvalidArgument: It does not deserialize, or is not of the job's parameters.
+            PermissionDenied: It carries a secret key.
+        """
+        try:
+            context = ts.context_from(context_bytes)
+        except Exception as err:  # TenSEAL raises bare C++ errors
+            raise InvalidArgument(
+                f"the job context does not deserialize as TenSEAL ({err})"
+            ) from err
+        check_public_context(context, self.params.name)
+        self._context = context
+        self._inputs = JobInputs(
+            job_id=self.job_id,
+            context=context,
+            params=self.params,
+            features=len(self.features),
+            outputs=self.outputs,
+            stats_scale=2.0**REVEAL_SCALE_BITS if self.collective else None,
+        )
+        self.context_bytes = context_bytes
+
+    def set_context(self, context_bytes: bytes) -> None:
+        """Collective mode: the context the parties' keys make, checked public, then stored.
+
+        Raises:
+            FailedPrecondition: The job has a context already.
+        """
+        with self._cond:
+            if self._context is not None:
+                raise FailedPrecondition(f"job {self.job_id} has its context already")
+            self._load_context(context_bytes)
+            atomic_write(self.store.context_path(), context_bytes)
+            self._changed()
+
+    def link_for(self, party: str) -> KeyHolderLink:
+        """The task link of ``party``: the key holder's, or in collective mode each roster
+        party's own.
+
+        Raises:
+            PermissionDenied: ``party`` has no task stream in this job.
+        """
+        if self.collective:
+            if party not in self.links:
+                raise PermissionDenied(f"{party!r} is not on the roster of job {self.job_id}")
+            return self.links[party]
+        if party != self.key_holder:
+            raise PermissionDenied(f"{party!r} is not the key holder of job {self.job_id}")
+        return self.link
 
     @property
     def context(self) -> ts.Context:
@@ -456,6 +502,19 @@ class Job:
                 f"expected chunk {expected_seq}"
             )
         checked = self.inputs.upload(chunk, blocks=layout.blocks_of(chunk.party))
+        if self.collective and chunk.label_term:
+            # Checked at the edge: parties EncToShare only the sum of signed label terms.
+            assert self.roster is not None
+            (stored,) = [item.data for item in checked if item.key == LABEL_TERM]
+            verify_signature(
+                self.roster[chunk.party].signing_public_key,
+                chunk.label_term_signature,
+                signed.LABEL_TERM,
+                signed.label_term_parts(self.job_id, chunk.party, stored),
+            )
+            atomic_write(
+                self.store.label_term_signature_path(chunk.party), chunk.label_term_signature
+            )
         # Only a fully valid chunk is written: a rejected chunk leaves no trace.
         accepted = 0
         for item in checked:
@@ -570,8 +629,15 @@ class Job:
         return " and ".join(parts)
 
     def sealed_model(self, party: str) -> pb.SealedModel:
+        """Raises: FailedPrecondition: not done yet, or a collective job (the parties made the
+        model from each other's sealed mask shares; this coordinator has none)."""
         with self._cond:
             self._party(party)
+            if self.collective:
+                raise FailedPrecondition(
+                    f"job {self.job_id} is collective: its parties hold the model, the "
+                    f"coordinator has none"
+                )
             if self.phase != pb.DONE:
                 raise FailedPrecondition(
                     f"job {self.job_id} has no model yet ({pb.Phase.Name(self.phase)})"

@@ -75,9 +75,10 @@ class KeyHolderLink:
                 self._cond.wait(left)
             result = self._results.pop(task_id)
         if result.WhichOneof("result") == "error":
-            raise ProtocolError(
-                f"key holder failed task {task.WhichOneof('task')!r}: {result.error}"
-            )
+            kind = task.WhichOneof("task")
+            if kind == "collective":
+                raise ProtocolError(f"refused step {task.collective.step!r}: {result.error}")
+            raise ProtocolError(f"key holder failed task {kind!r}: {result.error}")
         return result
 
     def stream(self, is_active: Callable[[], bool]) -> Iterator[tuple[int, bytes]]:

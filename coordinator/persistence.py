@@ -80,6 +80,12 @@ class _Restoring:
         params = self._params(record)
         self.spec = self._read_charter(record)
         over = record.phase in TERMINAL
+        if not over and self.spec is not None and self.spec.charter.trust == pb.COLLECTIVE:
+            raise Unrestorable(
+                "a collective job does not resume after a coordinator restart yet (each "
+                "party's key share and masks live in its own process, and its session does not "
+                "rejoin a restarted job): start the job again"
+            )
         context_bytes = None if over else self._read_context(params)
         job = Job(
             job_id=record.job_id,

@@ -135,6 +135,12 @@ class Registry:
         cap = context_bytes_cap(params)
         if len(context_bytes) > cap:
             raise ResourceExhausted(context_too_large(len(context_bytes), cap, params.name))
+        collective = charter is not None and charter.trust == pb.COLLECTIVE
+        if collective and options.reveal_intermediate:
+            raise InvalidArgument(
+                "a collective job reveals no intermediate models (reveal_intermediate is a "
+                "key-holder option)"
+            )
         site = creator.name if creator is not None else key_holder
         with self._lock:
             if job_id in self._jobs:
@@ -146,7 +152,7 @@ class Registry:
                 job_id=job_id,
                 store=store,
                 params=params,
-                context_bytes=context_bytes,
+                context_bytes=None if collective else context_bytes,
                 features=features,
                 expected_parties=expected,
                 options=options,
@@ -155,7 +161,8 @@ class Registry:
                 charter_signature=spec.charter_signature,
                 limits=self.limits,
             )
-            atomic_write(store.context_path(), context_bytes)
+            if not collective:
+                atomic_write(store.context_path(), context_bytes)
             if charter is not None:
                 atomic_write(
                     store.charter_path(),
@@ -248,7 +255,11 @@ def check_charter(spec: pb.JobSpec, context_bytes: bytes, creator: Peer) -> pb.C
         raise PermissionDenied(
             f"{creator.name!r} presents a certificate other than its roster entry's"
         )
-    if not same_bytes(context_digest(context_bytes), charter.context_sha256):
+    if charter.trust == pb.COLLECTIVE:
+        # The parties make the keys once they have all joined: no context comes with the job.
+        if context_bytes or charter.context_sha256:
+            raise PermissionDenied("a collective job is created without a context")
+    elif not same_bytes(context_digest(context_bytes), charter.context_sha256):
         raise PermissionDenied("the context is not the one the charter names")
     return charter
 

@@ -31,6 +31,11 @@ class JobReport:
     hyperparameters: Hyperparameters
     reveal_intermediate: bool
     curvature: float
+    # Collective mode: "collective", the key generation's time and bytes per party (in
+    # key_holder_bytes_per_iteration: every party's refresh traffic together).
+    trust: str = "key-holder"
+    keygen_s: float = 0.0
+    keygen_bytes_per_party: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -66,4 +71,7 @@ class JobReport:
                 self.hyperparameters, reveal_intermediate=self.reveal_intermediate
             ),
             curvature=self.curvature,
+            trust=self.trust,
+            keygen_s=self.keygen_s,
+            keygen_bytes_per_party=self.keygen_bytes_per_party,
         )

@@ -90,8 +90,9 @@ AUTHORIZATION: dict[str, str] = {
     "WatchJob": "member",
     "SubmitStats": "member",
     "Upload": "member",
-    "KeyHolderTasks": "key holder",
-    "CompleteTask": "key holder",
+    # Key-holder mode: the key holder; collective mode: each roster party, for its own tasks.
+    "KeyHolderTasks": "task party",
+    "CompleteTask": "task party",
     "GetModel": "member",
     "GetReport": "member",
     "ListJobs": "any party",
@@ -150,11 +151,14 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         allowed = {
             "invited": lambda: job.is_invited(name, peer.fingerprint if peer else None),
             "member": lambda: job.is_member(name),
-            "key holder": lambda: name == job.key_holder,
+            "task party": lambda: name in job.links if job.collective else name == job.key_holder,
         }[rule]()
         if not allowed:
+            who = rule
+            if rule == "task party":
+                who = "roster parties" if job.collective else "key holder"
             raise errors.PermissionDenied(
-                f"{name!r} may not call {rpc} on job {job.job_id}: only the job's {rule} may"
+                f"{name!r} may not call {rpc} on job {job.job_id}: only the job's {who} may"
             )
         return name
 
@@ -255,7 +259,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         job = self._registry.get(request.job_id)
         party = self._acting("KeyHolderTasks", context, job, request.party)
         with self._streams.open("KeyHolderTasks", site=party, job=job.job_id):
-            for task_id, payload in job.link.stream(context.is_active):
+            for task_id, payload in job.link_for(party).stream(context.is_active):
                 yield from chunks.task_chunks(
                     job_id=job.job_id, party=party, task_id=task_id, payload=payload
                 )
@@ -268,9 +272,8 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
                 raise errors.InvalidArgument("CompleteTask carries no chunk")
             job = self._registry.get(first.job_id)
             # Authorized before the rest of the answer is read.
-            stream.bind(
-                site=self._acting("CompleteTask", context, job, first.party), job=job.job_id
-            )
+            acting = self._acting("CompleteTask", context, job, first.party)
+            stream.bind(site=acting, job=job.job_id)
             cap = task_answer_bytes_cap(
                 job.params,
                 columns=job.outputs * job.columns,
@@ -282,7 +285,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
             )
         if header.job_id != job.job_id:
             raise errors.InvalidArgument("CompleteTask chunks name different jobs")
-        job.link.complete(header.task_id, payload)
+        job.link_for(acting).complete(header.task_id, payload)
         return pb.Ack(message=f"task {header.task_id} done")
 
     @domain_errors

@@ -8,6 +8,7 @@ Layout under ``<workdir>/jobs/<job_id>/``::
     stats/<party>/<piece>.bin     encrypted statistics (and signature.sig, the party's)
     columns/<party>/<b>-<j>.bin   encrypted column j of block b, this party's rows only
     label_terms/<party>.bin       encrypted label term
+    label_terms/<party>.sig       the party's signature over it (collective mode)
     models/<party>.bin            the sealed model (a serialized SealedModel)
     report.json                   timings and traffic of the training run
 
@@ -305,6 +306,9 @@ class JobStore:
 
     def label_term_path(self, party: str) -> Path:
         return self.root / "label_terms" / f"{party}.bin"
+
+    def label_term_signature_path(self, party: str) -> Path:
+        return self.root / "label_terms" / f"{party}.sig"
 
     def model_path(self, party: str) -> Path:
         return self.root / "models" / f"{party}.bin"

@@ -39,6 +39,7 @@ class JobInputs:
         params: Its parameter set.
         features: Feature columns (the model has one more, the bias).
         outputs: The model's outputs; its label term has one value per (output, column).
+        stats_scale: The statistics' scale; None: the context's.
     """
 
     def __init__(
@@ -49,11 +50,13 @@ class JobInputs:
         params: CkksParameters,
         features: int,
         outputs: int = 1,
+        stats_scale: float | None = None,
     ) -> None:
         self.job_id = job_id
         self.rules = CiphertextRules(context)
         self.columns = features + 1
-        self.stats = StatsProtocol(features=features, slots=params.slots)
+        # Collective jobs encrypt statistics at the reveal scale (a smudged decryption).
+        self.stats = StatsProtocol(features=features, slots=params.slots, scale=stats_scale)
         self._column = Expected(values=params.slots)
         self._label_term = Expected(values=outputs * self.columns)
 

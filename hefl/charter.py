@@ -99,6 +99,10 @@ def charter_parts(charter: pb.Charter) -> list[bytes]:
     ]
     for entry in charter.roster:
         parts += [entry.name.encode(), entry.fingerprint.encode(), entry.signing_public_key]
+    if charter.trust == pb.COLLECTIVE:
+        # Signed, so that no coordinator can turn a collective job into a key-holder one (a
+        # key-holder charter signs as it always did).
+        parts.append(b"trust=collective")
     return parts
 
 

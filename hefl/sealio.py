@@ -73,6 +73,11 @@ def _scratch_dir() -> str | None:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
+def varint(value: int) -> bytes:
+    """Protobuf's base-128 varint."""
+    return _varint(value)
+
+
 def _varint(value: int) -> bytes:
     out = bytearray()
     while True:

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 SEAL_KEY = "seal-key"
 STATS = "stats"
 MODEL = "model"
+COLLECTIVE_BOX = "collective-box"
+LABEL_TERM = "label-term"
 
 
 def seal_key_parts(job_id: str, party: str, seal_public_key: bytes) -> list[bytes]:
@@ -36,3 +38,27 @@ def model_parts(
 ) -> list[bytes]:
     """The key holder vouches that it sealed this model for ``party`` of ``job_id``."""
     return [job_id.encode(), party.encode(), ephemeral_public_key, nonce, ciphertext]
+
+
+def collective_box_parts(
+    job_id: str,
+    step: str,
+    sender: str,
+    recipient: str,
+    ephemeral_public_key: bytes,
+    nonce: bytes,
+    ciphertext: bytes,
+) -> list[bytes]:
+    """A roster party vouches that it sealed this box of protocol step ``step`` for
+    ``recipient`` (collective mode: decryption shares of the statistics, mask shares of the
+    model), so that the coordinator relaying it can neither forge nor redirect it."""
+    return [job_id.encode(), step.encode(), sender.encode(), recipient.encode()] + [
+        ephemeral_public_key,
+        nonce,
+        ciphertext,
+    ]
+
+
+def label_term_parts(job_id: str, party: str, label_term: bytes) -> list[bytes]:
+    """A party vouches for its encrypted label term in ``job_id`` (collective mode)."""
+    return [job_id.encode(), party.encode(), hashlib.sha256(label_term).digest()]

@@ -77,11 +77,14 @@ class Expected:
         rescales: Rescalings since encryption, 0 for a fresh top-level ciphertext; None: any
             level of the chain.
         seeded: It may come in SEAL's seeded form (secret-key encryption).
+        scale: Its scale; None: the context's (collective mode encrypts what is revealed at
+            :data:`hefl.protocols.collective.keyswitch.REVEAL_SCALE_BITS`).
     """
 
     values: int | None
     rescales: int | None = 0
     seeded: bool = False
+    scale: float | None = None
 
 
 ANY = Expected(values=None, rescales=None, seeded=True)
@@ -258,10 +261,9 @@ class CiphertextRules:
             raise InvalidArgument(
                 f"{what} claims {size} values; a ciphertext has 1 to {self.slots} slots"
             )
-        if vector.scales != (self.scale,):
-            raise InvalidArgument(
-                f"{what} has scale {list(vector.scales)}, expected the job's {self.scale}"
-            )
+        scale = self.scale if expected.scale is None else expected.scale
+        if vector.scales != (scale,):
+            raise InvalidArgument(f"{what} has scale {list(vector.scales)}, expected {scale}")
         return vector
 
     def _check_seal_bytes(self, ciphertext: bytes, expected: Expected, *, what: str) -> None:
@@ -317,10 +319,9 @@ class CiphertextRules:
             )
         if ciphertext.poly_modulus_degree() != self.degree or not ciphertext.is_ntt_form():
             raise InvalidArgument(f"{what} is not a CKKS ciphertext of ring size {self.degree}")
-        if ciphertext.scale != self.scale:
-            raise InvalidArgument(
-                f"{what} has scale {ciphertext.scale}, expected the job's {self.scale}"
-            )
+        scale = self.scale if expected.scale is None else expected.scale
+        if ciphertext.scale != scale:
+            raise InvalidArgument(f"{what} has scale {ciphertext.scale}, expected {scale}")
         if ciphertext.is_transparent():
             raise InvalidArgument(f"{what} is transparent (its second polynomial is zero)")
 

@@ -94,7 +94,18 @@ def training_options(function: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--name", default="", help="this party's name (only with --insecure; a kit names it)")
 @click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
 @click.option("--label", required=True, help="label column")
-@click.option("--key-holder", is_flag=True, help="generate the keys and create the job")
+@click.option(
+    "--key-holder",
+    is_flag=True,
+    help="create the job (key-holder mode: and hold its secret key)",
+)
+@click.option(
+    "--trust",
+    type=click.Choice(["key-holder", "collective"]),
+    default="key-holder",
+    help="creating a job: collective = n-of-n keys among the roster, no key holder; "
+    "joining parties take the mode from the job's signed charter",
+)
 @click.option("--job", default="", help="job id (key holder: choose it; others: join it)")
 @click.option("--parties", type=int, default=1, help="key holder: parties the job waits for")
 @training_options

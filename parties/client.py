@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -38,9 +39,11 @@ from hefl.errors import DataError, HeflError, InvalidArgument
 from hefl.identity import channel_credentials
 from hefl.models import Model, get_model
 from hefl.params import DEFAULT_PARAMETER_SET, check_public_context, get_parameter_set
+from hefl.protocols.collective.step import stats_protocol
 from hefl.protocols.stats import StatsProtocol
 from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
+from parties.collective import CollectiveMember, Roster
 from parties.data import Dataset, infer_model, load_csv_raw
 from parties.encryption import Upload, layout_of, open_model
 from parties.evaluation import evaluate, evaluate_model, margins_on, warn_about_step
@@ -90,6 +93,9 @@ class PartyConfig:
     # whose model differs from the one it was told.
     model: str = ""
     classes: int = 0
+    # Creating a job: "collective" (n-of-n keys among the roster, no key holder) or
+    # "key-holder"; a joining party takes the mode from the job's signed charter.
+    trust: str = "key-holder"
     # Held-out rows to evaluate the model on; without it the party keeps no rows back.
     test: Path | None = None
     model_out: Path | None = None
@@ -244,6 +250,15 @@ class Party:
 
     def run(self) -> None:
         timings = self.result.timings_s
+        if self.config.key_holder and self.config.trust == "collective":
+            self._run_collective(self._create_job(None))
+            return
+        if not self.config.key_holder:
+            info = self._join()
+            self._adopt_model(info.charter.options if info.HasField("charter") else info.options)
+            if info.charter.trust == pb.COLLECTIVE:
+                self._run_collective(info)
+                return
         if self.config.key_holder:
             self.result.clock["keygen"] = time.time()
             tick = time.perf_counter()
@@ -267,8 +282,6 @@ class Party:
             )
             tasks.start()
         else:
-            info = self._join()
-            self._adopt_model(info.charter.options if info.HasField("charter") else info.options)
             context = self._download_context(info)
             tasks = None
         self.result.job_id = info.job_id
@@ -289,8 +302,14 @@ class Party:
                 self.result.key_holder_tasks = dict(tasks.answerer.handled)
                 self.result.key_holder_repeats = tasks.answerer.repeats
 
-    def _create_job(self, private: ts.Context) -> pb.JobInfo:
-        public = private.serialize(save_secret_key=False, save_galois_keys=False)
+    def _create_job(self, private: ts.Context | None) -> pb.JobInfo:
+        """Create the job: with the key holder's public context, or (``private`` None) a
+        collective job, whose keys the roster makes once every party has joined."""
+        public = (
+            b""
+            if private is None
+            else private.serialize(save_secret_key=False, save_galois_keys=False)
+        )
         options = self._options()
         spec = pb.JobSpec(
             job_id=self.job_id,
@@ -303,7 +322,7 @@ class Party:
             job_id=self.job_id,
             parameter_set=self.config.parameter_set,
             options=options,
-            context_bytes=public,
+            context_bytes=public if private is not None else None,
         )
         if made is not None:
             spec.charter.CopyFrom(made[0])
@@ -315,6 +334,8 @@ class Party:
                 yield pb.CreateJobRequest(context_chunk=piece)
 
         self.result.bytes["context"] = len(public)
+        if private is None and made is None:
+            raise InvalidArgument("a collective job needs the roster's kits (--kit, --roster)")
         return self.stub.CreateJob(requests(), timeout=CALL_TIMEOUT_S)
 
     def _options(self) -> pb.TrainingOptions:
@@ -382,8 +403,97 @@ class Party:
         self.result.bytes["context"] = len(data)
         return context
 
-    def _submit_stats(self, info: pb.JobInfo, context: ts.Context) -> None:
-        protocol = StatsProtocol(
+    # ----- collective (n-of-n) mode -------------------------------------------------------
+
+    def _run_collective(self, info: pb.JobInfo) -> None:
+        """This party's run in a collective job: its task session runs its side of every
+        collective protocol (:mod:`parties.collective`) while it sends statistics and uploads;
+        it gets the model from the other parties' mask shares, never from the coordinator."""
+        timings = self.result.timings_s
+        roster = self.trust.roster_keys()
+        if roster is None:
+            raise InvalidArgument("a collective job needs the roster's kits (--kit, --roster)")
+        self.result.job_id = info.job_id
+        params = get_parameter_set(info.parameter_set)
+        ready = threading.Event()
+        member = CollectiveMember(
+            job_id=info.job_id,
+            name=self.name,
+            params=params,
+            roster=Roster(roster),
+            features=self.dataset.feature_names,
+            options=info.charter.options,
+            signing_key=self.trust.signing_key,
+            sealing_key=self.sealing_key,
+        )
+        member.on_context = lambda _: ready.set()
+        tasks = KeyHolderSession(
+            self.stub, member, job_id=info.job_id, party=self.name, reconnect=self.reconnect
+        )
+        log.info("party %s in collective job %s", self.name, info.job_id)
+        tasks.start()
+        try:
+            tick = time.perf_counter()
+            self._wait_until(info.job_id, ready)
+            timings["keygen"] = time.perf_counter() - tick
+            if member.keygen_started is not None:
+                self.result.clock["keygen"] = member.keygen_started
+            assert member.context is not None
+            self._submit_stats(
+                info, member.context, stats_protocol(len(self.dataset.feature_names), params)
+            )
+            status = self._wait(info.job_id, {pb.UPLOADING})
+            assert member.summary is not None
+            summary = member.summary
+            status.standardization.CopyFrom(
+                pb.Standardization(
+                    count=summary.count,
+                    mean=summary.mean.tolist(),
+                    std=summary.std.tolist(),
+                    curvature=summary.curvature,
+                )
+            )
+            self._upload(info.job_id, member.context, status)
+            tick = time.perf_counter()
+            self._wait(info.job_id, {pb.DONE})
+            timings["wait_for_training"] = time.perf_counter() - tick
+            if member.model is None:
+                raise PartyFailed(f"job {info.job_id} is done but this party has no model")
+            self._use_model(member.model)
+        finally:
+            tasks.stop()
+            timings["refresh"] = tasks.refresh_s
+            self.result.reconnects += tasks.reconnects
+            self.result.key_holder_tasks = dict(tasks.answerer.handled)
+            self.result.key_holder_repeats = tasks.answerer.repeats
+
+    def _wait_until(self, job_id: str, ready: threading.Event) -> None:
+        """Wait for ``ready`` (set by the task session), watching the job for a failure.
+
+        Raises:
+            PartyFailed: The job FAILED or ended first.
+            CoordinatorLost: The coordinator stayed away longer than ``reconnect_s``.
+        """
+        request = pb.WatchJobRequest(job_id=job_id, party=self.name)
+        outage = Outage(self.reconnect, f"waiting for the keys of job {job_id}")
+        while not ready.wait(1.0):
+            try:
+                status = next(iter(self.stub.WatchJob(request, timeout=STATUS_TIMEOUT_S)))
+            except grpc.RpcError as err:
+                if not is_transient(err):
+                    raise
+                outage.failed(err.code().name)  # type: ignore[attr-defined]
+                continue
+            outage.ok()
+            if status.phase == pb.FAILED:
+                raise PartyFailed(f"job {job_id} failed: {status.message}")
+            if status.phase == pb.DONE:
+                raise PartyFailed(f"job {job_id} ended before this party's keys were made")
+
+    def _submit_stats(
+        self, info: pb.JobInfo, context: ts.Context, protocol: StatsProtocol | None = None
+    ) -> None:
+        protocol = protocol or StatsProtocol(
             features=len(self.dataset.feature_names),
             slots=get_parameter_set(info.parameter_set).slots,
         )
@@ -432,6 +542,7 @@ class Party:
             dataset=self.dataset,
             standardization=status.standardization,
             model=self.model,
+            signing_key=self.trust.signing_key,
         )
         tick = time.perf_counter()
         summary = self.stub.Upload(upload.chunks())
@@ -449,6 +560,9 @@ class Party:
             trust=self.trust,
             sealing_key=self.sealing_key,
         )
+        self._use_model(model)
+
+    def _use_model(self, model: dict[str, Any]) -> None:
         self.result.clock["model"] = time.time()
         self.result.weights = model["weights"]
         family = get_model(

@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 import tenseal as ts
 
-from hefl import chunks, sealio
+from hefl import chunks, sealio, signed
 from hefl.algorithm import add_bias, standardize
 from hefl.codec import PackingLayout
 from hefl.errors import ProtocolError
 from hefl.models import Model, get_model
 from hefl.v1 import hefl_pb2 as pb
 from parties.data import Dataset
+from parties.identity import SigningKey
 from parties.keyholder import associated_data
 from parties.sealing import SealedBox, SealingKey
 from parties.trust import Trust
@@ -49,6 +50,8 @@ class Upload:
         dataset: This party's rows.
         standardization: The job's published mean and std.
         model: The job's model (its label term); logistic if not given.
+        signing_key: Signs the label term (collective mode: parties EncToShare only the sum of
+            signed label terms).
 
     Attributes:
         encrypt_s: Time spent encrypting so far.
@@ -64,7 +67,9 @@ class Upload:
         dataset: Dataset,
         standardization: pb.Standardization,
         model: Model | None = None,
+        signing_key: SigningKey | None = None,
     ) -> None:
+        self._signing_key = signing_key
         self._job_id = job_id
         self._model = model or get_model("logistic")
         self._party = party
@@ -99,6 +104,11 @@ class Upload:
         chunk = pb.UploadChunk(job_id=self._job_id, party=self._party, seq=seq, columns=columns)
         if label_term is not None:
             chunk.label_term, chunk.last = label_term, True
+            if self._signing_key is not None:
+                chunk.label_term_signature = self._signing_key.sign(
+                    signed.LABEL_TERM,
+                    signed.label_term_parts(self._job_id, self._party, label_term),
+                )
         return chunk
 
 

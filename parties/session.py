@@ -29,7 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -37,7 +37,6 @@ from hefl import chunks
 from hefl.errors import HeflError
 from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
-from parties.keyholder import KeyHolder
 from parties.reconnect import Outage, Reconnect, is_transient
 
 log = logging.getLogger("hefl.keyholder")
@@ -45,6 +44,14 @@ log = logging.getLogger("hefl.keyholder")
 CALL_TIMEOUT_S = 120.0
 # A second stream is refused while the coordinator still counts the broken one as open.
 STREAM_TRANSIENT = frozenset({grpc.StatusCode.ALREADY_EXISTS})
+
+
+class TaskHandler(Protocol):
+    """A party's state machine behind its task stream: the key holder's
+    (:class:`parties.keyholder.KeyHolder`) or, in collective mode, a roster party's
+    (:class:`parties.collective.CollectiveMember`)."""
+
+    def handle(self, task: pb.KeyHolderTask) -> pb.KeyHolderResult: ...
 
 
 class TaskAnswerer:
@@ -56,7 +63,7 @@ class TaskAnswerer:
         refresh_s: Time spent on refreshes.
     """
 
-    def __init__(self, keyholder: KeyHolder) -> None:
+    def __init__(self, keyholder: TaskHandler) -> None:
         self._keyholder = keyholder
         self._latest: tuple[bytes, bytes] | None = None  # (task's SHA-256, answer)
         self.handled: Counter[str] = Counter()
@@ -83,6 +90,8 @@ class TaskAnswerer:
             log.exception("key holder task %r failed", task.WhichOneof("task"))
             result = pb.KeyHolderResult(error=f"{type(err).__name__}: {err}")
         kind = task.WhichOneof("task") or "unknown"
+        if kind == "collective":
+            kind = task.collective.step or kind
         self.handled[kind] += 1
         if kind == "refresh":
             self.refresh_s += time.perf_counter() - tick
@@ -106,7 +115,7 @@ class KeyHolderSession:
     def __init__(
         self,
         stub: pb_grpc.CoordinatorStub,
-        keyholder: KeyHolder,
+        keyholder: TaskHandler,
         *,
         job_id: str,
         party: str,

@@ -52,16 +52,18 @@ class Provisioned:
         job_id: str,
         parameter_set: str,
         options: pb.TrainingOptions,
-        context_bytes: bytes,
+        context_bytes: bytes | None,
     ) -> tuple[pb.Charter, bytes]:
-        """Key holder: the job's charter over its roster and context, and its signature."""
+        """Key holder (collective mode: the initiator, ``context_bytes`` None): the job's
+        charter over its roster and context, and its signature."""
         charter = pb.Charter(
             job_id=job_id,
             key_holder=self.identity.name,
             roster=roster_of(self._sites, self._roster),
             parameter_set=parameter_set,
             options=options,
-            context_sha256=context_digest(context_bytes),
+            context_sha256=b"" if context_bytes is None else context_digest(context_bytes),
+            trust=pb.KEY_HOLDER if context_bytes is not None else pb.COLLECTIVE,
         )
         self._charter = charter
         return charter, self.signing_key.sign(CHARTER_DOMAIN, charter_parts(charter))
@@ -131,7 +133,7 @@ class Unverified:
         job_id: str,
         parameter_set: str,
         options: pb.TrainingOptions,
-        context_bytes: bytes,
+        context_bytes: bytes | None,
     ) -> None:
         return None
 

@@ -48,7 +48,11 @@ def test_bench_reports_all_four_ways(tmp_path):
     assert report["hefl"]["accuracy"] >= report["replica"]["accuracy"] - 0.02
     for role in ("coordinator", "worker", "party", "total"):
         assert report["hefl"]["peak_rss_mb"][role] > 0
-    assert "(d) hefl end to end" in out and "ratio" in out
+    assert "(d) hefl collective" in out and "(d') hefl key-holder" in out and "ratio" in out
+    collective, key_holder = report["hefl"], report["hefl_key_holder"]
+    assert collective["trust"] == "collective" and key_holder["trust"] == "key-holder"
+    assert collective["keygen_s"] > 0 and collective["party_bytes_per_iteration"] > 0
+    assert abs(collective["accuracy"] - key_holder["accuracy"]) <= 0.02
 
 
 def test_experiment_writes_rows_and_plots(tmp_path):

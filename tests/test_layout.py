@@ -90,3 +90,28 @@ def test_a_tool_says_which_extra_it_needs():
     result = _without_extras("from tools.cli import main\nmain(['simulate'])\n")
     assert result.returncode != 0
     assert "pip install 'hefl[tools]'" in result.stderr
+
+
+def test_the_coordinator_never_loads_a_secret_key_share_type():
+    """Collective mode: the coordinator runs the aggregator's half of every protocol; the module
+    that defines a party's key share (hefl.protocols.collective.secret) is imported by parties
+    only, so no SecretKeyShare can exist, be unpickled or arrive in its process."""
+    secret = "hefl.protocols.collective.secret"
+    code = (
+        "import sys\n"
+        "import coordinator.collective, coordinator.servicer, coordinator.driver\n"
+        "import coordinator.server, coordinator.worker, coordinator.training\n"
+        f"assert {secret!r} not in sys.modules, 'the coordinator imported the key share type'\n"
+        "import parties.collective\n"
+        f"assert {secret!r} in sys.modules\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    imports = [
+        f"{path.relative_to(ROOT)}"
+        for path in sorted((ROOT / "coordinator").rglob("*.py"))
+        if secret in path.read_text()
+    ]
+    assert imports == []

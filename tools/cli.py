@@ -97,6 +97,13 @@ def main(verbose: bool) -> None:
     is_flag=True,
     help="plaintext gRPC, no identities or signatures (default: a throwaway project over TLS)",
 )
+@click.option(
+    "--trust",
+    type=click.Choice(["collective", "key-holder"]),
+    default="collective",
+    help="collective: n-of-n keys among the parties, nobody can decrypt alone; key-holder: "
+    "the first party holds the secret key",
+)
 def simulate(**kwargs: object) -> None:
     """Simulate N hospitals on this machine: coordinator and parties as separate processes."""
     require_extra("tools")
@@ -106,7 +113,10 @@ def simulate(**kwargs: object) -> None:
 
     if kwargs["data"] is not None or kwargs["synthetic"]:
         kwargs["dataset"] = None
-    config = SimulationConfig(**kwargs)  # type: ignore[arg-type]
+    try:
+        config = SimulationConfig(**kwargs)  # type: ignore[arg-type]
+    except ValueError as err:
+        raise click.UsageError(str(err)) from err
     try:
         report = run(config)
     except HeflError as err:
@@ -142,6 +152,12 @@ def simulate(**kwargs: object) -> None:
 )
 @click.option("--ray-address", default=None)
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--trust",
+    type=click.Choice(["both", "collective", "key-holder"]),
+    default="both",
+    help="hefl end to end in collective mode, key-holder mode, or both (same data and split)",
+)
 def bench(
     dataset: str,
     data: Path | None,
@@ -159,6 +175,7 @@ def bench(
     workdir: Path,
     ray_address: str | None,
     report: Path | None,
+    trust: str,
 ) -> None:
     """Benchmark sklearn, hefl's plaintext replica, the seed approach and hefl end to end."""
     require_extra("tools")
@@ -179,10 +196,15 @@ def bench(
         ray_address=ray_address,
         workers=workers,
         report=report,
+        trust="key-holder" if trust == "key-holder" else "collective",
     )
     try:
         result = run_bench(
-            config, skip=set(skip), seed_style_rows=seed_style_rows, tls_cost_runs=tls_cost
+            config,
+            skip=set(skip),
+            seed_style_rows=seed_style_rows,
+            tls_cost_runs=tls_cost,
+            trust=trust,
         )
     except HeflError as err:
         raise click.ClickException(str(err)) from err

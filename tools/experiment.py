@@ -135,6 +135,8 @@ def simulation_config(cell: Cell, workdir: Path, *, reveal: bool = False) -> Sim
         l2=hyper["l2"],
         sigmoid_interval=hyper["sigmoid_interval"],
         reveal_intermediate=reveal,
+        # Revealed iterates (loss curves) are a key-holder option; otherwise collective mode.
+        trust="key-holder" if reveal else "collective",
         workdir=workdir,
         model=cell.model,
         **source,

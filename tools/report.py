@@ -156,7 +156,9 @@ class SimulationReport:
 def format_report(report: SimulationReport) -> str:
     enc, plain, t = report.encrypted, report.plaintext, report.timings
     moved, peak = report.traffic, report.peak_memory
+    collective = report.config.trust == "collective"
     rows = [
+        ("trust mode", "collective (n-of-n, no key holder)" if collective else "key holder"),
         (
             "parties",
             f"{report.config.parties} ({report.config.split}), rows {list(report.party_rows)}",
@@ -174,7 +176,14 @@ def format_report(report: SimulationReport) -> str:
         ("bytes uploaded", _mb(moved.upload)),
         (
             "bytes per iteration",
-            f"{_mb(moved.per_iteration)} (key holder {_mb(moved.key_holder_per_iteration)})",
+            f"{_mb(moved.per_iteration)} ("
+            + (
+                f"parties {_mb(moved.key_holder_per_iteration)}, "
+                f"{_mb(moved.key_holder_per_iteration // max(report.config.parties, 1))} each"
+                if collective
+                else f"key holder {_mb(moved.key_holder_per_iteration)}"
+            )
+            + ")",
         ),
         (
             "peak RSS coordinator / worker / party",

@@ -77,6 +77,19 @@ class SimulationConfig:
     # Plaintext gRPC without kits (to measure what TLS and signatures cost); default: a
     # throwaway provisioned project, mutual TLS, signed charter, statistics and models.
     insecure: bool = False
+    # "collective": n-of-n keys among the parties, no key holder (needs the kits);
+    # "key-holder": the first party holds the secret key.
+    trust: str = "collective"
+
+    def __post_init__(self) -> None:
+        if self.trust not in ("collective", "key-holder"):
+            raise ValueError(f"trust mode {self.trust!r}: collective or key-holder")
+        if self.trust == "collective" and self.insecure:
+            raise ValueError(
+                "collective mode needs the project's kits: --trust key-holder with --insecure"
+            )
+        if self.trust == "collective" and self.reveal_intermediate:
+            raise ValueError("intermediate models are a key-holder option: --trust key-holder")
 
 
 class SimulationFailed(HeflError):
@@ -386,6 +399,7 @@ def _party_args(
         args += ["--model", config.model]
     if key_holder:
         args += ["--key-holder", "--parameter-set", config.parameter_set, *_option_args(config)]
+        args += ["--trust", config.trust]
         if config.insecure:  # without a charter, the job only knows how many to wait for
             args += ["--parties", str(config.parties)]
     else:
@@ -436,10 +450,12 @@ def _encrypted_result(
 
 def _timings(job: pb.JobReport, results: list[PartyResult], total_s: float) -> Timings:
     key_holder = results[0]
+    collective = job.trust == "collective"
     return Timings(
         total=total_s,
-        job=max(r.clock["model"] for r in results) - key_holder.clock["keygen"],
-        keygen=key_holder.timings_s.get("keygen", 0.0),
+        job=max(r.clock["model"] for r in results)
+        - min(r.clock["keygen"] for r in results if "keygen" in r.clock),
+        keygen=job.keygen_s if collective else key_holder.timings_s.get("keygen", 0.0),
         encrypt=max(r.timings_s.get("encrypt", 0.0) for r in results),
         upload=max(r.timings_s.get("upload", 0.0) for r in results),
         load=job.load_s,

@@ -144,10 +144,14 @@ class StatsProtocol:
     Attributes:
         features: Feature columns (the bias column is not part of the statistics).
         slots: Slots per ciphertext of the job's parameter set.
+        scale: The scale the pieces are encrypted at; None: the context's. Collective jobs
+            encrypt them at :data:`hefl.protocols.collective.keyswitch.REVEAL_SCALE_BITS`, so
+            that the smudged collective decryption of their sum keeps its precision.
     """
 
     features: int
     slots: int
+    scale: float | None = None
 
     @property
     def piece_sizes(self) -> list[int]:
@@ -163,13 +167,20 @@ class StatsProtocol:
             raise InvalidArgument(f"rows of shape {rows.shape}, expected {self.features} features")
         pieces = split_vector(stats_vector(rows), self.slots)
         return StatsShare(
-            pieces=tuple(sealio.serialize(ts.ckks_vector(context, piece)) for piece in pieces),
+            pieces=tuple(
+                sealio.serialize(
+                    ts.ckks_vector(context, piece)
+                    if self.scale is None
+                    else ts.ckks_vector(context, piece, self.scale)
+                )
+                for piece in pieces
+            ),
             rows=int(rows.shape[0]),
         )
 
     def expected(self, index: int) -> Expected:
         """What piece ``index`` of a share must be: fresh, holding its part of the vector."""
-        return Expected(values=self.piece_sizes[index])
+        return Expected(values=self.piece_sizes[index], scale=self.scale)
 
     def check_piece(self, rules: CiphertextRules, data: bytes, *, index: int, party: str) -> bytes:
         """Check piece ``index`` of a share where it arrives; returns it re-serialized.

@@ -7,6 +7,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class TrustMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRUST_MODE_UNSPECIFIED: _ClassVar[TrustMode]
+    KEY_HOLDER: _ClassVar[TrustMode]
+    COLLECTIVE: _ClassVar[TrustMode]
+
 class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PHASE_UNSPECIFIED: _ClassVar[Phase]
@@ -16,6 +22,9 @@ class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRAINING: _ClassVar[Phase]
     DONE: _ClassVar[Phase]
     FAILED: _ClassVar[Phase]
+TRUST_MODE_UNSPECIFIED: TrustMode
+KEY_HOLDER: TrustMode
+COLLECTIVE: TrustMode
 PHASE_UNSPECIFIED: Phase
 WAITING_FOR_PARTIES: Phase
 COLLECTING_STATS: Phase
@@ -67,20 +76,22 @@ class RosterEntry(_message.Message):
     def __init__(self, name: _Optional[str] = ..., fingerprint: _Optional[str] = ..., signing_public_key: _Optional[bytes] = ...) -> None: ...
 
 class Charter(_message.Message):
-    __slots__ = ("job_id", "key_holder", "roster", "parameter_set", "options", "context_sha256")
+    __slots__ = ("job_id", "key_holder", "roster", "parameter_set", "options", "context_sha256", "trust")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_HOLDER_FIELD_NUMBER: _ClassVar[int]
     ROSTER_FIELD_NUMBER: _ClassVar[int]
     PARAMETER_SET_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    TRUST_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     key_holder: str
     roster: _containers.RepeatedCompositeFieldContainer[RosterEntry]
     parameter_set: str
     options: TrainingOptions
     context_sha256: bytes
-    def __init__(self, job_id: _Optional[str] = ..., key_holder: _Optional[str] = ..., roster: _Optional[_Iterable[_Union[RosterEntry, _Mapping]]] = ..., parameter_set: _Optional[str] = ..., options: _Optional[_Union[TrainingOptions, _Mapping]] = ..., context_sha256: _Optional[bytes] = ...) -> None: ...
+    trust: TrustMode
+    def __init__(self, job_id: _Optional[str] = ..., key_holder: _Optional[str] = ..., roster: _Optional[_Iterable[_Union[RosterEntry, _Mapping]]] = ..., parameter_set: _Optional[str] = ..., options: _Optional[_Union[TrainingOptions, _Mapping]] = ..., context_sha256: _Optional[bytes] = ..., trust: _Optional[_Union[TrustMode, str]] = ...) -> None: ...
 
 class JobSpec(_message.Message):
     __slots__ = ("job_id", "key_holder", "expected_parties", "parameter_set", "options", "charter", "charter_signature")
@@ -263,20 +274,22 @@ class EncryptedColumn(_message.Message):
     def __init__(self, block: _Optional[int] = ..., feature: _Optional[int] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
 
 class UploadChunk(_message.Message):
-    __slots__ = ("job_id", "party", "seq", "columns", "label_term", "last")
+    __slots__ = ("job_id", "party", "seq", "columns", "label_term", "last", "label_term_signature")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PARTY_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     LABEL_TERM_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
+    LABEL_TERM_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     party: str
     seq: int
     columns: _containers.RepeatedCompositeFieldContainer[EncryptedColumn]
     label_term: bytes
     last: bool
-    def __init__(self, job_id: _Optional[str] = ..., party: _Optional[str] = ..., seq: _Optional[int] = ..., columns: _Optional[_Iterable[_Union[EncryptedColumn, _Mapping]]] = ..., label_term: _Optional[bytes] = ..., last: _Optional[bool] = ...) -> None: ...
+    label_term_signature: bytes
+    def __init__(self, job_id: _Optional[str] = ..., party: _Optional[str] = ..., seq: _Optional[int] = ..., columns: _Optional[_Iterable[_Union[EncryptedColumn, _Mapping]]] = ..., label_term: _Optional[bytes] = ..., last: _Optional[bool] = ..., label_term_signature: _Optional[bytes] = ...) -> None: ...
 
 class UploadSummary(_message.Message):
     __slots__ = ("columns_accepted", "bytes_accepted", "complete")
@@ -370,19 +383,55 @@ class RevealTask(_message.Message):
     iteration: int
     def __init__(self, model_mask: _Optional[_Iterable[float]] = ..., iteration: _Optional[int] = ...) -> None: ...
 
+class NamedBytes(_message.Message):
+    __slots__ = ("name", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class CollectiveTask(_message.Message):
+    __slots__ = ("step", "iteration", "inputs", "values", "setup", "stats", "parties")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    ITERATION_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    SETUP_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    PARTIES_FIELD_NUMBER: _ClassVar[int]
+    step: str
+    iteration: int
+    inputs: _containers.RepeatedCompositeFieldContainer[NamedBytes]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    setup: TrainingSetup
+    stats: _containers.RepeatedCompositeFieldContainer[SubmitStatsRequest]
+    parties: _containers.RepeatedCompositeFieldContainer[PartyHello]
+    def __init__(self, step: _Optional[str] = ..., iteration: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[NamedBytes, _Mapping]]] = ..., values: _Optional[_Iterable[float]] = ..., setup: _Optional[_Union[TrainingSetup, _Mapping]] = ..., stats: _Optional[_Iterable[_Union[SubmitStatsRequest, _Mapping]]] = ..., parties: _Optional[_Iterable[_Union[PartyHello, _Mapping]]] = ...) -> None: ...
+
+class CollectiveResult(_message.Message):
+    __slots__ = ("outputs", "values")
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    outputs: _containers.RepeatedCompositeFieldContainer[NamedBytes]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, outputs: _Optional[_Iterable[_Union[NamedBytes, _Mapping]]] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
+
 class KeyHolderTask(_message.Message):
-    __slots__ = ("decrypt_stats", "setup", "refresh", "finalize", "reveal")
+    __slots__ = ("decrypt_stats", "setup", "refresh", "finalize", "reveal", "collective")
     DECRYPT_STATS_FIELD_NUMBER: _ClassVar[int]
     SETUP_FIELD_NUMBER: _ClassVar[int]
     REFRESH_FIELD_NUMBER: _ClassVar[int]
     FINALIZE_FIELD_NUMBER: _ClassVar[int]
     REVEAL_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIVE_FIELD_NUMBER: _ClassVar[int]
     decrypt_stats: DecryptStatsTask
     setup: TrainingSetup
     refresh: RefreshTask
     finalize: FinalizeTask
     reveal: RevealTask
-    def __init__(self, decrypt_stats: _Optional[_Union[DecryptStatsTask, _Mapping]] = ..., setup: _Optional[_Union[TrainingSetup, _Mapping]] = ..., refresh: _Optional[_Union[RefreshTask, _Mapping]] = ..., finalize: _Optional[_Union[FinalizeTask, _Mapping]] = ..., reveal: _Optional[_Union[RevealTask, _Mapping]] = ...) -> None: ...
+    collective: CollectiveTask
+    def __init__(self, decrypt_stats: _Optional[_Union[DecryptStatsTask, _Mapping]] = ..., setup: _Optional[_Union[TrainingSetup, _Mapping]] = ..., refresh: _Optional[_Union[RefreshTask, _Mapping]] = ..., finalize: _Optional[_Union[FinalizeTask, _Mapping]] = ..., reveal: _Optional[_Union[RevealTask, _Mapping]] = ..., collective: _Optional[_Union[CollectiveTask, _Mapping]] = ...) -> None: ...
 
 class Values(_message.Message):
     __slots__ = ("values",)
@@ -403,16 +452,18 @@ class SealedModels(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[SealedModel, _Mapping]]] = ...) -> None: ...
 
 class KeyHolderResult(_message.Message):
-    __slots__ = ("values", "ciphertexts", "sealed", "error")
+    __slots__ = ("values", "ciphertexts", "sealed", "error", "collective")
     VALUES_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
     SEALED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIVE_FIELD_NUMBER: _ClassVar[int]
     values: Values
     ciphertexts: Ciphertexts
     sealed: SealedModels
     error: str
-    def __init__(self, values: _Optional[_Union[Values, _Mapping]] = ..., ciphertexts: _Optional[_Union[Ciphertexts, _Mapping]] = ..., sealed: _Optional[_Union[SealedModels, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+    collective: CollectiveResult
+    def __init__(self, values: _Optional[_Union[Values, _Mapping]] = ..., ciphertexts: _Optional[_Union[Ciphertexts, _Mapping]] = ..., sealed: _Optional[_Union[SealedModels, _Mapping]] = ..., error: _Optional[str] = ..., collective: _Optional[_Union[CollectiveResult, _Mapping]] = ...) -> None: ...
 
 class GetModelRequest(_message.Message):
     __slots__ = ("job_id", "party")
@@ -453,7 +504,7 @@ class GetReportRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobReport(_message.Message):
-    __slots__ = ("job_id", "workers", "blocks", "iterations", "load_s", "train_s", "gradient_s", "refresh_s", "iteration_s", "upload_bytes", "key_holder_bytes_per_iteration", "worker_bytes_per_iteration", "worker_peak_rss_mb", "options", "curvature")
+    __slots__ = ("job_id", "workers", "blocks", "iterations", "load_s", "train_s", "gradient_s", "refresh_s", "iteration_s", "upload_bytes", "key_holder_bytes_per_iteration", "worker_bytes_per_iteration", "worker_peak_rss_mb", "options", "curvature", "trust", "keygen_s", "keygen_bytes_per_party")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
@@ -469,6 +520,9 @@ class JobReport(_message.Message):
     WORKER_PEAK_RSS_MB_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     CURVATURE_FIELD_NUMBER: _ClassVar[int]
+    TRUST_FIELD_NUMBER: _ClassVar[int]
+    KEYGEN_S_FIELD_NUMBER: _ClassVar[int]
+    KEYGEN_BYTES_PER_PARTY_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     workers: int
     blocks: int
@@ -484,4 +538,7 @@ class JobReport(_message.Message):
     worker_peak_rss_mb: _containers.RepeatedScalarFieldContainer[float]
     options: TrainingOptions
     curvature: float
-    def __init__(self, job_id: _Optional[str] = ..., workers: _Optional[int] = ..., blocks: _Optional[int] = ..., iterations: _Optional[int] = ..., load_s: _Optional[float] = ..., train_s: _Optional[float] = ..., gradient_s: _Optional[float] = ..., refresh_s: _Optional[float] = ..., iteration_s: _Optional[_Iterable[float]] = ..., upload_bytes: _Optional[int] = ..., key_holder_bytes_per_iteration: _Optional[int] = ..., worker_bytes_per_iteration: _Optional[int] = ..., worker_peak_rss_mb: _Optional[_Iterable[float]] = ..., options: _Optional[_Union[TrainingOptions, _Mapping]] = ..., curvature: _Optional[float] = ...) -> None: ...
+    trust: str
+    keygen_s: float
+    keygen_bytes_per_party: int
+    def __init__(self, job_id: _Optional[str] = ..., workers: _Optional[int] = ..., blocks: _Optional[int] = ..., iterations: _Optional[int] = ..., load_s: _Optional[float] = ..., train_s: _Optional[float] = ..., gradient_s: _Optional[float] = ..., refresh_s: _Optional[float] = ..., iteration_s: _Optional[_Iterable[float]] = ..., upload_bytes: _Optional[int] = ..., key_holder_bytes_per_iteration: _Optional[int] = ..., worker_bytes_per_iteration: _Optional[int] = ..., worker_peak_rss_mb: _Optional[_Iterable[float]] = ..., options: _Optional[_Union[TrainingOptions, _Mapping]] = ..., curvature: _Optional[float] = ..., trust: _Optional[str] = ..., keygen_s: _Optional[float] = ..., keygen_bytes_per_party: _Optional[int] = ...) -> None: ...

@@ -64,12 +64,13 @@ from hefl.protocols.collective.sampling import (
     centered_binomial,
     ternary,
 )
-from hefl.protocols.collective.secret import RelinKeyEphemeral, SecretKeyShare
 from hefl.protocols.collective.shares import CollectiveJob, complete_shares, pack, unpack
 from hefl.protocols.masks import RandomBytes
 
 if TYPE_CHECKING:
     import tenseal as ts
+
+    from hefl.protocols.collective.secret import RelinKeyEphemeral, SecretKeyShare
 
 
 def relin_key_noise_std(params: CkksParameters, parties: int) -> float:
@@ -230,6 +231,9 @@ class RelinKeyGenProtocol:
         self, secret: SecretKeyShare, *, random_bytes: RandomBytes = os.urandom
     ) -> tuple[RelinKeyRound1Share, RelinKeyEphemeral]:
         """The round-1 share and the ephemeral key the party keeps for round 2."""
+        # Party side only: the coordinator's process never imports the secret types.
+        from hefl.protocols.collective.secret import RelinKeyEphemeral
+
         ring = self.job.ring
         rows = ring.key_rows
         ephemeral = RelinKeyEphemeral(

@@ -85,12 +85,13 @@ from hefl.protocols.collective.sampling import (
     ternary,
 )
 from hefl.protocols.collective.seal_layout import CiphertextPolys
-from hefl.protocols.collective.secret import SecretKeyShare
 from hefl.protocols.collective.shares import CollectiveJob, complete_shares, pack, unpack
 from hefl.protocols.masks import RandomBytes
 
 if TYPE_CHECKING:
     import tenseal as ts
+
+    from hefl.protocols.collective.secret import SecretKeyShare
 
 #: log2 of the scale at which values are revealed (statistics, models): see the module docstring.
 REVEAL_SCALE_BITS = 70

@@ -69,6 +69,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -79,12 +80,14 @@ from hefl.protocols.collective.keyswitch import ciphertext_digest
 from hefl.protocols.collective.ring import Poly, RnsRing
 from hefl.protocols.collective.sampling import centered_binomial, uniform_mask
 from hefl.protocols.collective.seal_layout import CiphertextPolys
-from hefl.protocols.collective.secret import SecretKeyShare
 from hefl.protocols.collective.shares import CollectiveJob, complete_shares, pack, unpack
 from hefl.protocols.masks import RandomBytes
 
 #: A linear map from the masked slot sum to the output slots (or one value for every slot).
 SlotSumTransform = Callable[[float], Sequence[float] | float]
+
+if TYPE_CHECKING:
+    from hefl.protocols.collective.secret import SecretKeyShare
 
 
 def mask_bits(ring: RnsRing, *, rows: int, parties: int) -> int:
@@ -295,14 +298,14 @@ class MaskedTransformProtocol(_Refresh):
         rows = self.ciphertext.rows
         mask = int(uniform_mask(1, self.mask_bits, random_bytes=random_bytes)[0])
         noise = int(centered_binomial(1, random_bytes=random_bytes)[0])
-        c1 = ring.intt(self.ciphertext.polys[1])
-        s = secret.coefficients()
-        # Coefficient 0 of c1 s in Z[X]/(X^N + 1): c1_0 s_0 - sum_{k >= 1} c1_k s_{N-k}.
-        s_reversed = np.concatenate([s[:1], -s[:0:-1]]).astype(object)
+        from hefl.protocols.collective.step import constant_terms
+
+        # Coefficient 0 of c1 s in Z[X]/(X^N + 1), as a signed sum in numpy (step.py).
+        constant = constant_terms(ring, ring.intt(self.ciphertext.polys[1])[None], secret)
         masked = np.empty((rows, 1), dtype=np.uint64)
         for j in range(rows):
             q = ring.primes[j]
-            masked[j, 0] = (int(np.dot(c1[j].astype(object), s_reversed)) - mask + noise) % q
+            masked[j, 0] = (int(constant[j, 0]) - mask + noise) % q
         # The coordinator's masked sum lacks + M_i: the party re-encrypts T of that share.
         encoded = self._encode(self._slot_sum(mask))
         return RefreshShare(self.tag, masked, self._reencryption(secret, encoded, random_bytes))

@@ -214,6 +214,39 @@ class CiphertextPolys:
         return load_stream(seal.Ciphertext(), ring.seal_context, stream_of(self.body()))
 
 
+def vector_bytes_of(ciphertext: CiphertextPolys, *, size: int) -> bytes:
+    """TenSEAL's serialized vector of ``size`` slots around ``ciphertext``, written directly
+    (an uncompressed SEAL stream; no SEAL object, file or compression on the way). Whoever
+    loads it checks it (:mod:`hefl.validate`)."""
+    from hefl import sealio
+
+    sealed = stream_of(ciphertext.body())
+    size_field = sealio.varint(size)
+    return (
+        b"\x0a" + sealio.varint(len(size_field)) + size_field
+        + b"\x12" + sealio.varint(len(sealed)) + sealed
+        + b"\x19" + struct.pack("<d", ciphertext.scale)
+    )  # fmt: skip
+
+
+def polys_of_vector_bytes(data: bytes) -> CiphertextPolys:
+    """The one ciphertext of a serialized TenSEAL vector that :mod:`hefl.validate` checked,
+    read from its bytes (no SEAL object, no second compression).
+
+    Raises:
+        LayoutError: Not one ciphertext in a layout this module reads.
+    """
+    from hefl.validate import parse_vector
+
+    vector = parse_vector(data, what="ciphertext")
+    if len(vector.ciphertexts) != 1:
+        raise LayoutError("a vector of one ciphertext was expected")
+    polys, _ = CiphertextPolys.parse(body_of(vector.ciphertexts[0]))
+    if polys.polys.shape[0] != 2:
+        raise LayoutError(f"a ciphertext of {polys.polys.shape[0]} polynomials; relinearize it")
+    return polys
+
+
 def vector_of(context: ts.Context, ciphertext: CiphertextPolys, *, size: int) -> ts.CKKSVector:
     """A TenSEAL vector of ``size`` slots around ``ciphertext``, loaded (and checked) by SEAL
     under ``context``."""

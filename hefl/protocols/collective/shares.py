@@ -38,6 +38,8 @@ KINDS = {
     "decryption": 4,
     "public-key-switch": 5,
     "refresh": 6,
+    "masked-step": 7,
+    "enc-to-share": 8,
 }
 
 

@@ -1,0 +1,392 @@
+"""The coordinator's side of a collective (n-of-n) job: it relays and aggregates, and holds no
+key share.
+
+Each roster party runs its state machine (:mod:`parties.collective`) behind its own task link;
+this module sends every party the same step at once, waits for all the answers (n-of-n: one
+missing party stops the job at its deadline) and relays what the next step needs:
+
+- :func:`generate_keys`: seed commit and reveal, the public-key and relinearization-key shares,
+  the public context built from the aggregates (:func:`hefl.protocols.collective.keygen.
+  public_context`), checked public here and by every party against its own aggregate.
+- :func:`decrypt_statistics`: every party's signed statistics go to every party; the decryption
+  shares come back sealed to the other parties, and are relayed unopened; each party answers the
+  row count and the curvature only.
+- :func:`train`: the label term to shares (EncToShare), then per iteration the workers' gradient
+  and the masked step (:class:`hefl.protocols.collective.step.MaskedStepProtocol`): the
+  coordinator sees every column's slot sum plus the parties' masks, applies Nesterov's step to
+  its masked state (w + A, v + B) and finalizes fresh encrypted weights k w' for the workers. At
+  the end it sends the masked model to the parties, and relays the mask shares they seal to each
+  other: every party gets the model, the coordinator never does.
+
+No secret key exists in this process; the protocol types' coordinator halves take none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import tenseal as ts
+
+from coordinator.training import GradientPool, KeyHolderCalls, TrainingReport, WorkerFailure
+from hefl import sealio
+from hefl.algorithm import Hyperparameters, l2_vector, nesterov_step
+from hefl.errors import ProtocolError
+from hefl.params import CkksParameters, check_public_context
+from hefl.protocols.collective.crs import SeedAgreementProtocol, SeedCommitment, SeedReveal
+from hefl.protocols.collective.keygen import (
+    PublicKeyGenProtocol,
+    PublicKeyShare,
+    RelinKeyGenProtocol,
+    RelinKeyRound1Share,
+    RelinKeyRound2Share,
+    public_context,
+)
+from hefl.protocols.collective.keyswitch import ciphertext_of
+from hefl.protocols.collective.seal_layout import polys_of_vector_bytes, vector_bytes_of
+from hefl.protocols.collective.shares import CollectiveJob
+from hefl.protocols.collective.step import (
+    EncToShareProtocol,
+    EncToShareShare,
+    MaskedStepProtocol,
+    MaskedStepShare,
+    step_id,
+)
+from hefl.v1 import hefl_pb2 as pb
+
+log = logging.getLogger("hefl.collective")
+
+TASK_TIMEOUT_S = 600.0
+
+
+@dataclass
+class Relay:
+    """The roster parties' links, and the traffic over them."""
+
+    links: Mapping[str, KeyHolderCalls]
+    timeout_s: float = TASK_TIMEOUT_S
+    pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(16))
+
+    @property
+    def parties(self) -> tuple[str, ...]:
+        return tuple(sorted(self.links))
+
+    def bytes_total(self) -> int:
+        return sum(link.bytes_sent + link.bytes_received for link in self.links.values())
+
+    def ask(
+        self, step: str, make: Callable[[str], pb.CollectiveTask] | pb.CollectiveTask
+    ) -> dict[str, pb.KeyHolderResult]:
+        """Send every party its task of ``step`` at once; every answer.
+
+        Raises:
+            KeyHolderTimeout: A party did not answer in time.
+            ProtocolError: A party refused the step (the message names it and why).
+        """
+
+        def one(party: str) -> pb.KeyHolderResult:
+            task = make(party) if callable(make) else make
+            if not task.step:
+                task.step = step
+            return self.links[party].call(
+                pb.KeyHolderTask(collective=task), timeout_s=self.timeout_s
+            )
+
+        futures = {party: self.pool.submit(one, party) for party in self.parties}
+        results, errors = {}, []
+        for party, future in futures.items():
+            try:
+                results[party] = future.result()
+            except Exception as err:  # one party's refusal fails the step for all
+                errors.append(f"{party}: {err}")
+        if errors:
+            raise ProtocolError(f"collective step {step!r} failed: {'; '.join(errors)}")
+        return results
+
+    def outputs(
+        self, step: str, make: Callable[[str], pb.CollectiveTask] | pb.CollectiveTask
+    ) -> dict[str, dict[str, bytes]]:
+        """Every party's named outputs of ``step``."""
+        answers = self.ask(step, make)
+        out: dict[str, dict[str, bytes]] = {}
+        for party, result in answers.items():
+            if result.WhichOneof("result") != "collective":
+                raise ProtocolError(
+                    f"party {party!r} answered step {step!r} with no collective result"
+                )
+            out[party] = {o.name: o.data for o in result.collective.outputs}
+        return out
+
+
+def _inputs(kind: str, by_party: Mapping[str, bytes]) -> list[pb.NamedBytes]:
+    return [pb.NamedBytes(name=f"{kind}/{p}", data=d) for p, d in sorted(by_party.items())]
+
+
+def _output(outputs: Mapping[str, Mapping[str, bytes]], name: str) -> dict[str, bytes]:
+    try:
+        return {party: o[name] for party, o in outputs.items()}
+    except KeyError as err:
+        raise ProtocolError(f"a party's answer lacks its {name}") from err
+
+
+@dataclass
+class KeyGeneration:
+    """The result of the collective setup and what it cost."""
+
+    job: CollectiveJob
+    context_bytes: bytes
+    seconds: float
+    bytes_per_party: dict[str, int]
+
+
+def generate_keys(
+    relay: Relay,
+    *,
+    job_id: str,
+    params: CkksParameters,
+    on_context: Callable[[bytes], None] = lambda _: None,
+) -> KeyGeneration:
+    """Seed agreement, CKG, RKG and the public context, among the relay's parties.
+
+    ``on_context`` takes the context before the parties check it (the job serves it from then).
+
+    Raises:
+        ProtocolError: A party refused a step, or shares are missing or malformed.
+        KeyHolderTimeout: A party did not answer in time.
+    """
+    started = time.perf_counter()
+    before = {p: link.bytes_sent + link.bytes_received for p, link in relay.links.items()}
+    parties = relay.parties
+    commitments = _output(relay.outputs("seed-commit", pb.CollectiveTask()), "commitment")
+    reveals = _output(
+        relay.outputs("seed-reveal", pb.CollectiveTask(inputs=_inputs("commitment", commitments))),
+        "reveal",
+    )
+    crs = SeedAgreementProtocol(job_id, parties).agree(
+        [SeedCommitment.from_bytes(commitments[p]) for p in parties],
+        [SeedReveal.from_bytes(reveals[p]) for p in parties],
+    )
+    job = CollectiveJob(params, job_id, parties, crs)
+    keys = relay.outputs("keys", pb.CollectiveTask(inputs=_inputs("reveal", reveals)))
+    public, round1 = _output(keys, "public-key"), _output(keys, "relin-key-1")
+    round2 = _output(
+        relay.outputs(
+            "relin-key-2",
+            pb.CollectiveTask(
+                inputs=_inputs("public-key", public) + _inputs("relin-key-1", round1)
+            ),
+        ),
+        "relin-key-2",
+    )
+    ckg, rkg = PublicKeyGenProtocol(job), RelinKeyGenProtocol(job)
+    public_key = ckg.public_key(
+        ckg.aggregate_shares({p: PublicKeyShare.from_bytes(public[p], job) for p in parties})
+    )
+    aggregate1 = rkg.aggregate_round1(
+        {p: RelinKeyRound1Share.from_bytes(round1[p], job) for p in parties}
+    )
+    aggregate2 = rkg.aggregate_round2(
+        aggregate1, {p: RelinKeyRound2Share.from_bytes(round2[p], job) for p in parties}
+    )
+    context = public_context(job, public_key, rkg.relin_key(aggregate1, aggregate2))
+    check_public_context(context, params.name)
+    context_bytes = context.serialize(save_secret_key=False, save_galois_keys=False)
+    on_context(context_bytes)
+    digest = hashlib.sha256(context_bytes).digest()
+    checked = relay.outputs(
+        "context",
+        pb.CollectiveTask(
+            inputs=[
+                *_inputs("relin-key-2", round2),
+                pb.NamedBytes(name="context/", data=context_bytes),
+            ]
+        ),
+    )
+    if any(d != digest for d in _output(checked, "context-sha256").values()):
+        raise ProtocolError("a party built another context from the shares")
+    seconds = time.perf_counter() - started
+    traffic = {
+        p: link.bytes_sent + link.bytes_received - before[p] for p, link in relay.links.items()
+    }
+    log.info("job %s: collective keys of %d parties in %.2f s", job_id, len(parties), seconds)
+    return KeyGeneration(job, context_bytes, seconds, traffic)
+
+
+def decrypt_statistics(
+    relay: Relay, *, stats: Sequence[pb.SubmitStatsRequest], hellos: Sequence[pb.PartyHello]
+) -> tuple[int, float]:
+    """(rows, curvature), as every party decrypted them from the roster's signed statistics.
+
+    Raises:
+        ProtocolError: A party refused, or the parties disagree.
+    """
+    boxes = relay.outputs("stats", pb.CollectiveTask(stats=list(stats), parties=list(hellos)))
+    answers = relay.ask("stats-open", lambda party: _boxes_for(party, boxes, "stats-open"))
+    values = {tuple(a.collective.values) for a in answers.values()}
+    if len(values) != 1:
+        raise ProtocolError(f"the parties decrypted different summaries: {sorted(values)}")
+    ((count, curvature),) = values
+    return int(count), float(curvature)
+
+
+def _boxes_for(
+    party: str, outputs: Mapping[str, Mapping[str, bytes]], step: str
+) -> pb.CollectiveTask:
+    """The boxes every other party sealed to ``party``, relayed unopened."""
+    return pb.CollectiveTask(
+        step=step,
+        inputs=[
+            pb.NamedBytes(name=f"box/{sender}", data=o[f"box/{party}"])
+            for sender, o in sorted(outputs.items())
+            if sender != party and f"box/{party}" in o
+        ],
+    )
+
+
+@dataclass(frozen=True)
+class CollectiveInputs:
+    job: CollectiveJob
+    context: ts.Context
+    params: CkksParameters
+    hyper: Hyperparameters
+    rows: int
+    columns: int
+    label_terms: Mapping[str, bytes]  # each party's label-term ciphertext, as stored
+    label_term_signatures: Mapping[str, bytes]  # each party's signature over it
+    hellos: tuple[pb.PartyHello, ...]
+
+
+def training_setup(hyper: Hyperparameters, *, rows: int, columns: int) -> pb.TrainingSetup:
+    return pb.TrainingSetup(
+        rows=rows,
+        columns=columns,
+        iterations=hyper.iterations,
+        learning_rate=hyper.learning_rate,
+        l2=l2_vector(columns, hyper.l2).tolist(),
+        weight_scale=hyper.sigmoid.encrypted_form()[0],
+    )
+
+
+def train(
+    inputs: CollectiveInputs,
+    *,
+    pool: GradientPool,
+    relay: Relay,
+    on_iteration: Callable[[int], None] = lambda _: None,
+) -> TrainingReport:
+    """Every iteration, then the model delivered to the parties (never to this process).
+
+    Raises:
+        WorkerFailure: The workers failed an iteration.
+        ProtocolError: A party refused a step.
+        KeyHolderTimeout: A party did not answer in time.
+    """
+    hyper, job, context = inputs.hyper, inputs.job, inputs.context
+    k, a, b = hyper.sigmoid.encrypted_form()
+    setup = training_setup(hyper, rows=inputs.rows, columns=inputs.columns)
+    columns, slots = inputs.columns, inputs.params.slots
+    report = TrainingReport()
+    started = time.perf_counter()
+
+    # The label term C, summed here as every party sums it, to shares: C + sum c_i.
+    label_total = sealio.add_vectors(
+        context, (inputs.label_terms[p] for p in relay.parties), what="label term"
+    )
+    enc_to_share = EncToShareProtocol(job, ciphertext_of(label_total), purpose="label-term")
+    shares = _output(
+        relay.outputs(
+            "setup",
+            pb.CollectiveTask(
+                setup=setup,
+                inputs=_inputs("label-term", inputs.label_terms)
+                + _inputs("label-term-signature", inputs.label_term_signatures),
+            ),
+        ),
+        "label-term",
+    )
+    masked_label = enc_to_share.finalize(
+        enc_to_share.aggregate_shares(
+            {
+                p: EncToShareShare.from_bytes(d, job, rows=enc_to_share.ciphertext.rows)
+                for p, d in shares.items()
+            }
+        )
+    )[:columns]
+
+    l2 = np.asarray(setup.l2)
+    weights, velocity = np.zeros(columns), np.zeros(columns)  # the masked state, w + A, v + B
+    fresh = sealio.encrypt_replicated(context, [0.0] * columns, slots)
+    unmask = [0.0] * columns
+    identity = step_id(setup)
+    tick = time.perf_counter()
+    for iteration in range(hyper.iterations):
+        gradient_started = time.perf_counter()
+        try:
+            partials = pool.gradient(fresh, unmask, a=a, b=b)
+        except WorkerFailure:
+            raise
+        report.worker_bytes_per_iteration = sum(map(len, fresh)) * pool.size + sum(
+            len(g) for worker in partials for g in worker
+        )
+        gradients = sealio.add_up(context, partials, what="worker gradient")
+        serialized = [sealio.serialize(g) for g in gradients]
+        report.gradient_s += time.perf_counter() - gradient_started
+        refresh_started = time.perf_counter()
+        traffic = relay.bytes_total()
+        protocol = MaskedStepProtocol(
+            job,
+            [polys_of_vector_bytes(g) for g in serialized],
+            iteration=iteration,
+            step_id=identity,
+            output_scale_bits=inputs.params.scale_bits,
+        )
+        answers = _output(
+            relay.outputs(
+                "refresh",
+                pb.CollectiveTask(
+                    iteration=iteration,
+                    inputs=[pb.NamedBytes(name="gradient", data=g) for g in serialized],
+                ),
+            ),
+            "masked-step",
+        )
+        aggregate = protocol.aggregate_shares(
+            {
+                p: MaskedStepShare.from_bytes(d, job, rows=protocol.rows, columns=columns)
+                for p, d in answers.items()
+            }
+        )
+        masked_sums = protocol.masked_slot_sums(aggregate)
+        weights, velocity = nesterov_step(
+            weights=weights,
+            velocity=velocity,
+            gradient_sums=masked_sums,
+            label_term=masked_label,
+            rows=inputs.rows,
+            learning_rate=hyper.learning_rate,
+            l2=l2,
+            iteration=iteration,
+        )
+        fresh = [vector_bytes_of(c, size=slots) for c in protocol.finalize(aggregate, k * weights)]
+        report.refresh_s += time.perf_counter() - refresh_started
+        report.refresh_bytes_per_iteration = relay.bytes_total() - traffic
+        report.iteration_s.append(time.perf_counter() - tick)
+        tick = time.perf_counter()
+        log.info(
+            "iteration %d/%d took %.2f s", iteration + 1, hyper.iterations, report.iteration_s[-1]
+        )
+        on_iteration(iteration + 1)
+
+    # The masked model to every party; their mask shares, sealed to each other, relayed.
+    boxes = relay.outputs(
+        "model", pb.CollectiveTask(values=velocity.tolist(), parties=list(inputs.hellos))
+    )
+    relay.ask("model-open", lambda party: _boxes_for(party, boxes, "model-open"))
+    report.iterations = hyper.iterations
+    report.train_s = time.perf_counter() - started
+    return report

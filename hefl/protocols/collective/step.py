@@ -1,0 +1,402 @@
+"""The collective protocols of a training without a key holder: the label term to additive
+shares (EncToShare), and every iteration's masked optimizer step (a masked transform whose
+output differs per party).
+
+Mouchet et al., PoPETs 2021, section IV.E (collective bootstrapping, protocol 5, with a masked
+transform); Lattigo's ``mpckks.EncToShareProtocol`` and ``MaskedLinearTransformationProtocol``.
+Like :mod:`.refresh`, whose single-ciphertext variants these generalise, they hold no network
+code, and the party's step takes its :class:`~.secret.SecretKeyShare` as an argument.
+
+:class:`EncToShareProtocol` (once per job, the summed label term C, one slot per column, at any
+level): party i sends h_i = c1 s_i - M_i + e_i on every coefficient, with a fresh mask M_i
+uniform in [-2^b, 2^b) (b from :func:`step_mask_bits`) and CBD noise e_i; the coordinator adds
+c0 + sum h_i = m + e + sum e_i - sum M_i and decodes it, learning C - sum_i decode(M_i) (plus
+the encryption's and the shares' noise); each party keeps -decode(M_i), its share of the mask.
+The masks being uniform 2^b wide on every coefficient, with n - 1 parties colluding the honest
+party's M_i alone hides every coefficient: per coefficient b + 1 - log2 |m_k + e_k| bits (the
+key part: |e_k| < 2^12, 44 bits at b = 56; the data part: |m_k| <= scale x max|slot| x a few,
+about 2^(30 + 10) for a label term of 10^3, 16 bits. A weaker bound than the slot sums', stated
+in the README).
+
+:class:`MaskedStepProtocol` (every iteration, every column j of the gradient G_j at the last
+level): only coefficient 0 is masked-decrypted, since the sum of a ciphertext's slots is
+(N/2) m_0 / scale. Party i draws M_ij, sends h0_ij = (c1_j s_i)_0 - M_ij + e_ij, and learns its
+share g_ij = -(N/2) M_ij / scale of what the coordinator will see; it then computes its own
+output y_ij = f_i(g_i)_j (any function of its shares: in training, the linear part of the
+optimizer step applied to its own masks, :mod:`parties.collective`) and sends the re-encryption
+h1_ij = -a_j s_i + e'_ij + Encode(-y_ij), with a_j = CRP(job, "masked-step", column j, iteration
+t). The coordinator computes x_j = S_j + sum_i g_ij (S_j: G_j's slot sum, with its noise), its
+own output Y_j = F(x)_j, and finalizes (Encode(Y_j) + sum_i h1_ij, a_j): a fresh top-level
+ciphertext of Y_j - sum_i y_ij in every slot. With F and f_i the same linear map (T(0) = 0,
+additive), that is T(S); with F the optimizer step on the masked state and f_i its linear part
+on party i's masks, it is the step of the true state (:func:`hefl.algorithm.nesterov_step` is
+linear). Security per revealed slot sum as in :mod:`.refresh`: about 45 bits for the key part
+of the noise, 27 bits for the data (slot means below 1 at scale 2^30), with b = 56.
+
+Parties must produce one share per (column, iteration) and only for a ciphertext of the step
+they agreed to: their state machine (:mod:`parties.collective`) checks the iteration, the level,
+the scale and the parameter id before calling :meth:`MaskedStepProtocol.gen_share`.
+
+Cost: the coefficient 0 of c1 s is a signed sum of c1's coefficients where s is +-1, computed in
+numpy on 32-bit halves (exact, no Python integers); the re-encryption share is one CRP expansion
+and one product per column at the top level.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from hefl.codec import Array
+from hefl.errors import InvalidArgument, ProtocolError
+from hefl.params import CkksParameters
+from hefl.protocols.collective import seal_layout
+from hefl.protocols.collective.crs import CrsLabel
+from hefl.protocols.collective.keyswitch import REVEAL_SCALE_BITS, ciphertext_digest
+from hefl.protocols.collective.refresh import mask_bits
+from hefl.protocols.collective.ring import Poly, RnsRing
+from hefl.protocols.collective.sampling import centered_binomial, uniform_mask
+from hefl.protocols.collective.seal_layout import CiphertextPolys
+from hefl.protocols.collective.shares import CollectiveJob, complete_shares, pack, unpack
+from hefl.protocols.masks import RandomBytes
+from hefl.protocols.stats import StatsProtocol
+from hefl.v1 import hefl_pb2 as pb
+
+#: A party's (or the coordinator's) output per column, from its masked slot sums per column.
+StepOutput = Callable[[Array], Array]
+
+#: The widest masks whose decoded values float64 still adds up exactly enough (module docstring).
+MAX_MASK_BITS = 56
+
+if TYPE_CHECKING:
+    from hefl.protocols.collective.secret import SecretKeyShare
+
+
+def step_mask_bits(ring: RnsRing, *, rows: int, parties: int) -> int:
+    """b: at most :data:`MAX_MASK_BITS`, and (n + 1) 2^b < Q / 2 at the level."""
+    return min(MAX_MASK_BITS, mask_bits(ring, rows=rows, parties=parties))
+
+
+def _sum_mod(ring: RnsRing, polys: Sequence[Poly]) -> Poly:
+    q = np.array(ring.primes[: polys[0].shape[-2]], dtype=np.uint64)[:, None]
+    total = polys[0]
+    for poly in polys[1:]:
+        total = total + poly
+        total = np.where(total >= q, total - q, total)
+    return total
+
+
+def constant_terms(ring: RnsRing, c1: Poly, secret: SecretKeyShare) -> Poly:
+    """Coefficient 0 of c1 s for a stack of polynomials c1 (coefficient form, shape
+    (columns, rows, N)): shape (rows, columns).
+
+    In Z[X]/(X^N + 1) it is c1_0 s_0 - sum_{k >= 1} c1_k s_{N-k}: with s ternary, the sum of the
+    c1_k where the reversed secret is +1 minus those where it is -1. Each sum is exact in uint64
+    on 32-bit halves (N <= 2^15 terms below 2^32 each).
+    """
+    s = secret.coefficients()
+    reversed_s = np.concatenate([s[:1], -s[:0:-1]])
+    plus, minus = reversed_s == 1, reversed_s == -1
+    low_mask = np.uint64(0xFFFFFFFF)
+    out = np.empty((c1.shape[1], c1.shape[0]), dtype=np.uint64)
+
+    def signed_sum(select: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        chosen = c1[..., select]
+        return (chosen & low_mask).sum(axis=-1), (chosen >> np.uint64(32)).sum(axis=-1)
+
+    (plus_low, plus_high), (minus_low, minus_high) = signed_sum(plus), signed_sum(minus)
+    for j in range(c1.shape[1]):
+        q = ring.primes[j]
+        for column in range(c1.shape[0]):
+            value = (int(plus_high[column, j]) - int(minus_high[column, j])) << 32
+            value += int(plus_low[column, j]) - int(minus_low[column, j])
+            out[j, column] = value % q
+    return out
+
+
+@dataclass(frozen=True)
+class EncToShareShare:
+    """h_i = c1 s_i - M_i + e_i on every coefficient, NTT form at the input's level."""
+
+    tag: bytes
+    poly: Poly
+
+    def to_bytes(self) -> bytes:
+        return pack("enc-to-share", self.tag, [self.poly])
+
+    @classmethod
+    def from_bytes(cls, data: bytes, job: CollectiveJob, *, rows: int) -> EncToShareShare:
+        """Raises: InvalidArgument: not such a share of ``rows`` primes."""
+        tag, (poly,) = unpack(data, kind="enc-to-share", ring=job.ring, shapes=[(rows, job.ring.n)])
+        return cls(tag, poly)
+
+
+class EncToShareProtocol:
+    """A ciphertext to additive shares: the coordinator gets its slots plus every party's mask,
+    each party its own mask's share (module docstring).
+
+    Party: :meth:`gen_share` (returns the share and the party's slot values to keep).
+    Coordinator: :meth:`aggregate_shares`, :meth:`finalize`.
+
+    Args:
+        job: The job.
+        ciphertext: The input (in training: the summed label term), at any level.
+        purpose: What it is; the shares are bound to it and the ciphertext.
+    """
+
+    PROTOCOL = "enc-to-share"
+
+    def __init__(self, job: CollectiveJob, ciphertext: CiphertextPolys, *, purpose: str) -> None:
+        if ciphertext.polys.shape[0] != 2:
+            raise InvalidArgument("EncToShare takes a relinearized ciphertext")
+        self.job = job
+        self.ciphertext = ciphertext
+        self.mask_bits = step_mask_bits(job.ring, rows=ciphertext.rows, parties=job.size)
+        self.tag = job.tag(self.PROTOCOL, purpose, ciphertext_digest(ciphertext))
+
+    def _decode(self, poly: Poly) -> Array:
+        return seal_layout.decode(
+            self.job.ring, self.ciphertext.parms_id, self.ciphertext.scale, poly
+        )
+
+    def gen_share(
+        self, secret: SecretKeyShare, *, random_bytes: RandomBytes = os.urandom
+    ) -> tuple[EncToShareShare, Array]:
+        """The share to send, and this party's additive share of the slots (to keep)."""
+        ring = self.job.ring
+        rows = self.ciphertext.rows
+        mask = uniform_mask(ring.n, self.mask_bits, random_bytes=random_bytes)
+        noise = centered_binomial(ring.n, random_bytes=random_bytes)
+        share = ring.add(
+            ring.mul(self.ciphertext.polys[1], secret.ntt(rows)), ring.small_ntt(noise - mask, rows)
+        )
+        # The coordinator's slots lack + decode(M_i): this party holds -decode(M_i).
+        kept = -self._decode(ring.small_ntt(mask, rows))
+        return EncToShareShare(self.tag, share), kept
+
+    def aggregate_shares(self, shares: Mapping[str, EncToShareShare]) -> EncToShareShare:
+        """Raises: ProtocolError: not one share for this ciphertext per roster party."""
+        complete = complete_shares(self.job, shares, tag=self.tag, what="EncToShare")
+        return EncToShareShare(self.tag, _sum_mod(self.job.ring, [s.poly for s in complete]))
+
+    def finalize(self, aggregate: EncToShareShare) -> Array:
+        """The coordinator's share: every slot minus the parties' masks.
+
+        Raises:
+            ProtocolError: ``aggregate`` is not of this ciphertext and purpose.
+        """
+        if aggregate.tag != self.tag:
+            raise ProtocolError("EncToShare aggregate of another ciphertext or purpose")
+        return self._decode(self.job.ring.add(self.ciphertext.polys[0], aggregate.poly))
+
+
+@dataclass(frozen=True)
+class MaskedStepShare:
+    """(h0_i, one value per column at the input level; h1_ij, one top-level polynomial per
+    column)."""
+
+    tag: bytes
+    masked: Poly  # (rows, columns)
+    reencrypted: Poly  # (columns, top rows, N)
+
+    def to_bytes(self) -> bytes:
+        return pack("masked-step", self.tag, [self.masked, *self.reencrypted])
+
+    @classmethod
+    def from_bytes(
+        cls, data: bytes, job: CollectiveJob, *, rows: int, columns: int
+    ) -> MaskedStepShare:
+        """Raises: InvalidArgument: not a masked-step share of that shape."""
+        ring = job.ring
+        shapes = [(rows, columns)] + [(ring.top_rows, ring.n)] * columns
+        tag, polys = unpack(data, kind="masked-step", ring=ring, shapes=shapes)
+        return cls(tag, polys[0], np.stack(polys[1:]))
+
+
+class MaskedStepProtocol:
+    """One iteration's collective refresh of every column's slot sum through a step whose
+    output differs per party (module docstring).
+
+    Party: :meth:`gen_share`. Coordinator: :meth:`aggregate_shares`, :meth:`masked_slot_sums`,
+    :meth:`finalize`.
+
+    Args:
+        job: The job.
+        ciphertexts: One per column, all at one level below the top, one scale.
+        iteration: The training iteration (labels the CRPs: one per column and iteration).
+        step_id: Names the step (e.g. a hash of the optimizer constants); shares are bound to it.
+        output_scale_bits: log2 of the outputs' scale.
+    """
+
+    PROTOCOL = "masked-step"
+
+    def __init__(
+        self,
+        job: CollectiveJob,
+        ciphertexts: Sequence[CiphertextPolys],
+        *,
+        iteration: int,
+        step_id: str,
+        output_scale_bits: int,
+    ) -> None:
+        ring = job.ring
+        if not ciphertexts:
+            raise InvalidArgument("a masked step of no columns")
+        first = ciphertexts[0]
+        for ciphertext in ciphertexts:
+            if ciphertext.polys.shape[0] != 2 or ciphertext.rows >= ring.top_rows:
+                raise InvalidArgument(
+                    "a masked step takes relinearized ciphertexts below the top level"
+                )
+            if ciphertext.parms_id != first.parms_id or ciphertext.scale != first.scale:
+                raise InvalidArgument("a masked step takes columns of one level and scale")
+        self.job = job
+        self.ciphertexts = tuple(ciphertexts)
+        self.iteration = iteration
+        self.rows = first.rows
+        self.scale = first.scale
+        self.output_scale = 2.0**output_scale_bits
+        self.mask_bits = step_mask_bits(ring, rows=self.rows, parties=job.size)
+        self.tag = job.tag(
+            self.PROTOCOL,
+            iteration,
+            step_id,
+            output_scale_bits,
+            *(ciphertext_digest(c) for c in self.ciphertexts),
+        )
+
+    @property
+    def columns(self) -> int:
+        return len(self.ciphertexts)
+
+    @cached_property
+    def crps(self) -> Poly:
+        """a_j per column, at the top level: shape (columns, top rows, N)."""
+        ring = self.job.ring
+        return np.stack(
+            [
+                self.job.crs.polynomial(
+                    ring,
+                    CrsLabel(self.job.job_id, self.PROTOCOL, key=str(j), iteration=self.iteration),
+                    rows=ring.top_rows,
+                )
+                for j in range(self.columns)
+            ]
+        )
+
+    def _slot_sums(self, constants: Array) -> Array:
+        """The slot sums that coefficients 0 stand for: (N/2) m_0 / scale."""
+        return np.asarray(constants, dtype=np.float64) * (self.job.ring.n / 2) / self.scale
+
+    def _encode(self, values: Array) -> Poly:
+        ring = self.job.ring
+        return np.stack(
+            [
+                seal_layout.encode(ring, float(v), rows=ring.top_rows, scale=self.output_scale)
+                for v in values
+            ]
+        )
+
+    def gen_share(
+        self,
+        secret: SecretKeyShare,
+        *,
+        output: StepOutput,
+        random_bytes: RandomBytes = os.urandom,
+    ) -> MaskedStepShare:
+        """The party's share; ``output`` maps its shares g_i of the masked slot sums (one per
+        column) to the values it subtracts from the result (one per column)."""
+        ring = self.job.ring
+        masks = uniform_mask(self.columns, self.mask_bits, random_bytes=random_bytes)
+        noise = centered_binomial(self.columns, random_bytes=random_bytes)
+        c1 = np.stack([ring.intt(c.polys[1]) for c in self.ciphertexts])
+        constants = constant_terms(ring, c1, secret)
+        q = np.array(ring.primes[: self.rows], dtype=object)[:, None]
+        masked = ((constants.astype(object) + (noise - masks).astype(object)[None, :]) % q).astype(
+            np.uint64
+        )
+        values = np.asarray(output(-self._slot_sums(masks.astype(np.float64))), dtype=np.float64)
+        if values.shape != (self.columns,):
+            raise InvalidArgument(f"step output of shape {values.shape} for {self.columns} columns")
+        top = ring.top_rows
+        errors = np.stack(
+            [
+                ring.small_ntt(centered_binomial(ring.n, random_bytes=random_bytes), top)
+                for _ in range(self.columns)
+            ]
+        )
+        reencrypted = ring.add(
+            ring.sub(errors, ring.mul(self.crps, secret.ntt(top))), self._encode(-values)
+        )
+        return MaskedStepShare(self.tag, masked, reencrypted)
+
+    def aggregate_shares(self, shares: Mapping[str, MaskedStepShare]) -> MaskedStepShare:
+        """Raises: ProtocolError: not one share of this step per roster party."""
+        complete = complete_shares(self.job, shares, tag=self.tag, what="masked step")
+        ring = self.job.ring
+        return MaskedStepShare(
+            self.tag,
+            _sum_mod(ring, [s.masked for s in complete]),
+            ring.sum([s.reencrypted for s in complete]),
+        )
+
+    def masked_slot_sums(self, aggregate: MaskedStepShare) -> Array:
+        """What the coordinator learns: every column's slot sum plus the parties' g_ij.
+
+        Raises:
+            ProtocolError: ``aggregate`` is not of this step.
+        """
+        if aggregate.tag != self.tag:
+            raise ProtocolError("masked-step aggregate of another iteration, step or ciphertext")
+        ring = self.job.ring
+        c0 = np.stack([ring.intt(c.polys[0])[:, 0] for c in self.ciphertexts], axis=1)
+        total = _sum_mod(ring, [c0, aggregate.masked])
+        constants = [float(v) for v in ring.to_integers(total)]  # centered, per column
+        return self._slot_sums(np.array(constants, dtype=np.float64))
+
+    def finalize(self, aggregate: MaskedStepShare, outputs: Array) -> list[CiphertextPolys]:
+        """Fresh top-level ciphertexts of outputs_j - sum_i y_ij, one per column.
+
+        Raises:
+            ProtocolError: ``aggregate`` is not of this step, or not one output per column.
+        """
+        if aggregate.tag != self.tag:
+            raise ProtocolError("masked-step aggregate of another iteration, step or ciphertext")
+        values = np.asarray(outputs, dtype=np.float64)
+        if values.shape != (self.columns,):
+            raise ProtocolError(f"{values.shape} outputs for {self.columns} columns")
+        ring = self.job.ring
+        c0 = ring.add(self._encode(values), aggregate.reencrypted)
+        parms = ring.parms_id(ring.top_rows)
+        return [
+            CiphertextPolys(parms, self.output_scale, np.stack([c0[j], self.crps[j]]))
+            for j in range(self.columns)
+        ]
+
+
+def step_id(setup: pb.TrainingSetup) -> str:
+    """Names the optimizer step of a job (its public constants): masked-step shares are bound
+    to it, so the parties and the coordinator apply the same one."""
+    material = repr(
+        (
+            setup.rows,
+            setup.columns,
+            setup.iterations,
+            setup.learning_rate,
+            tuple(setup.l2),
+            setup.weight_scale,
+        )
+    )
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def stats_protocol(features: int, params: CkksParameters) -> StatsProtocol:
+    """The statistics of a collective job, encrypted at the reveal scale: their sum is revealed
+    by a smudged collective decryption (:mod:`.keyswitch`), which needs it for its precision."""
+    return StatsProtocol(features=features, slots=params.slots, scale=2.0**REVEAL_SCALE_BITS)

@@ -1,0 +1,690 @@
+"""A roster party's side of a collective (n-of-n) job: its key share and its state machine.
+
+In collective mode no one holds the job's secret key: each roster party holds a share s_i
+(:class:`hefl.protocols.collective.secret.SecretKeyShare`, made here, never sent) and answers the
+coordinator's tasks by running its side of the collective protocols
+(:mod:`hefl.protocols.collective`). :class:`CollectiveMember` accepts each step once, in this
+order, and refuses everything else with a :class:`~hefl.errors.ProtocolError` naming what was
+asked and what the stage allows (the session logs it and keeps serving):
+
+1. ``seed-commit``: its commitment to a seed share (:class:`SeedAgreementParty`).
+2. ``seed-reveal``: given every roster party's commitment, its own unchanged, its seed share.
+3. ``keys``: given every reveal, it computes the job's seed itself (bound to the job id and
+   roster) and answers its public-key share (CKG) and its relinearization-key round-1 share.
+4. ``relin-key-2``: given every party's public-key and round-1 shares (its own among them
+   unchanged), it adds them up itself and answers its round-2 share.
+5. ``context``: given every round-2 share and the coordinator's public context, it builds the
+   context from the aggregates itself and refuses unless the coordinator's is byte for byte that
+   one (same public and relinearization keys, no secret key). From here it encrypts under it.
+6. ``stats``: given every roster party's signed statistics (encrypted at the reveal scale), it
+   checks each signature against the roster, adds them up itself and answers a smudged
+   decryption share of each piece of the sum (:class:`CollectiveDecryptProtocol`), sealed to
+   every other roster party's signed sealing key and signed: the coordinator relays boxes it
+   cannot open.
+7. ``stats-open``: given the boxes sealed to it, it decrypts the sum, summarizes it and derives
+   the hyperparameters from its own charter; it answers the row count and the curvature (what
+   the coordinator needs to plan the step size), nothing else of the statistics.
+8. ``setup``: the coordinator's training constants must be exactly those; given every party's
+   label-term ciphertext, it adds them up itself and answers its EncToShare share
+   (:class:`EncToShareProtocol`), keeping its share c_i of the label term's mask.
+9. ``refresh`` of iterations 0, 1, ... up to the agreed count, in order, each once: the
+   gradients, one per column at the last level, the job's scale and parameter id; it answers its
+   :class:`MaskedStepProtocol` share, having applied the linear part of Nesterov's step to its
+   own masks (w-mask A_i, v-mask B_i, the iteration's gradient-mask share g_i, c_i), and
+   re-encrypted -k A'_i: the finalized ciphertexts hold k w' (the true weights).
+10. ``model``: after the last iteration, given the masked model v + sum B_i, it answers its
+   mask B_i sealed to every other roster party, signed, with the digest of the masked model it
+   received (so every party sees whether all got the same one).
+11. ``model-open``: given every other party's box, it checks the signatures and that all saw
+   the same masked model, and keeps the model v = (v + sum B) - sum B_i. The coordinator never
+   has it.
+
+Trust: semi-honest key generation (no proofs that shares are well formed; an active party can
+make the keys or the model wrong, not learn another's data); the coordinator may be malicious:
+it cannot have a party decrypt anything but the sum of the roster's signed statistics, the sum
+of the label terms it relays, and each iteration's gradients once. See README, Trust model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tenseal as ts
+
+from hefl import sealio, signed
+from hefl.algorithm import Hyperparameters, choose_hyperparameters, l2_vector, nesterov_step
+from hefl.codec import AggregateStats, Array
+from hefl.errors import InvalidArgument, ProtocolError
+from hefl.identity import verify_signature
+from hefl.params import CkksParameters, check_public_context
+from hefl.protocols.collective.crs import (
+    SeedAgreementParty,
+    SeedAgreementProtocol,
+    SeedCommitment,
+    SeedReveal,
+)
+from hefl.protocols.collective.keygen import (
+    PublicKeyGenProtocol,
+    PublicKeyShare,
+    RelinKeyGenProtocol,
+    RelinKeyRound1Share,
+    RelinKeyRound2Share,
+    public_context,
+)
+from hefl.protocols.collective.keyswitch import (
+    CollectiveDecryptProtocol,
+    DecryptionShare,
+    Smudging,
+    ciphertext_of,
+    fresh_noise_std,
+    sum_noise_std,
+)
+from hefl.protocols.collective.seal_layout import polys_of_vector_bytes
+from hefl.protocols.collective.secret import RelinKeyEphemeral, SecretKeyShare
+from hefl.protocols.collective.shares import CollectiveJob
+from hefl.protocols.collective.step import (
+    EncToShareProtocol,
+    MaskedStepProtocol,
+    stats_protocol,
+    step_id,
+)
+from hefl.protocols.masks import RandomBytes
+from hefl.protocols.stats import StatsRequest, StatsShare
+from hefl.v1 import hefl_pb2 as pb
+from hefl.validate import CiphertextRules, Expected
+from parties.identity import SigningKey
+from parties.sealing import SealedBox, SealingKey, seal
+
+log = logging.getLogger("hefl.collective")
+
+STEPS = (
+    "seed-commit",
+    "seed-reveal",
+    "keys",
+    "relin-key-2",
+    "context",
+    "stats",
+    "stats-open",
+    "setup",
+    "refresh",
+    "model",
+    "model-open",
+)
+
+
+@dataclass(frozen=True)
+class Roster:
+    """The charter's parties in roster order and their signing keys."""
+
+    keys: dict[str, bytes]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(sorted(self.keys))
+
+
+def _named(outputs: Sequence[tuple[str, bytes]]) -> pb.KeyHolderResult:
+    return pb.KeyHolderResult(
+        collective=pb.CollectiveResult(outputs=[pb.NamedBytes(name=n, data=d) for n, d in outputs])
+    )
+
+
+def box_bytes(box: SealedBox, signature: bytes) -> bytes:
+    return b"".join(
+        len(part).to_bytes(4, "little") + part
+        for part in (box.ephemeral_public_key, box.nonce, box.ciphertext, signature)
+    )
+
+
+def parse_box(data: bytes) -> tuple[SealedBox, bytes]:
+    """Raises: ProtocolError: not a signed sealed box."""
+    parts: list[bytes] = []
+    offset = 0
+    while offset < len(data) and len(parts) < 4:
+        length = int.from_bytes(data[offset : offset + 4], "little")
+        parts.append(data[offset + 4 : offset + 4 + length])
+        offset += 4 + length
+    if len(parts) != 4 or offset != len(data):
+        raise ProtocolError("a relayed box is not a signed sealed box")
+    return SealedBox(parts[0], parts[1], parts[2]), parts[3]
+
+
+class CollectiveMember:
+    """One roster party's state machine for one collective job (module docstring).
+
+    Args:
+        job_id: The job.
+        name: This party.
+        params: The charter's parameter set.
+        roster: The charter's parties and their signing keys.
+        features: The job's feature names.
+        options: The charter's training options.
+        signing_key: This party's long-term key: signs every box it seals.
+        sealing_key: This party's per-job sealing key (its signed key in its hello).
+        random_bytes: The CSPRNG (``os.urandom``; seeded only in tests).
+    """
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        name: str,
+        params: CkksParameters,
+        roster: Roster,
+        features: Sequence[str],
+        options: pb.TrainingOptions,
+        signing_key: SigningKey,
+        sealing_key: SealingKey,
+        random_bytes: RandomBytes = os.urandom,
+    ) -> None:
+        if name not in roster.keys:
+            raise InvalidArgument(f"{name!r} is not on the roster of job {job_id}")
+        self.job_id = job_id
+        self.name = name
+        self.params = params
+        self.roster = roster
+        self.features = tuple(features)
+        self.options = options
+        self._signing_key = signing_key
+        self._sealing_key = sealing_key
+        self._random_bytes = random_bytes
+        self._secret = SecretKeyShare.generate(params, random_bytes=random_bytes)
+        self._seed = SeedAgreementParty(
+            SeedAgreementProtocol(job_id, roster.names), name, random_bytes=random_bytes
+        )
+        self._stage = 0  # index into STEPS of the next step
+        self._commitments: list[SeedCommitment] = []
+        self._job: CollectiveJob | None = None
+        self._sent: dict[str, bytes] = {}  # what this party answered, to find it relayed intact
+        self._ephemeral: RelinKeyEphemeral | None = None
+        self._round1: RelinKeyRound1Share | None = None
+        self._public_key: PublicKeyShare | None = None
+        self.context: ts.Context | None = None
+        self._rules: CiphertextRules | None = None
+        self._stats_protocols: list[CollectiveDecryptProtocol] = []
+        self._stats_shares: list[DecryptionShare] = []
+        self._declared_rows = 0
+        self.summary: AggregateStats | None = None
+        self.hyper: Hyperparameters | None = None
+        self._setup: pb.TrainingSetup | None = None
+        self._masks: tuple[Array, Array, Array] | None = None  # (A_i, B_i, c_i)
+        self._refreshed = 0
+        self._masked_model: Array | None = None
+        self.model: dict[str, object] | None = None
+        self.on_context: Callable[[ts.Context], None] = lambda _: None
+        self.keygen_started: float | None = None  # wall clock of the first setup step
+
+    # ----- the state machine -------------------------------------------------------------
+
+    @property
+    def stage(self) -> str:
+        return STEPS[self._stage] if self._stage < len(STEPS) else "done"
+
+    def handle(self, message: pb.KeyHolderTask) -> pb.KeyHolderResult:
+        """Answer one step (a ``collective`` task; a key holder's task is refused).
+
+        Raises:
+            ProtocolError: A step the protocol does not allow now, or inputs that are not what
+                the step agreed to (the message says which).
+            PermissionDenied: A share, box or key whose signature does not verify.
+            InvalidArgument: A malformed share or ciphertext.
+        """
+        if message.WhichOneof("task") != "collective":
+            raise ProtocolError(
+                f"task {message.WhichOneof('task')!r} refused: job {self.job_id} is collective "
+                f"and has no key holder"
+            )
+        task = message.collective
+        step = task.step
+        allowed = self.stage
+        if (
+            step == "refresh"
+            and self._setup is not None
+            and self._refreshed >= self._setup.iterations
+        ):
+            raise ProtocolError(
+                f"refresh of iteration {task.iteration} refused: the job's "
+                f"{self._setup.iterations} iterations are done"
+            )
+        if step != allowed:
+            raise ProtocolError(
+                f"step {step!r} refused: party {self.name!r} of job {self.job_id} is at "
+                f"{allowed!r}, and takes each step once, in order"
+            )
+        handler = getattr(self, "_step_" + step.replace("-", "_"))
+        result: pb.KeyHolderResult = handler(task)
+        if step != "refresh" or self._setup is None or self._refreshed == self._setup.iterations:
+            self._stage += 1
+        log.debug("party %s: step %s done", self.name, step)
+        return result
+
+    def _inputs(
+        self, task: pb.CollectiveTask, prefix: str, names: Sequence[str]
+    ) -> dict[str, bytes]:
+        """The inputs named ``prefix/<party>`` for exactly ``names``.
+
+        Raises:
+            ProtocolError: One is missing, extra or twice.
+        """
+        found: dict[str, bytes] = {}
+        for item in task.inputs:
+            kind, _, party = item.name.partition("/")
+            if kind != prefix:
+                continue
+            if party in found or party not in names:
+                raise ProtocolError(f"{task.step}: input {item.name!r} is extra or repeated")
+            found[party] = item.data
+        missing = [n for n in names if n not in found]
+        if missing:
+            raise ProtocolError(f"{task.step}: no {prefix} of {missing}")
+        return found
+
+    def _own(self, what: str, relayed: bytes) -> None:
+        if not hmac.compare_digest(self._sent[what], relayed):
+            raise ProtocolError(f"the {what} relayed as this party's is not the one it sent")
+
+    @property
+    def job(self) -> CollectiveJob:
+        assert self._job is not None
+        return self._job
+
+    # ----- setup: seed, keys, context ----------------------------------------------------------
+
+    def _step_seed_commit(self, task: pb.CollectiveTask) -> pb.KeyHolderResult:
+        self.keygen_started = time.time()
+        return _named([("commitment", self._seed.commitment().to_bytes())])
+
+    def _step_seed_reveal(self, task: pb.CollectiveTask) -> pb.KeyHolderResult:
+        relayed = self._inputs(task, "commitment", self.roster.names)
+        commitments = [SeedCommitment.from_bytes(relayed[p]) for p in self.roster.names]
+        for party, commitment in zip(self.roster.names, commitments, strict=True):
+            if commitment.party != party:
+                raise ProtocolError(
+                    f"the commitment relayed as {party!r}'s names {commitment.party!r}"
+                )
+        reveal = self._seed.reveal(commitments)
+        self._commitments = commitments
+        return _named([("reveal", reveal.to_bytes())])
+
+    def _step_keys(self, task: pb.CollectiveTask) -> pb.KeyHolderResult:
+        relayed = self._inputs(task, "reveal", self.roster.names)
+        reveals = [SeedReveal.from_bytes(relayed[p]) for p in self.roster.names]
+        crs = SeedAgreementProtocol(self.job_id, self.roster.names).agree(
+            self._commitments, reveals
+        )
+        self._job = CollectiveJob(self.params, self.job_id, self.roster.names, crs)
+        public = PublicKeyGenProtocol(self.job).gen_share(
+            self._secret, random_bytes=self._random_bytes
+        )
+        round1, self._ephemeral = RelinKeyGenProtocol(self.job).gen_round1(
+            self._secret, random_bytes=self._random_bytes
+        )
+        self._sent["public-key"] = public.to_bytes()
+        self._sent["relin-key-1"] = round1.to_bytes()
+        return _named(
+            [("public-key", self._sent["public-key"]), ("relin-key-1", self._sent["relin-key-1"])]
+        )
+
+    def _step_relin_key_2(self, task: pb.CollectiveTask) -> pb.KeyHolderResult:
+        names = self.roster.names
+        public = self._inputs(task, "public-key", names)
+        round1 = self._inputs(task, "relin-key-1", names)
+        self._own("public-key", public[self.name])
+        self._own("relin-key-1", round1[self.name])
+        ckg, rkg = PublicKeyGenProtocol(self.job), RelinKeyGenProtocol(self.job)
+        self._public_key = ckg.aggregate_shares(
+            {p: PublicKeyShare.from_bytes(public[p], self.job) for p in names}
+        )
+        self._round1 = rkg.aggregate_round1(
+            {p: RelinKeyRound1Share.from_bytes(round1[p], self.job) for p in names}
+        )
+        assert self._ephemeral is not None
+        share = rkg.gen_round2(
+            self._secret, self._ephemeral, self._round1, random_bytes=self._random_bytes
+        )
+        self._sent["relin-key-2"] = share.to_bytes()
+        return _named([("relin-key-2", self._sent["relin-key-2"])])
+
+    def _step_context(self, task: pb.CollectiveTask) -> pb.KeyHolderResult:
+        names = self.roster.names
+        round2 = self._inputs(task, "relin-key-2", names)
+        self._own("relin-key-2", round2[self.name])
+        (given,) = self._inputs(task, "context", [""]).values()
+        ckg, rkg = PublicKeyGenProtocol(self.job), RelinKeyGenProtocol(self.job)
+        assert self._round1 is not None and self._public_key is not None
+        aggregate = rkg.aggregate_round2(
+            self._round1, {p: RelinKeyRound2Share.from_bytes(round2[p], self.job) for p in names}
+        )
+        context = public_context(
+            self.job, ckg.public_key(self._public_key), rkg.relin_key(self._round1, aggregate)
+        )
+        expected = context.serialize(save_secret_key=False, save_galois_keys=False)
+        if not hmac.compare_digest(
+            hashlib.sha256(expected).digest(), hashlib.sha256(given).digest()
+        ):
+            raise ProtocolError(
+                "the coordinator's context refused: its keys are not the aggregate of the "
+                "roster's relayed shares"
+            )
+        check_public_context(context, self.params.name)
+        self.context = context
+        self._rules = CiphertextRules(context)
+        self.on_context(context)
+        return _named([("context-sha256", hashlib.sha256(expected).digest())])
+
+    # ----- statistics ----------------------------------------------------------------------
+
+    def _recipients(self, task: pb.CollectiveTask) -> dict[str, bytes]:
+        """Every other roster party's sealing key, each signed by its roster key."""
+        keys: dict[str, bytes] = {}
+        for hello in task.parties:
+            if hello.name not in self.roster.keys or hello.name in keys:
+                raise ProtocolError(
+                    f"{task.step}: recipient {hello.name!r} is off the roster or twice"
+                )
+            verify_signature(
+                self.roster.keys[hello.name],
+                hello.seal_key_signature,
+                signed.SEAL_KEY,
+                signed.seal_key_parts(self.job_id, hello.name, hello.seal_public_key),
+            )
+            keys[hello.name] = hello.seal_public_key
+        if sorted(keys) != sorted(self.roster.names):
+            raise ProtocolError(f"{task.step}: recipients {sorted(keys)} are not the roster")
+        return keys
+
+    def _seal_to_others(
+        self, task: pb.CollectiveTask, step: str, payload: bytes
+    ) -> pb.KeyHolderResult:
+        outputs = []
+        for party, key in self._recipients(task).items():
+            if party == self.name:
+                continue
+            box = seal(
+                key, payload, associated=f"{self.job_id}/{step}/{self.name}/{party}".encode()
+            )
+            signature = self._signing_key.sign(
+                signed.COLLECTIVE_BOX,
+                signed.collective_box_parts(
+                    self.job_id,
+                    step,
+                    self.name,
+                    party,
+                    box.ephemeral_public_key,
+                    box.nonce,
+                    box.ciphertext,
+                ),
+            )
+            outputs.append((f"box/{party}", box_bytes(box, signature)))
+        return _named(outputs)
+
+    def _open_boxes(self, task: pb.CollectiveTask, step: str) -> dict[str, bytes]:
+        """The payload every other roster party sealed to this one for ``step``.
+
+        Raises:
+            ProtocolError: A box is missing, extra, or does not open.
+            PermissionDenied: A box's signature is not its sender's.
+        """
+        others = [p for p in self.roster.names if p != self.name]
+        boxes = self._inputs(task, "box", others)
+        opened = {}
+        for sender, data in boxes.items():
+            box, signature = parse_box(data)
+            verify_signature(
+                self.roster.keys[sender],
+                signature,
+                signed.COLLECTIVE_BOX,
+                signed.collective_box_parts(
+                    self.job_id,
+                    step,
+                    sender,
+                    self.name,
+                    box.ephemeral_public_key,
+                    box.nonce,
+                    box.ciphertext,
+                ),
+            )
+            opened[sender] = self._sealing_key.open(
+                box, associated=f"{self.job_id}/{step}/{sender}/{self.name}".encode()
+            )
+        return opened
+
+    def _step_stats(self, task: pb.CollectiveTask) -> pb.KeyHolderResult:
+        assert self.context is not None
+        protocol = stats_protocol(len(self.features), self.params)
+        request = StatsRequest.from_proto(
+            pb.DecryptStatsTask(features=protocol.features, shares=task.stats)
+        )
+        names = sorted(party for party, _ in request.shares)
+        if names != sorted(self.roster.names) or len(set(names)) != len(names):
+            raise ProtocolError(
+                f"statistics of parties {names} refused: the job's parties are {list(self.roster.names)}"
+            )
+        if request.job_id != self.job_id:
+            raise ProtocolError(
+                f"statistics of job {request.job_id!r} refused in job {self.job_id!r}"
+            )
+        shares: list[StatsShare] = []
+        for party, share in request.shares:
+            verify_signature(
+                self.roster.keys[party],
+                share.signature,
+                signed.STATS,
+                signed.stats_parts(self.job_id, party, share.rows, share.pieces),
+            )
+            protocol.check_share(self.context, share, party=party)
+            shares.append(share)
+        self._declared_rows = sum(share.rows for share in shares)
+        # The sum of the roster's signed shares, added up here: nothing else gets a share.
+        total = protocol.aggregate(self.context, shares)
+        noise = sum_noise_std(fresh_noise_std(self.params, self.job.size), self.job.size)
+        self._stats_protocols, own = [], []
+        for index, piece in enumerate(total):
+            vector = sealio.deserialize(
+                self.context, piece, what="summed statistics", expected=protocol.expected(index)
+            )
+            decrypt = CollectiveDecryptProtocol(
+                self.job,
+                ciphertext_of(vector),
+                purpose=f"statistics/{index}",
+                noise_std=noise,
+                smudging=Smudging(),
+            )
+            self._stats_protocols.append(decrypt)
+            own.append(decrypt.gen_share(self._secret, random_bytes=self._random_bytes))
+        self._stats_shares = own
+        payload = b"".join(len(b).to_bytes(4, "little") + b for b in (s.to_bytes() for s in own))
+        return self._seal_to_others(task, "stats", payload)
+
+    def _step_stats_open(self, task: pb.CollectiveTask) -> pb.KeyHolderResult:
+        opened = self._open_boxes(task, "stats")
+        pieces = []
+        for index, protocol in enumerate(self._stats_protocols):
+            shares = {self.name: self._stats_shares[index]}
+            for sender, payload in opened.items():
+                parts = _split(payload, len(self._stats_protocols))
+                shares[sender] = DecryptionShare.from_bytes(
+                    parts[index], self.job, rows=protocol.ciphertext.rows
+                )
+            pieces.append(protocol.decrypt(protocol.aggregate_shares(shares)))
+        features = len(self.features)
+        sizes = stats_protocol(features, self.params).piece_sizes
+        sums = np.concatenate([p[:size] for p, size in zip(pieces, sizes, strict=True)])
+        summary = AggregateStats.from_sums(sums, features)
+        if summary.count != self._declared_rows:
+            raise ProtocolError(
+                f"the parties declare {self._declared_rows} rows but their statistics count {summary.count}"
+            )
+        self.summary = summary
+        options = self.options
+        self.hyper = choose_hyperparameters(
+            curvature=summary.curvature,
+            iterations=options.iterations,
+            learning_rate=options.learning_rate,
+            l2=options.l2,
+            sigmoid_interval=options.sigmoid_interval,
+        )
+        return pb.KeyHolderResult(
+            collective=pb.CollectiveResult(values=[float(summary.count), summary.curvature])
+        )
+
+    # ----- training --------------------------------------------------------------------------
+
+    def _check_setup(self, setup: pb.TrainingSetup) -> None:
+        assert self.summary is not None and self.hyper is not None
+        hyper, columns = self.hyper, len(self.features) + 1
+        expected = {
+            "rows": (setup.rows, self.summary.count),
+            "columns": (setup.columns, columns),
+            "iterations": (setup.iterations, hyper.iterations),
+            "learning rate": (setup.learning_rate, hyper.learning_rate),
+            "weight scale": (setup.weight_scale, hyper.sigmoid.encrypted_form()[0]),
+        }
+        wrong = [
+            f"{k} {got} (expected {want})" for k, (got, want) in expected.items() if got != want
+        ]
+        if not wrong and list(setup.l2) != l2_vector(columns, hyper.l2).tolist():
+            wrong.append(f"l2 {list(setup.l2)}")
+        if wrong:
+            raise ProtocolError(f"training setup refused: {', '.join(wrong)}")
+
+    def _step_setup(self, task: pb.CollectiveTask) -> pb.KeyHolderResult:
+        """Check the constants, EncToShare the summed label term."""
+        if not task.HasField("setup"):
+            raise ProtocolError("setup without the training constants")
+        self._check_setup(task.setup)
+        protocol = self._label_terms(task)
+        share, kept = protocol.gen_share(self._secret, random_bytes=self._random_bytes)
+        columns = task.setup.columns
+        self._setup = task.setup
+        self._masks = (np.zeros(columns), np.zeros(columns), kept[:columns])
+        return _named([("label-term", share.to_bytes())])
+
+    def _label_terms(self, task: pb.CollectiveTask) -> EncToShareProtocol:
+        assert self.context is not None
+        terms = self._inputs(task, "label-term", self.roster.names)
+        signatures = self._inputs(task, "label-term-signature", self.roster.names)
+        for party in self.roster.names:  # the sum of the roster's signed label terms only
+            verify_signature(
+                self.roster.keys[party],
+                signatures[party],
+                signed.LABEL_TERM,
+                signed.label_term_parts(self.job_id, party, terms[party]),
+            )
+        columns = len(self.features) + 1
+        total = sealio.add_vectors(
+            self.context,
+            (terms[p] for p in self.roster.names),
+            what="label term",
+            expected=Expected(values=columns),
+        )
+        return EncToShareProtocol(self.job, ciphertext_of(total), purpose="label-term")
+
+    def _step_refresh(self, task: pb.CollectiveTask) -> pb.KeyHolderResult:
+        setup, rules = self._setup, self._rules
+        assert setup is not None and rules is not None and self._masks is not None
+        iteration = task.iteration
+        if iteration != self._refreshed:
+            raise ProtocolError(
+                f"refresh of iteration {iteration} refused: the next iteration is {self._refreshed}"
+            )
+        gradients = [item.data for item in task.inputs if item.name == "gradient"]
+        if len(gradients) != setup.columns or len(task.inputs) != setup.columns:
+            raise ProtocolError(
+                f"refresh {iteration}: {len(task.inputs)} inputs for {setup.columns} column gradients"
+            )
+        last = Expected(values=None, rescales=rules.top - 1)
+        for j, gradient in enumerate(gradients):  # the gate, before a byte is used
+            rules.load(gradient, last, what=f"gradient of column {j} (iteration {iteration})")
+        ciphertexts = [polys_of_vector_bytes(g) for g in gradients]
+
+        protocol = MaskedStepProtocol(
+            self.job,
+            ciphertexts,
+            iteration=iteration,
+            step_id=step_id(setup),
+            output_scale_bits=self.params.scale_bits,
+        )
+        weights_mask, velocity_mask, label_mask = self._masks
+        stepped: list[tuple[Array, Array]] = []
+
+        def output(gradient_mask: Array) -> Array:
+            # The linear part of the coordinator's step, on this party's masks alone.
+            stepped.append(
+                nesterov_step(
+                    weights=weights_mask,
+                    velocity=velocity_mask,
+                    gradient_sums=gradient_mask,
+                    label_term=label_mask,
+                    rows=setup.rows,
+                    learning_rate=setup.learning_rate,
+                    l2=np.asarray(setup.l2),
+                    iteration=iteration,
+                )
+            )
+            return setup.weight_scale * stepped[0][0]
+
+        share = protocol.gen_share(self._secret, output=output, random_bytes=self._random_bytes)
+        self._masks = (stepped[0][0], stepped[0][1], label_mask)
+        self._refreshed += 1
+        return _named([("masked-step", share.to_bytes())])
+
+    def _step_model(self, task: pb.CollectiveTask) -> pb.KeyHolderResult:
+        assert self._setup is not None and self._masks is not None
+        masked = np.asarray(task.values, dtype=np.float64)
+        if masked.shape != (self._setup.columns,):
+            raise ProtocolError(
+                f"masked model of {masked.size} values for {self._setup.columns} columns"
+            )
+        self._masked_model = masked
+        payload = json.dumps(
+            {"masked_model_sha256": _digest(masked), "velocity_mask": self._masks[1].tolist()}
+        ).encode()
+        return self._seal_to_others(task, "model", payload)
+
+    def _step_model_open(self, task: pb.CollectiveTask) -> pb.KeyHolderResult:
+        assert (
+            self._masked_model is not None and self._masks is not None and self.summary is not None
+        )
+        opened = self._open_boxes(task, "model")
+        masks = {self.name: self._masks[1]}
+        for sender, payload in opened.items():
+            content = json.loads(payload)
+            if content["masked_model_sha256"] != _digest(self._masked_model):
+                raise ProtocolError(f"{sender!r} was sent another masked model than this party")
+            masks[sender] = np.asarray(content["velocity_mask"], dtype=np.float64)
+        weights = self._masked_model.copy()
+        for party in self.roster.names:  # in roster order: every party gets the same bits
+            weights -= masks[party]
+        self.model = {
+            "job_id": self.job_id,
+            "features": list(self.features),
+            "mean": self.summary.mean.tolist(),
+            "std": self.summary.std.tolist(),
+            "weights": weights.tolist(),
+            "intermediate": [],
+        }
+        return _named([])
+
+
+def _digest(values: Array) -> str:
+    return hashlib.sha256(np.ascontiguousarray(values, dtype="<f8").tobytes()).hexdigest()
+
+
+def _split(payload: bytes, count: int) -> list[bytes]:
+    parts, offset = [], 0
+    while offset < len(payload):
+        length = int.from_bytes(payload[offset : offset + 4], "little")
+        parts.append(payload[offset + 4 : offset + 4 + length])
+        offset += 4 + length
+    if len(parts) != count or offset != len(payload):
+        raise ProtocolError(f"a box of {len(parts)} decryption shares, expected {count}")
+    return parts

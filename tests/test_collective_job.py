@@ -1,0 +1,230 @@
+"""A whole collective job without a network: three roster parties' state machines
+(parties.collective) behind their task answerers, the coordinator's relay
+(coordinator.collective) and the real encrypted gradient kernel. Key generation, statistics
+decrypted toward the parties only, the label term to shares, every iteration's masked step and
+the model delivered to the parties: it equals the float64 replica, and the coordinator's side
+never holds a key share or the model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+import tenseal as ts
+
+from coordinator.collective import CollectiveInputs, Relay, decrypt_statistics, generate_keys, train
+from coordinator.gradient import GradientKernel
+from hefl import sealio, signed
+from hefl.algorithm import add_bias, choose_hyperparameters, label_term, standardize, train_replica
+from hefl.errors import ProtocolError
+from hefl.params import get_parameter_set
+from hefl.protocols.collective.step import stats_protocol
+from hefl.v1 import hefl_pb2 as pb
+from parties.collective import CollectiveMember, Roster
+from parties.identity import SigningKey
+from parties.sealing import SealingKey
+from parties.session import TaskAnswerer
+
+PARTIES = ("a-hospital", "b-hospital", "c-hospital")
+PARAMS = get_parameter_set("n8192-depth4")
+JOB = "job-collective"
+
+
+class AnswererLink:
+    """A task link straight to a party's answerer: the task and the answer cross as bytes,
+    through the same cache and state machine as over gRPC."""
+
+    def __init__(self, answerer: TaskAnswerer) -> None:
+        self.answerer = answerer
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.tasks: list[bytes] = []
+
+    def call(self, task: pb.KeyHolderTask, *, timeout_s: float) -> pb.KeyHolderResult:
+        payload = task.SerializeToString()
+        self.tasks.append(payload)
+        answer = self.answerer.answer(payload)
+        self.bytes_sent += len(payload)
+        self.bytes_received += len(answer)
+        result = pb.KeyHolderResult.FromString(answer)
+        if result.WhichOneof("result") == "error":
+            raise ProtocolError(result.error)
+        return result
+
+
+class MemoryPool:
+    """The real gradient kernel on one block held in memory (no Ray)."""
+
+    size = 1
+
+    def load(self) -> None:
+        pass
+
+    def peak_rss_mb(self) -> list[float]:
+        return []
+
+    def shutdown(self) -> None:
+        pass
+
+    def __init__(self, context: ts.Context, columns: Sequence[bytes]) -> None:
+        self._context = context
+        self._columns = [sealio.deserialize(context, c, what="column") for c in columns]
+        self._kernel = GradientKernel(context)
+
+    def gradient(
+        self, masked_weights: Sequence[bytes], unmask: Sequence[float], *, a: float, b: float
+    ) -> list[list[bytes]]:
+        weights = [sealio.deserialize(self._context, w, what="weights") for w in masked_weights]
+        assert not any(unmask)
+        sums = self._kernel.gradient_sums(
+            [GradientKernel.open(w) for w in weights],
+            [[GradientKernel.open(c) for c in self._columns]],
+            a=a,
+            b=b,
+        )
+        slots = PARAMS.slots
+        return [[sealio.vector_bytes(g, size=slots, scale=g.scale) for g in sums]]
+
+
+def _data(rows: int = 240, features: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(rows, features)) * [1, 2, 0.5, 3, 1] + [0, 1, -1, 2, 0]
+    y = (x @ [1.0, -0.5, 2.0, 0.3, 0.0] + rng.normal(size=rows) > 1.0).astype(float)
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def run() -> dict:
+    x, y = _data()
+    parts = np.array_split(np.arange(len(y)), len(PARTIES))
+    features = [f"f{j}" for j in range(x.shape[1])]
+    signing = {p: SigningKey.generate() for p in PARTIES}
+    sealing = {p: SealingKey() for p in PARTIES}
+    roster = Roster({p: signing[p].public_bytes for p in PARTIES})
+    members = {
+        p: CollectiveMember(
+            job_id=JOB,
+            name=p,
+            params=PARAMS,
+            roster=roster,
+            features=features,
+            options=pb.TrainingOptions(),
+            signing_key=signing[p],
+            sealing_key=sealing[p],
+        )
+        for p in PARTIES
+    }
+    links = {p: AnswererLink(TaskAnswerer(m)) for p, m in members.items()}
+    relay = Relay(links)
+    keys = generate_keys(relay, job_id=JOB, params=PARAMS)
+    context = ts.context_from(keys.context_bytes)
+    hellos = [
+        pb.PartyHello(
+            name=p,
+            features=features,
+            seal_public_key=sealing[p].public_bytes,
+            signing_public_key=signing[p].public_bytes,
+            seal_key_signature=signing[p].sign(
+                signed.SEAL_KEY, signed.seal_key_parts(JOB, p, sealing[p].public_bytes)
+            ),
+        )
+        for p in PARTIES
+    ]
+    protocol = stats_protocol(len(features), PARAMS)
+    stats = []
+    for p, rows in zip(PARTIES, parts, strict=True):
+        share = protocol.gen_share(members[p].context, x[rows])
+        signature = signing[p].sign(
+            signed.STATS, signed.stats_parts(JOB, p, share.rows, share.pieces)
+        )
+        stats.append(
+            pb.SubmitStatsRequest(
+                job_id=JOB, party=p, ciphertexts=share.pieces, rows=share.rows, signature=signature
+            )
+        )
+    count, curvature = decrypt_statistics(relay, stats=stats, hellos=hellos)
+    summary = members[PARTIES[0]].summary
+    assert summary is not None
+    xs = add_bias(standardize(x, summary.mean, summary.std))
+    # One block: each party encrypts its rows in its place, zeros elsewhere; the sum is the block.
+    columns = []
+    for j in range(xs.shape[1]):
+        total = None
+        for rows in parts:
+            values = np.zeros(PARAMS.slots)  # a whole block: zero padding adds nothing
+            values[rows] = xs[rows, j]
+            vector = ts.ckks_vector(context, values.tolist())
+            total = vector if total is None else total + vector
+        columns.append(sealio.serialize(total))
+    label_terms = {
+        p: sealio.serialize(
+            ts.ckks_vector(members[p].context, label_term(xs[rows], y[rows]).tolist())
+        )
+        for p, rows in zip(PARTIES, parts, strict=True)
+    }
+    signatures = {
+        p: signing[p].sign(signed.LABEL_TERM, signed.label_term_parts(JOB, p, term))
+        for p, term in label_terms.items()
+    }
+    hyper = choose_hyperparameters(curvature=curvature)
+    report = train(
+        CollectiveInputs(
+            job=keys.job,
+            context=context,
+            params=PARAMS,
+            hyper=hyper,
+            rows=count,
+            columns=xs.shape[1],
+            label_terms=label_terms,
+            label_term_signatures=signatures,
+            hellos=tuple(hellos),
+        ),
+        pool=MemoryPool(context, columns),
+        relay=relay,
+    )
+    return {
+        "members": members,
+        "links": links,
+        "relay": relay,
+        "xs": xs,
+        "y": y,
+        "hyper": hyper,
+        "count": count,
+        "summary": summary,
+        "x": x,
+        "report": report,
+        "stats": stats,
+        "hellos": hellos,
+        "keys": keys,
+    }
+
+
+def test_every_party_gets_the_replica_model(run: dict) -> None:
+    """Within 5e-3 on 240 rows: the collective relinearization key's noise biases the first
+    slots' products (hefl.protocols.collective.keygen), and the step divides by the rows."""
+    replica = train_replica(run["xs"], run["y"], run["hyper"])
+    for member in run["members"].values():
+        weights = np.asarray(member.model["weights"])
+        assert np.max(np.abs(weights - replica.weights)) < 5e-3
+    assert run["count"] == len(run["y"])
+    assert np.allclose(run["summary"].mean, run["x"].mean(axis=0), atol=1e-6)
+
+
+def test_no_party_takes_a_step_twice_or_out_of_order(run: dict) -> None:
+    member = run["members"][PARTIES[0]]
+    answerer = run["links"][PARTIES[0]].answerer
+    for step in ("seed-commit", "keys", "context", "stats", "setup", "model"):
+        with pytest.raises(ProtocolError, match="refused"):
+            member.handle(pb.KeyHolderTask(collective=pb.CollectiveTask(step=step)))
+    with pytest.raises(ProtocolError, match="iterations are done"):
+        member.handle(pb.KeyHolderTask(collective=pb.CollectiveTask(step="refresh", iteration=15)))
+    with pytest.raises(ProtocolError, match="no key holder"):
+        member.handle(pb.KeyHolderTask(setup=pb.TrainingSetup()))
+    assert answerer.handled["refresh"] == run["hyper"].iterations
+
+
+def test_traffic_per_party_per_iteration_is_stated(run: dict) -> None:
+    report = run["report"]
+    per_party = report.refresh_bytes_per_iteration / len(PARTIES)
+    assert 1e6 < per_party < 2e7  # about one top-level polynomial per column, and the gradients
