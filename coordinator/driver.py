@@ -31,7 +31,14 @@ from pathlib import Path
 import tenseal as ts
 
 from coordinator.checkpoint import FileJournal
-from coordinator.collective import CollectiveInputs, Relay, decrypt_statistics, generate_keys
+from coordinator.collective import (
+    CollectiveInputs,
+    Relay,
+    commit_label_terms,
+    commit_statistics,
+    decrypt_statistics,
+    generate_keys,
+)
 from coordinator.collective import train as train_collective
 from coordinator.jobs import Job, ShuttingDown
 from coordinator.report import JobReport
@@ -172,6 +179,7 @@ class JobDriver:
         keys = generate_keys(
             relay, job_id=job.job_id, params=job.params, on_context=job.set_context
         )
+        commit_statistics(relay, keys)
         job.wait_for(job.all_stats_in, stop)
         protocol = stats_protocol(len(job.features), job.params)
         stats = [
@@ -189,6 +197,7 @@ class JobDriver:
         ]
         hellos = [p.hello for p in job.parties.values()]
         count, curvature = decrypt_statistics(relay, stats=stats, hellos=hellos)
+        commit_label_terms(relay)
         declared = sum(party.rows for party in job.parties.values())
         if count != declared:
             raise FailedPrecondition(
