@@ -89,9 +89,9 @@ class PartyConfig:
     l2: float = 0.0
     sigmoid_interval: float = 0.0
     reveal_intermediate: bool = False
-    # Creating a job: "collective" (n-of-n keys among the roster, no key holder) or
-    # "key-holder"; a joining party takes the mode from the job's signed charter.
-    trust: str = "key-holder"
+    # "collective" (n-of-n keys among the roster, no key holder) or "key-holder". Creating a
+    # job: its mode; joining: the only mode this party accepts (no downgrade by a charter).
+    trust: str = "collective"
     # Held-out rows to evaluate the model on; without it the party keeps no rows back.
     test: Path | None = None
     model_out: Path | None = None
@@ -329,13 +329,17 @@ class Party:
             reveal_intermediate=self.config.reveal_intermediate,
         )
 
+    @property
+    def _trust_mode(self) -> pb.TrustMode:
+        return pb.COLLECTIVE if self.config.trust == "collective" else pb.KEY_HOLDER
+
     def _join(self) -> pb.JobInfo:
         request = pb.JoinJobRequest(job_id=self.job_id, party=self.hello)
         deadline = time.monotonic() + self.config.join_timeout_s
         while True:
             try:
                 info = self.stub.JoinJob(request, timeout=CALL_TIMEOUT_S)
-                self.trust.check_offer(info, job_id=self.job_id)
+                self.trust.check_offer(info, job_id=self.job_id, trust=self._trust_mode)
                 return info
             except grpc.RpcError as err:
                 retry = err.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE)  # type: ignore[attr-defined]
