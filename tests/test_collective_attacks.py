@@ -9,6 +9,8 @@ the honest party made nothing it should not have (no share, no statistics, no mo
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -20,6 +22,7 @@ import tenseal as ts
 from coordinator.collective import training_setup
 from hefl import sealio, signed
 from hefl.algorithm import add_bias, label_term, standardize
+from hefl.codec import AggregateStats
 from hefl.errors import PermissionDenied, ProtocolError
 from hefl.params import DEFAULT_PARAMETER_SET, PARAMETER_SETS
 from hefl.protocols.collective.crs import SeedAgreementParty, SeedAgreementProtocol
@@ -37,9 +40,9 @@ from hefl.protocols.collective.secret import SecretKeyShare
 from hefl.protocols.collective.step import stats_protocol
 from hefl.protocols.stats import StatsShare
 from hefl.v1 import hefl_pb2 as pb
-from parties.collective import CollectiveMember, Roster
+from parties.collective import STEPS, CollectiveMember, Roster, box_bytes
 from parties.identity import SigningKey
-from parties.sealing import SealingKey
+from parties.sealing import SealingKey, seal
 
 PARAMS = PARAMETER_SETS[DEFAULT_PARAMETER_SET]
 JOB = "job-attacked"
@@ -454,3 +457,164 @@ def test_the_honest_relay_reaches_training(trial: Trial) -> None:
     assert sorted(trial.made_stats) == sorted(NAMES)
     decrypted = trial.ask("stats", lambda _: trial.stats_task())
     assert all(set(o) == {f"box/{p}" for p in NAMES if p != n} for n, o in decrypted.items())
+
+
+# ----- finding 7: the model's payloads are checked, and every party confirms the same model -------
+
+COLUMNS = len(FEATURES) + 1
+
+
+def at_model_stage(trial: Trial) -> dict[str, np.ndarray]:
+    """Every member where training leaves it: at ``model``, with its velocity mask B_i (the
+    state a real run leaves; the refreshes are tests/test_collective_job.py's). The true
+    velocity v, whose masked form the coordinator holds, is returned with the masks."""
+    rng = np.random.default_rng(9)
+    masks = {n: rng.normal(size=COLUMNS) for n in NAMES}
+    summary = AggregateStats.of_rows(rng.normal(size=(20, len(FEATURES))))
+    for name, member in trial.members.items():
+        member._stage = STEPS.index("model")
+        member._setup = pb.TrainingSetup(columns=COLUMNS, iterations=2)
+        member._masks = (np.zeros(COLUMNS), masks[name], np.zeros(COLUMNS))
+        member.summary = summary
+    return {"v": rng.normal(size=COLUMNS), **masks}
+
+
+def model_task(trial: Trial, values: list[float]) -> pb.KeyHolderTask:
+    return pb.KeyHolderTask(
+        collective=pb.CollectiveTask(
+            step="model", values=values, parties=trial.stats_task().parties
+        )
+    )
+
+
+def box_from(trial: Trial, sender: str, recipient: str, payload: bytes) -> bytes:
+    """A box a (malicious) roster party seals and signs itself, as parties/collective.py does."""
+    box = seal(
+        trial.sealing[recipient].public_bytes,
+        payload,
+        associated=f"{JOB}/model/{sender}/{recipient}".encode(),
+    )
+    signature = trial.signing[sender].sign(
+        signed.COLLECTIVE_BOX,
+        signed.collective_box_parts(
+            JOB, "model", sender, recipient, box.ephemeral_public_key, box.nonce, box.ciphertext
+        ),
+    )
+    return box_bytes(box, signature)
+
+
+def open_task(boxes: dict[str, dict[str, bytes]], recipient: str) -> pb.KeyHolderTask:
+    return pb.KeyHolderTask(
+        collective=pb.CollectiveTask(
+            step="model-open",
+            inputs=[
+                pb.NamedBytes(name=f"box/{s}", data=boxes[s][f"box/{recipient}"])
+                for s in NAMES
+                if s != recipient
+            ],
+        )
+    )
+
+
+@pytest.mark.parametrize("values", [[0.0] * (COLUMNS - 1), [0.0, float("nan"), 0.0, 0.0]])
+def test_a_masked_model_of_the_wrong_shape_or_not_finite_is_refused(trial: Trial, values) -> None:
+    at_model_stage(trial)
+    with pytest.raises(ProtocolError, match=rf"model: a masked model of {len(values)} values"):
+        trial.members["ha"].handle(model_task(trial, values))
+    assert trial.members["ha"].stage == "model"
+
+
+@pytest.mark.parametrize(
+    ("mask", "why"),
+    [
+        ([1.0] * (COLUMNS + 1), "too long"),
+        ([1.0, float("inf"), 1.0, 1.0], "infinite"),
+        ([[1.0, 1.0], [1.0, 1.0]], "not a vector"),
+    ],
+)
+def test_a_mask_share_that_is_not_columns_finite_values_is_refused_by_name(
+    trial: Trial, mask, why
+) -> None:
+    state = at_model_stage(trial)
+    masked = (state["v"] + sum(state[n] for n in NAMES)).tolist()
+    boxes = {
+        n: {
+            o.name: o.data
+            for o in trial.members[n].handle(model_task(trial, masked)).collective.outputs
+        }
+        for n in NAMES
+    }
+    digest = hashlib.sha256(np.asarray(masked, dtype="<f8").tobytes()).hexdigest()
+    payload = json.dumps({"masked_model_sha256": digest, "velocity_mask": mask}).encode()
+    boxes["hc"]["box/ha"] = box_from(trial, "hc", "ha", payload)
+    with pytest.raises(
+        ProtocolError, match=rf"model-open: 'hc''s mask share is not {COLUMNS} finite values"
+    ):
+        trial.members["ha"].handle(open_task(boxes, "ha"))
+    assert trial.members["ha"].model is None, why
+
+
+def test_a_party_that_sends_two_parties_different_masks_is_found_and_no_one_keeps_a_model(
+    trial: Trial,
+) -> None:
+    """hc seals its true mask to ha and another (well formed) to hb: both unmask, each to
+    another model; at model-confirm each sees the other's signed digest differ and keeps none."""
+    state = at_model_stage(trial)
+    masked = (state["v"] + sum(state[n] for n in NAMES)).tolist()
+    boxes = {
+        n: {
+            o.name: o.data
+            for o in trial.members[n].handle(model_task(trial, masked)).collective.outputs
+        }
+        for n in NAMES
+    }
+    digest = hashlib.sha256(np.asarray(masked, dtype="<f8").tobytes()).hexdigest()
+    other = (state["hc"] + 0.5).tolist()
+    payload = json.dumps({"masked_model_sha256": digest, "velocity_mask": other}).encode()
+    boxes["hc"]["box/hb"] = box_from(trial, "hc", "hb", payload)
+    opened = {
+        n: {o.name: o.data for o in trial.members[n].handle(open_task(boxes, n)).collective.outputs}
+        for n in NAMES
+    }
+    task = pb.KeyHolderTask(
+        collective=pb.CollectiveTask(
+            step="model-confirm", inputs=signed_inputs(opened, "model-sha256")
+        )
+    )
+    with pytest.raises(
+        ProtocolError,
+        match=r"model-confirm: parties \['hb'\] unmasked another model than 'ha'; no model",
+    ):
+        trial.members["ha"].handle(task)
+    with pytest.raises(
+        ProtocolError, match=r"parties \['ha', 'hc'\] unmasked another model than 'hb'"
+    ):
+        trial.members["hb"].handle(task)
+    assert trial.members["ha"].model is None and trial.members["hb"].model is None
+
+
+def test_the_same_model_everywhere_is_kept_and_is_the_true_one(trial: Trial) -> None:
+    state = at_model_stage(trial)
+    masked = (state["v"] + sum(state[n] for n in NAMES)).tolist()
+    boxes = {
+        n: {
+            o.name: o.data
+            for o in trial.members[n].handle(model_task(trial, masked)).collective.outputs
+        }
+        for n in NAMES
+    }
+    opened = {
+        n: {o.name: o.data for o in trial.members[n].handle(open_task(boxes, n)).collective.outputs}
+        for n in NAMES
+    }
+    task = pb.KeyHolderTask(
+        collective=pb.CollectiveTask(
+            step="model-confirm", inputs=signed_inputs(opened, "model-sha256")
+        )
+    )
+    for member in trial.members.values():
+        member.handle(task)
+        assert member.model is not None
+        weights = member.model["weights"]
+        assert isinstance(weights, list)
+        assert np.allclose(weights, state["v"], atol=1e-12)
