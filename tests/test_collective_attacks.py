@@ -20,11 +20,12 @@ import pytest
 import tenseal as ts
 
 from coordinator.collective import training_setup
+from coordinator.limits import collective_answer_bytes, task_answer_bytes_cap
 from hefl import sealio, signed
 from hefl.algorithm import add_bias, label_term, standardize
 from hefl.codec import AggregateStats
 from hefl.errors import PermissionDenied, ProtocolError
-from hefl.params import DEFAULT_PARAMETER_SET, PARAMETER_SETS
+from hefl.params import DEFAULT_PARAMETER_SET, PARAMETER_SETS, CkksParameters
 from hefl.protocols.collective.crs import SeedAgreementParty, SeedAgreementProtocol
 from hefl.protocols.collective.keygen import (
     PublicKeyGenProtocol,
@@ -55,14 +56,18 @@ Outputs = dict[str, dict[str, bytes]]
 class Trial:
     """Three real roster members and an honest relay of their steps (coordinator/collective.py)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, params: CkksParameters = PARAMS, features: tuple[str, ...] = FEATURES
+    ) -> None:
+        self.params, self.features = params, features
+        self.sizes: dict[str, int] = {}  # the largest answer of each step, serialized
         rng = np.random.default_rng(5)
         self.signing = {n: SigningKey.generate() for n in NAMES}
         self.sealing = {n: SealingKey() for n in NAMES}
         self.roster = Roster({n: self.signing[n].public_bytes for n in NAMES})
-        self.data = {n: rng.normal(size=(30 + 5 * i, 3)) for i, n in enumerate(NAMES)}
+        self.data = {n: rng.normal(size=(30 + 5 * i, len(features))) for i, n in enumerate(NAMES)}
         self.labels = {n: (self.data[n][:, 0] > 0).astype(float) for n in NAMES}
-        self.protocol = stats_protocol(len(FEATURES), PARAMS)
+        self.protocol = stats_protocol(len(features), params)
         self.members = {n: self._member(n) for n in NAMES}
         self.made_stats: list[str] = []
 
@@ -70,9 +75,9 @@ class Trial:
         member = CollectiveMember(
             job_id=JOB,
             name=name,
-            params=PARAMS,
+            params=self.params,
             roster=self.roster,
-            features=FEATURES,
+            features=self.features,
             options=pb.TrainingOptions(iterations=2),
             signing_key=self.signing[name],
             sealing_key=self.sealing[name],
@@ -100,6 +105,7 @@ class Trial:
             task = inputs(name) if callable(inputs) else pb.CollectiveTask(inputs=inputs)
             task.step = step
             result = member.handle(pb.KeyHolderTask(collective=task))
+            self.sizes[step] = max(self.sizes.get(step, 0), result.ByteSize())
             out[name] = {o.name: o.data for o in result.collective.outputs}
         return out
 
@@ -618,3 +624,23 @@ def test_the_same_model_everywhere_is_kept_and_is_the_true_one(trial: Trial) -> 
         weights = member.model["weights"]
         assert isinstance(weights, list)
         assert np.allclose(weights, state["v"], atol=1e-12)
+
+
+# ----- finding 9: the coordinator's answer cap holds every honest collective answer ---------------
+
+
+@pytest.mark.parametrize("name", ["n8192-depth4", "n16384-depth4"])
+def test_every_setup_and_statistics_answer_fits_the_answer_cap_with_two_columns(name: str) -> None:
+    """Real answers (keys, round 2, statistics boxes) of a job with one feature (columns=2),
+    measured serialized, against the cap CompleteTask enforces. The refresh's and the model's
+    answers are bounded by the cap's refresh and model terms (tests/test_collective_job.py)."""
+    params = PARAMETER_SETS[name]
+    trial = Trial(params=params, features=("a",))
+    trial.stats_released()
+    trial.ask("stats", lambda _: trial.stats_task())
+    cap = task_answer_bytes_cap(params, columns=2, parties=len(NAMES), iterations=1)
+    largest = max(trial.sizes.values())
+    assert largest <= cap, trial.sizes
+    assert max(trial.sizes["keys-reveal"], trial.sizes["stats"]) <= collective_answer_bytes(
+        params, columns=2, parties=len(NAMES)
+    )
