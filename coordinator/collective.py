@@ -127,6 +127,13 @@ def _inputs(kind: str, by_party: Mapping[str, bytes]) -> list[pb.NamedBytes]:
     return [pb.NamedBytes(name=f"{kind}/{p}", data=d) for p, d in sorted(by_party.items())]
 
 
+def _signed_inputs(outputs: Mapping[str, Mapping[str, bytes]], kind: str) -> list[pb.NamedBytes]:
+    """Every party's ``kind`` and its signature, relayed as the parties check them."""
+    return _inputs(kind, _output(outputs, kind)) + _inputs(
+        f"{kind}-signature", _output(outputs, f"{kind}-signature")
+    )
+
+
 def _output(outputs: Mapping[str, Mapping[str, bytes]], name: str) -> dict[str, bytes]:
     try:
         return {party: o[name] for party, o in outputs.items()}
@@ -142,6 +149,7 @@ class KeyGeneration:
     context_bytes: bytes
     seconds: float
     bytes_per_party: dict[str, int]
+    context_signatures: dict[str, bytes]  # every party's signature over the context it built
 
 
 def generate_keys(
@@ -162,27 +170,27 @@ def generate_keys(
     started = time.perf_counter()
     before = {p: link.bytes_sent + link.bytes_received for p, link in relay.links.items()}
     parties = relay.parties
-    commitments = _output(relay.outputs("seed-commit", pb.CollectiveTask()), "commitment")
-    reveals = _output(
-        relay.outputs("seed-reveal", pb.CollectiveTask(inputs=_inputs("commitment", commitments))),
-        "reveal",
+    seed = relay.outputs("seed-commit", pb.CollectiveTask())
+    commitments = _output(seed, "commitment")
+    revealed = relay.outputs(
+        "seed-reveal", pb.CollectiveTask(inputs=_signed_inputs(seed, "commitment"))
     )
+    reveals = _output(revealed, "reveal")
     crs = SeedAgreementProtocol(job_id, parties).agree(
         [SeedCommitment.from_bytes(commitments[p]) for p in parties],
         [SeedReveal.from_bytes(reveals[p]) for p in parties],
     )
     job = CollectiveJob(params, job_id, parties, crs)
-    keys = relay.outputs("keys", pb.CollectiveTask(inputs=_inputs("reveal", reveals)))
-    public, round1 = _output(keys, "public-key"), _output(keys, "relin-key-1")
-    round2 = _output(
-        relay.outputs(
-            "relin-key-2",
-            pb.CollectiveTask(
-                inputs=_inputs("public-key", public) + _inputs("relin-key-1", round1)
-            ),
-        ),
-        "relin-key-2",
+    committed = relay.outputs("keys", pb.CollectiveTask(inputs=_signed_inputs(revealed, "reveal")))
+    keys = relay.outputs(
+        "keys-reveal", pb.CollectiveTask(inputs=_signed_inputs(committed, "commitment"))
     )
+    public, round1 = _output(keys, "public-key"), _output(keys, "relin-key-1")
+    second = relay.outputs(
+        "relin-key-2",
+        pb.CollectiveTask(inputs=_inputs("public-key", public) + _inputs("relin-key-1", round1)),
+    )
+    round2 = _output(second, "relin-key-2")
     ckg, rkg = PublicKeyGenProtocol(job), RelinKeyGenProtocol(job)
     public_key = ckg.public_key(
         ckg.aggregate_shares({p: PublicKeyShare.from_bytes(public[p], job) for p in parties})
@@ -202,7 +210,7 @@ def generate_keys(
         "context",
         pb.CollectiveTask(
             inputs=[
-                *_inputs("relin-key-2", round2),
+                *_signed_inputs(second, "relin-key-2"),
                 pb.NamedBytes(name="context/", data=context_bytes),
             ]
         ),
@@ -214,7 +222,44 @@ def generate_keys(
         p: link.bytes_sent + link.bytes_received - before[p] for p, link in relay.links.items()
     }
     log.info("job %s: collective keys of %d parties in %.2f s", job_id, len(parties), seconds)
-    return KeyGeneration(job, context_bytes, seconds, traffic)
+    return KeyGeneration(
+        job, context_bytes, seconds, traffic, _output(checked, "context-signature")
+    )
+
+
+def commit_statistics(relay: Relay, keys: KeyGeneration) -> None:
+    """Every party's signature over the context to every party (each checks they all signed
+    the one it built), then every party's signed commitment to its statistics to every party:
+    only then does a party submit its statistics (no party's can depend on another's).
+
+    Raises:
+        ProtocolError: A party refused.
+        KeyHolderTimeout: A party did not answer in time.
+    """
+    committed = relay.outputs(
+        "stats-commit",
+        pb.CollectiveTask(inputs=_inputs("context-signature", keys.context_signatures)),
+    )
+    relay.outputs(
+        "stats-release", pb.CollectiveTask(inputs=_signed_inputs(committed, "stats-commitment"))
+    )
+
+
+def commit_label_terms(relay: Relay) -> None:
+    """Every party's signed label-term digest to every party; only then do they upload.
+
+    Raises:
+        ProtocolError: A party refused.
+        KeyHolderTimeout: A party did not answer in time.
+    """
+    committed = relay.outputs("label-commit", pb.CollectiveTask())
+    relay.outputs(
+        "label-release",
+        pb.CollectiveTask(
+            inputs=_inputs("label-term-sha256", _output(committed, "label-term-sha256"))
+            + _inputs("label-term-signature", _output(committed, "label-term-signature"))
+        ),
+    )
 
 
 def decrypt_statistics(
@@ -267,8 +312,8 @@ def training_setup(hyper: Hyperparameters, *, rows: int, columns: int) -> pb.Tra
         columns=columns,
         iterations=hyper.iterations,
         learning_rate=hyper.learning_rate,
-        l2=l2_vector(columns, hyper.l2).tolist(),
-        weight_scale=hyper.sigmoid.encrypted_form()[0],
+        l2=l2_vector(columns, hyper.l2, outputs=hyper.outputs).tolist(),
+        weight_scale=hyper.weight_scale,
     )
 
 
@@ -287,7 +332,7 @@ def train(
         KeyHolderTimeout: A party did not answer in time.
     """
     hyper, job, context = inputs.hyper, inputs.job, inputs.context
-    k, a, b = hyper.sigmoid.encrypted_form()
+    k, form = hyper.weight_scale, hyper.kernel
     setup = training_setup(hyper, rows=inputs.rows, columns=inputs.columns)
     columns, slots = inputs.columns, inputs.params.slots
     report = TrainingReport()
@@ -327,7 +372,7 @@ def train(
     for iteration in range(hyper.iterations):
         gradient_started = time.perf_counter()
         try:
-            partials = pool.gradient(fresh, unmask, a=a, b=b)
+            partials = pool.gradient(fresh, unmask, form=form)
         except WorkerFailure:
             raise
         report.worker_bytes_per_iteration = sum(map(len, fresh)) * pool.size + sum(
@@ -386,7 +431,8 @@ def train(
     boxes = relay.outputs(
         "model", pb.CollectiveTask(values=velocity.tolist(), parties=list(inputs.hellos))
     )
-    relay.ask("model-open", lambda party: _boxes_for(party, boxes, "model-open"))
+    opened = relay.outputs("model-open", lambda party: _boxes_for(party, boxes, "model-open"))
+    relay.outputs("model-confirm", pb.CollectiveTask(inputs=_signed_inputs(opened, "model-sha256")))
     report.iterations = hyper.iterations
     report.train_s = time.perf_counter() - started
     return report

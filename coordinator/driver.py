@@ -31,7 +31,14 @@ from pathlib import Path
 import tenseal as ts
 
 from coordinator.checkpoint import FileJournal
-from coordinator.collective import CollectiveInputs, Relay, decrypt_statistics, generate_keys
+from coordinator.collective import (
+    CollectiveInputs,
+    Relay,
+    commit_label_terms,
+    commit_statistics,
+    decrypt_statistics,
+    generate_keys,
+)
 from coordinator.collective import train as train_collective
 from coordinator.jobs import Job, ShuttingDown
 from coordinator.report import JobReport
@@ -177,6 +184,7 @@ class JobDriver:
         keys = generate_keys(
             relay, job_id=job.job_id, params=job.params, on_context=job.set_context
         )
+        commit_statistics(relay, keys)
         job.wait_for(job.all_stats_in, stop)
         protocol = stats_protocol(len(job.features), job.params)
         stats = [
@@ -194,6 +202,7 @@ class JobDriver:
         ]
         hellos = [p.hello for p in job.parties.values()]
         count, curvature = decrypt_statistics(relay, stats=stats, hellos=hellos)
+        commit_label_terms(relay)
         declared = sum(party.rows for party in job.parties.values())
         if count != declared:
             raise FailedPrecondition(
@@ -205,6 +214,9 @@ class JobDriver:
             learning_rate=job.options.learning_rate,
             l2=job.options.l2,
             sigmoid_interval=job.options.sigmoid_interval,
+            model=job.options.model,
+            classes=job.options.classes,
+            rows=count,
         )
         layout = PackingLayout.assign(
             slots=job.params.slots, party_rows=[(p.name, p.rows) for p in job.parties.values()]
@@ -230,7 +242,7 @@ class JobDriver:
                 params=job.params,
                 hyper=hyper,
                 rows=layout.total_rows,
-                columns=job.columns,
+                columns=hyper.outputs * job.columns,
                 label_terms={
                     name: job.store.label_term_path(name).read_bytes() for name in job.parties
                 },

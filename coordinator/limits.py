@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from hefl.codec import piece_sizes, stats_length
 from hefl.errors import InvalidArgument, ResourceExhausted
 from hefl.params import CkksParameters
 
@@ -229,7 +230,27 @@ def task_answer_bytes_cap(
     """
     refresh = columns * ciphertext_bytes_cap(params)
     models = parties * ((iterations + 3) * columns * 32 + 4 * KiB)
-    return refresh + models + 4 * MiB
+    return (
+        refresh
+        + models
+        + collective_answer_bytes(params, columns=columns, parties=parties)
+        + 4 * MiB
+    )
+
+
+def collective_answer_bytes(params: CkksParameters, *, columns: int, parties: int) -> int:
+    """The most bytes of a collective answer beyond a refresh's, from the parameters: the
+    shares revealed at ``keys-reveal`` (an RKG round-1 share, (k - 1) gadget rows of 2
+    polynomials over the k key primes, and a public-key share over the k primes; a round-2
+    share is the size of round 1) and the statistics' decryption shares, sealed to every other
+    party (one polynomial over the k - 1 data primes per statistics ciphertext). It does not
+    shrink with the columns, which is why a refresh's bound alone falls short of it."""
+    k, n = len(params.coeff_mod_bit_sizes), params.poly_modulus_degree
+    keys = (2 * (k - 1) * k + k) * n * 8
+    features = max(columns - 1, 0)
+    pieces = len(piece_sizes(stats_length(features), params.slots))
+    stats = max(parties - 1, 1) * pieces * (k - 1) * n * 8
+    return max(keys, stats) + 64 * KiB
 
 
 # ----- streams -------------------------------------------------------------------------------------

@@ -141,14 +141,16 @@ def check_expected(
     me: str,
     expected_roster: Sequence[str],
     sites: dict[str, Site],
+    trust: pb.TrustMode,
     context_bytes: bytes | None = None,
 ) -> None:
     """A party's checks of the job it is about to join (and of its context, once downloaded).
 
     Raises:
         PermissionDenied: Anything differs from what the party was told to expect: the job id,
-            the roster's names, a roster site's fingerprint or key, the key holder's signature,
-            or the context's hash.
+            the roster's names, a roster site's fingerprint or key, the trust mode (``trust``:
+            a roster party cannot sign a collective job down to a key-holder one), the key
+            holder's signature, or the context's hash.
     """
     if charter.job_id != job_id:
         raise PermissionDenied(f"the coordinator offered job {charter.job_id!r}, not {job_id!r}")
@@ -169,6 +171,12 @@ def check_expected(
             raise PermissionDenied(
                 f"job {job_id}: the roster's identity of {entry.name!r} is not the project's"
             )
+    offered = pb.COLLECTIVE if charter.trust == pb.COLLECTIVE else pb.KEY_HOLDER
+    if offered != trust:
+        raise PermissionDenied(
+            f"job {job_id}: its charter is in {pb.TrustMode.Name(offered)} mode, and this party "
+            f"joins only in {pb.TrustMode.Name(trust)} mode (hefl party --trust)"
+        )
     try:
         verify_charter(charter, signature)
     except ProtocolError as err:

@@ -61,4 +61,21 @@ def collective_box_parts(
 
 def label_term_parts(job_id: str, party: str, label_term: bytes) -> list[bytes]:
     """A party vouches for its encrypted label term in ``job_id`` (collective mode)."""
-    return [job_id.encode(), party.encode(), hashlib.sha256(label_term).digest()]
+    return label_term_digest_parts(job_id, party, hashlib.sha256(label_term).digest())
+
+
+def label_term_digest_parts(job_id: str, party: str, digest: bytes) -> list[bytes]:
+    """:func:`label_term_parts` from the term's SHA-256 digest (its commitment)."""
+    return [job_id.encode(), party.encode(), digest]
+
+
+COLLECTIVE_SETUP = "collective-setup"
+
+
+def collective_parts(job_id: str, step: str, party: str, data: bytes) -> list[bytes]:
+    """A roster party vouches that it sent ``data`` at protocol step ``step`` of ``job_id``
+    (collective mode: the seed commitment and reveal, its commitments to and its shares of the
+    keys, the statistics and the label term, its view of the context and of the model). Each
+    party signs one message per step, so the coordinator can neither forge a party's message
+    nor show two parties different ones."""
+    return [job_id.encode(), step.encode(), party.encode(), hashlib.sha256(data).digest()]

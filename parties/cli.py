@@ -102,9 +102,10 @@ def training_options(function: Callable[..., Any]) -> Callable[..., Any]:
 @click.option(
     "--trust",
     type=click.Choice(["key-holder", "collective"]),
-    default="key-holder",
-    help="creating a job: collective = n-of-n keys among the roster, no key holder; "
-    "joining parties take the mode from the job's signed charter",
+    default="collective",
+    help="collective = n-of-n keys among the roster, no key holder; key-holder = one party "
+    "holds the secret key. Creating a job: its mode; joining: the only mode this party accepts "
+    "(a charter of the other mode is refused)",
 )
 @click.option("--job", default="", help="job id (key holder: choose it; others: join it)")
 @click.option("--parties", type=int, default=1, help="key holder: parties the job waits for")

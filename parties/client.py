@@ -34,7 +34,9 @@ from typing import Any
 import grpc
 import tenseal as ts
 
-from hefl import chunks, signed
+from hefl import chunks, sealio, signed
+from hefl.algorithm import add_bias, standardize
+from hefl.codec import AggregateStats
 from hefl.errors import DataError, HeflError, InvalidArgument
 from hefl.identity import channel_credentials
 from hefl.models import Model, get_model
@@ -93,9 +95,9 @@ class PartyConfig:
     # whose model differs from the one it was told.
     model: str = ""
     classes: int = 0
-    # Creating a job: "collective" (n-of-n keys among the roster, no key holder) or
-    # "key-holder"; a joining party takes the mode from the job's signed charter.
-    trust: str = "key-holder"
+    # "collective" (n-of-n keys among the roster, no key holder) or "key-holder". Creating a
+    # job: its mode; joining: the only mode this party accepts (no downgrade by a charter).
+    trust: str = "collective"
     # Held-out rows to evaluate the model on; without it the party keeps no rows back.
     test: Path | None = None
     model_out: Path | None = None
@@ -375,13 +377,17 @@ class Party:
             if self.test is not None:
                 self.test = self.test.for_model(job_model)
 
+    @property
+    def _trust_mode(self) -> pb.TrustMode:
+        return pb.COLLECTIVE if self.config.trust == "collective" else pb.KEY_HOLDER
+
     def _join(self) -> pb.JobInfo:
         request = pb.JoinJobRequest(job_id=self.job_id, party=self.hello)
         deadline = time.monotonic() + self.config.join_timeout_s
         while True:
             try:
                 info = self.stub.JoinJob(request, timeout=CALL_TIMEOUT_S)
-                self.trust.check_offer(info, job_id=self.job_id)
+                self.trust.check_offer(info, job_id=self.job_id, trust=self._trust_mode)
                 return info
             except grpc.RpcError as err:
                 retry = err.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE)  # type: ignore[attr-defined]
@@ -415,7 +421,6 @@ class Party:
             raise InvalidArgument("a collective job needs the roster's kits (--kit, --roster)")
         self.result.job_id = info.job_id
         params = get_parameter_set(info.parameter_set)
-        ready = threading.Event()
         member = CollectiveMember(
             job_id=info.job_id,
             name=self.name,
@@ -426,7 +431,9 @@ class Party:
             signing_key=self.trust.signing_key,
             sealing_key=self.sealing_key,
         )
-        member.on_context = lambda _: ready.set()
+        protocol = stats_protocol(len(self.dataset.feature_names), params)
+        member.make_stats = lambda context: protocol.gen_share(context, self.dataset.features)
+        member.make_label_term = self._label_term
         tasks = KeyHolderSession(
             self.stub, member, job_id=info.job_id, party=self.name, reconnect=self.reconnect
         )
@@ -434,15 +441,18 @@ class Party:
         tasks.start()
         try:
             tick = time.perf_counter()
-            self._wait_until(info.job_id, ready)
+            # Statistics and label term go out only once every party committed to its own.
+            self._wait_until(info.job_id, member.stats_released)
             timings["keygen"] = time.perf_counter() - tick
             if member.keygen_started is not None:
                 self.result.clock["keygen"] = member.keygen_started
-            assert member.context is not None
-            self._submit_stats(
-                info, member.context, stats_protocol(len(self.dataset.feature_names), params)
+            assert member.context is not None and member.stats_share is not None
+            self.stub.SubmitStats(
+                member.stats_share.to_chunks(job_id=info.job_id, party=self.name),
+                timeout=CALL_TIMEOUT_S,
             )
             status = self._wait(info.job_id, {pb.UPLOADING})
+            self._wait_until(info.job_id, member.label_released)
             assert member.summary is not None
             summary = member.summary
             status.standardization.CopyFrom(
@@ -453,7 +463,7 @@ class Party:
                     curvature=summary.curvature,
                 )
             )
-            self._upload(info.job_id, member.context, status)
+            self._upload(info.job_id, member.context, status, label_term=member.label_term)
             tick = time.perf_counter()
             self._wait(info.job_id, {pb.DONE})
             timings["wait_for_training"] = time.perf_counter() - tick
@@ -531,7 +541,21 @@ class Party:
                 break
         raise PartyFailed(f"job {job_id} ended before reaching the phase this party waits for")
 
-    def _upload(self, job_id: str, context: ts.Context, status: pb.JobStatus) -> None:
+    def _label_term(self, context: ts.Context, summary: AggregateStats) -> bytes:
+        """Collective mode: this party's label term, standardized by the decrypted summary."""
+        columns = add_bias(standardize(self.dataset.features, summary.mean, summary.std))
+        return sealio.serialize(
+            ts.ckks_vector(context, self.model.label_term(columns, self.dataset.labels))
+        )
+
+    def _upload(
+        self,
+        job_id: str,
+        context: ts.Context,
+        status: pb.JobStatus,
+        *,
+        label_term: bytes | None = None,
+    ) -> None:
         self.sigmoid_interval = status.options.sigmoid_interval
         warn_about_step(status)
         upload = Upload(
@@ -543,6 +567,7 @@ class Party:
             standardization=status.standardization,
             model=self.model,
             signing_key=self.trust.signing_key,
+            label_term=label_term,
         )
         tick = time.perf_counter()
         summary = self.stub.Upload(upload.chunks())

@@ -7,42 +7,66 @@ coordinator's tasks by running its side of the collective protocols
 order, and refuses everything else with a :class:`~hefl.errors.ProtocolError` naming what was
 asked and what the stage allows (the session logs it and keeps serving):
 
-1. ``seed-commit``: its commitment to a seed share (:class:`SeedAgreementParty`).
-2. ``seed-reveal``: given every roster party's commitment, its own unchanged, its seed share.
-3. ``keys``: given every reveal, it computes the job's seed itself (bound to the job id and
-   roster) and answers its public-key share (CKG) and its relinearization-key round-1 share.
-4. ``relin-key-2``: given every party's public-key and round-1 shares (its own among them
-   unchanged), it adds them up itself and answers its round-2 share.
-5. ``context``: given every round-2 share and the coordinator's public context, it builds the
-   context from the aggregates itself and refuses unless the coordinator's is byte for byte that
-   one (same public and relinearization keys, no secret key). From here it encrypts under it.
-6. ``stats``: given every roster party's signed statistics (encrypted at the reveal scale), it
-   checks each signature against the roster, adds them up itself and answers a smudged
-   decryption share of each piece of the sum (:class:`CollectiveDecryptProtocol`), sealed to
-   every other roster party's signed sealing key and signed: the coordinator relays boxes it
-   cannot open.
-7. ``stats-open``: given the boxes sealed to it, it decrypts the sum, summarizes it and derives
+Every message a party sends during setup is signed with its roster key over (job, step, party,
+SHA-256 of the message) (:func:`hefl.signed.collective_parts`), and every party checks all n
+signatures before it uses what is relayed: the coordinator can neither forge a party's message
+nor, since a party signs one message per step, show two parties different ones.
+
+1. ``seed-commit``: its commitment to a seed share (:class:`SeedAgreementParty`), signed.
+2. ``seed-reveal``: given every roster party's signed commitment, its own unchanged, its seed
+   share, signed.
+3. ``keys``: given every signed reveal, it computes the job's seed itself (bound to the job id
+   and roster), makes its public-key share (CKG) and relinearization-key round-1 share and
+   answers only a signed commitment to them (their SHA-256 digests).
+4. ``keys-reveal``: given every party's signed commitment, its shares: no party chooses its
+   shares after seeing another's (a share that cancels an honest party's would make the key
+   its own).
+5. ``relin-key-2``: given every party's shares, each checked against its party's commitment, it
+   adds them up itself and answers its round-2 share, signed.
+6. ``context``: given every signed round-2 share and the coordinator's public context, it builds
+   the context from the aggregates itself and refuses unless the coordinator's is byte for byte
+   that one (same public and relinearization keys, no secret key); it answers its signature over
+   the context's digest, and does not use the context yet.
+7. ``stats-commit``: given every party's signature over a context, each over the one it built
+   (no split view), it takes the context, encrypts its statistics (at the reveal scale) and
+   answers its signed commitment to them (row count and the pieces' digests).
+8. ``stats-release``: given every party's signed statistics commitment, it lets its statistics
+   go out (its client submits them only now): no party's statistics can depend on another's.
+9. ``stats``: given every roster party's statistics, each the one its party committed to, it
+   adds them up itself and answers a smudged decryption share of each piece of the sum
+   (:class:`CollectiveDecryptProtocol`), sealed to every other roster party's signed sealing key
+   and signed: the coordinator relays boxes it cannot open.
+10. ``stats-open``: given the boxes sealed to it, it decrypts the sum, summarizes it and derives
    the hyperparameters from its own charter; it answers the row count and the curvature (what
    the coordinator needs to plan the step size), nothing else of the statistics.
-8. ``setup``: the coordinator's training constants must be exactly those; given every party's
-   label-term ciphertext, it adds them up itself and answers its EncToShare share
-   (:class:`EncToShareProtocol`), keeping its share c_i of the label term's mask.
-9. ``refresh`` of iterations 0, 1, ... up to the agreed count, in order, each once: the
+11. ``label-commit``, ``label-release``: its label term (standardized by the summary),
+   committed to (signed digest) and let go only once every party's commitment is in.
+12. ``setup``: the coordinator's training constants must be exactly those; given every party's
+   label term, each the one its party committed to, it adds them up itself and answers its
+   EncToShare share (:class:`EncToShareProtocol`), keeping its share c_i of the label term's mask.
+13. ``refresh`` of iterations 0, 1, ... up to the agreed count, in order, each once: the
    gradients, one per column at the last level, the job's scale and parameter id; it answers its
    :class:`MaskedStepProtocol` share, having applied the linear part of Nesterov's step to its
    own masks (w-mask A_i, v-mask B_i, the iteration's gradient-mask share g_i, c_i), and
    re-encrypted -k A'_i: the finalized ciphertexts hold k w' (the true weights).
-10. ``model``: after the last iteration, given the masked model v + sum B_i, it answers its
-   mask B_i sealed to every other roster party, signed, with the digest of the masked model it
-   received (so every party sees whether all got the same one).
-11. ``model-open``: given every other party's box, it checks the signatures and that all saw
-   the same masked model, and keeps the model v = (v + sum B) - sum B_i. The coordinator never
-   has it.
+14. ``model``: after the last iteration, given the masked model v + sum B_i (``columns`` finite
+   values), it answers its mask B_i sealed to every other roster party, signed, with the digest
+   of the masked model it received (so every party sees whether all got the same one).
+15. ``model-open``: given every other party's box, it checks the signatures, that all saw the
+   same masked model and that every mask is ``columns`` finite values (naming the sender), and
+   unmasks v = (v + sum B) - sum B_i; it answers the model's digest, signed.
+16. ``model-confirm``: given every party's signed model digest, it keeps the model only if all
+   are its own (a party that sent two parties different masks is found, by name). The
+   coordinator never has the model.
 
-Trust: semi-honest key generation (no proofs that shares are well formed; an active party can
-make the keys or the model wrong, not learn another's data); the coordinator may be malicious:
-it cannot have a party decrypt anything but the sum of the roster's signed statistics, the sum
-of the label terms it relays, and each iteration's gradients once. See README, Trust model.
+Trust: no proofs that shares are well formed: an active party can make the keys or the model
+wrong (``model-confirm`` catches parties left with different models, not one wrong model all
+share). The commit rounds keep any party, with or without the coordinator, from choosing its key,
+statistics or label-term share as a function of another's. The coordinator may be malicious in
+setup and statistics: it cannot have a party decrypt anything but the sum of the roster's
+committed statistics and label terms. The refresh assumes a semi-honest coordinator: a party
+cannot check what a gradient ciphertext holds, and its share of a crafted one leaks about
+log2(q0 / 2^(b+1)) + log2 n bits of its key share per column per iteration (README, Trust model).
 """
 
 from __future__ import annotations
@@ -52,6 +76,7 @@ import hmac
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -62,7 +87,7 @@ import tenseal as ts
 from hefl import sealio, signed
 from hefl.algorithm import Hyperparameters, choose_hyperparameters, l2_vector, nesterov_step
 from hefl.codec import AggregateStats, Array
-from hefl.errors import InvalidArgument, ProtocolError
+from hefl.errors import InvalidArgument, PermissionDenied, ProtocolError
 from hefl.identity import verify_signature
 from hefl.params import CkksParameters, check_public_context
 from hefl.protocols.collective.crs import (
@@ -109,14 +134,20 @@ STEPS = (
     "seed-commit",
     "seed-reveal",
     "keys",
+    "keys-reveal",
     "relin-key-2",
     "context",
+    "stats-commit",
+    "stats-release",
     "stats",
     "stats-open",
+    "label-commit",
+    "label-release",
     "setup",
     "refresh",
     "model",
     "model-open",
+    "model-confirm",
 )
 
 
@@ -219,6 +250,20 @@ class CollectiveMember:
         self._refreshed = 0
         self._masked_model: Array | None = None
         self.model: dict[str, object] | None = None
+        self._key_commitments: dict[str, bytes] = {}  # party -> sha256(CKG) + sha256(RKG-1)
+        self._built_context: bytes | None = None  # built from the shares, not yet confirmed
+        self._pending_context: ts.Context | None = None
+        self._stats_commitments: dict[str, tuple[int, list[bytes]]] = {}
+        self._label_commitments: dict[str, bytes] = {}
+        self._candidate: list[float] | None = None  # the model, before every party confirms it
+        # Set by the party's client: its statistics share and its label term, each encrypted
+        # under the confirmed context and released only once every party has committed to its own.
+        self.make_stats: Callable[[ts.Context], StatsShare] | None = None
+        self.make_label_term: Callable[[ts.Context, AggregateStats], bytes] | None = None
+        self.stats_share: StatsShare | None = None
+        self.label_term: bytes | None = None
+        self.stats_released = threading.Event()
+        self.label_released = threading.Event()
         self.on_context: Callable[[ts.Context], None] = lambda _: None
         self.keygen_started: float | None = None  # wall clock of the first setup step
 
@@ -291,6 +336,43 @@ class CollectiveMember:
         if not hmac.compare_digest(self._sent[what], relayed):
             raise ProtocolError(f"the {what} relayed as this party's is not the one it sent")
 
+    def _sign(self, step: str, data: bytes) -> bytes:
+        return self._signing_key.sign(
+            signed.COLLECTIVE_SETUP, signed.collective_parts(self.job_id, step, self.name, data)
+        )
+
+    def _check_signed(
+        self, step: str, kind: str, party: str, data: bytes, signature: bytes
+    ) -> None:
+        """Raises PermissionDenied, naming the step and the party, unless ``party`` signed
+        ``data`` at ``step``."""
+        try:
+            verify_signature(
+                self.roster.keys[party],
+                signature,
+                signed.COLLECTIVE_SETUP,
+                signed.collective_parts(self.job_id, step, party, data),
+            )
+        except PermissionDenied as err:
+            raise PermissionDenied(
+                f"{self.stage}: the {kind} relayed as {party!r}'s is not signed by {party!r} "
+                f"(step {step!r})"
+            ) from err
+
+    def _signed_inputs(self, task: pb.CollectiveTask, kind: str, step: str) -> dict[str, bytes]:
+        """Every roster party's ``kind``, each checked against its signature of ``step``.
+
+        Raises:
+            ProtocolError: One is missing, extra or twice.
+            PermissionDenied: One is not signed by its party.
+        """
+        names = self.roster.names
+        data = self._inputs(task, kind, names)
+        signatures = self._inputs(task, kind + "-signature", names)
+        for party in names:
+            self._check_signed(step, kind, party, data[party], signatures[party])
+        return data
+
     @property
     def job(self) -> CollectiveJob:
         assert self._job is not None
@@ -300,22 +382,31 @@ class CollectiveMember:
 
     def _step_seed_commit(self, task: pb.CollectiveTask) -> pb.KeyHolderResult:
         self.keygen_started = time.time()
-        return _named([("commitment", self._seed.commitment().to_bytes())])
+        commitment = self._seed.commitment().to_bytes()
+        return _named(
+            [
+                ("commitment", commitment),
+                ("commitment-signature", self._sign("seed-commit", commitment)),
+            ]
+        )
 
     def _step_seed_reveal(self, task: pb.CollectiveTask) -> pb.KeyHolderResult:
-        relayed = self._inputs(task, "commitment", self.roster.names)
+        relayed = self._signed_inputs(task, "commitment", "seed-commit")
         commitments = [SeedCommitment.from_bytes(relayed[p]) for p in self.roster.names]
         for party, commitment in zip(self.roster.names, commitments, strict=True):
             if commitment.party != party:
                 raise ProtocolError(
                     f"the commitment relayed as {party!r}'s names {commitment.party!r}"
                 )
-        reveal = self._seed.reveal(commitments)
+        reveal = self._seed.reveal(commitments).to_bytes()
         self._commitments = commitments
-        return _named([("reveal", reveal.to_bytes())])
+        return _named([("reveal", reveal), ("reveal-signature", self._sign("seed-reveal", reveal))])
 
     def _step_keys(self, task: pb.CollectiveTask) -> pb.KeyHolderResult:
-        relayed = self._inputs(task, "reveal", self.roster.names)
+        """The CKG and RKG round-1 shares, made now and committed to; revealed only once every
+        party has committed (``keys-reveal``): no party can choose its share after seeing
+        another's (a share that cancels an honest party's would put the key in its hands)."""
+        relayed = self._signed_inputs(task, "reveal", "seed-reveal")
         reveals = [SeedReveal.from_bytes(relayed[p]) for p in self.roster.names]
         crs = SeedAgreementProtocol(self.job_id, self.roster.names).agree(
             self._commitments, reveals
@@ -329,6 +420,17 @@ class CollectiveMember:
         )
         self._sent["public-key"] = public.to_bytes()
         self._sent["relin-key-1"] = round1.to_bytes()
+        commitment = _key_commitment(self._sent["public-key"], self._sent["relin-key-1"])
+        self._sent["commitment"] = commitment
+        return _named(
+            [("commitment", commitment), ("commitment-signature", self._sign("keys", commitment))]
+        )
+
+    def _step_keys_reveal(self, task: pb.CollectiveTask) -> pb.KeyHolderResult:
+        """Every party's signed commitment in hand, this party reveals its shares."""
+        commitments = self._signed_inputs(task, "commitment", "keys")
+        self._own("commitment", commitments[self.name])
+        self._key_commitments = commitments
         return _named(
             [("public-key", self._sent["public-key"]), ("relin-key-1", self._sent["relin-key-1"])]
         )
@@ -337,8 +439,14 @@ class CollectiveMember:
         names = self.roster.names
         public = self._inputs(task, "public-key", names)
         round1 = self._inputs(task, "relin-key-1", names)
-        self._own("public-key", public[self.name])
-        self._own("relin-key-1", round1[self.name])
+        for party in names:
+            if not hmac.compare_digest(
+                _key_commitment(public[party], round1[party]), self._key_commitments[party]
+            ):
+                raise ProtocolError(
+                    f"relin-key-2: the key shares relayed as {party!r}'s differ from its "
+                    f"signed commitment"
+                )
         ckg, rkg = PublicKeyGenProtocol(self.job), RelinKeyGenProtocol(self.job)
         self._public_key = ckg.aggregate_shares(
             {p: PublicKeyShare.from_bytes(public[p], self.job) for p in names}
@@ -351,11 +459,18 @@ class CollectiveMember:
             self._secret, self._ephemeral, self._round1, random_bytes=self._random_bytes
         )
         self._sent["relin-key-2"] = share.to_bytes()
-        return _named([("relin-key-2", self._sent["relin-key-2"])])
+        return _named(
+            [
+                ("relin-key-2", self._sent["relin-key-2"]),
+                ("relin-key-2-signature", self._sign("relin-key-2", self._sent["relin-key-2"])),
+            ]
+        )
 
     def _step_context(self, task: pb.CollectiveTask) -> pb.KeyHolderResult:
+        """Build the context from the signed shares; answer its digest, signed. The party uses
+        it only once every party has signed the same digest (``stats-commit``)."""
         names = self.roster.names
-        round2 = self._inputs(task, "relin-key-2", names)
+        round2 = self._signed_inputs(task, "relin-key-2", "relin-key-2")
         self._own("relin-key-2", round2[self.name])
         (given,) = self._inputs(task, "context", [""]).values()
         ckg, rkg = PublicKeyGenProtocol(self.job), RelinKeyGenProtocol(self.job)
@@ -375,10 +490,63 @@ class CollectiveMember:
                 "roster's relayed shares"
             )
         check_public_context(context, self.params.name)
+        self._built_context, self._pending_context = expected, context
+        return _named(
+            [
+                ("context-sha256", hashlib.sha256(expected).digest()),
+                ("context-signature", self._sign("context", expected)),
+            ]
+        )
+
+    def _step_stats_commit(self, task: pb.CollectiveTask) -> pb.KeyHolderResult:
+        """Given every party's signature over the context it built, all over this party's
+        (so no two parties were shown different keys), take the context, encrypt this party's
+        statistics under it and answer the signed commitment to them (their digests)."""
+        assert self._built_context is not None
+        signatures = self._inputs(task, "context-signature", self.roster.names)
+        for party in self.roster.names:
+            self._check_signed("context", "context", party, self._built_context, signatures[party])
+        context = self._pending_context
+        assert context is not None
         self.context = context
         self._rules = CiphertextRules(context)
         self.on_context(context)
-        return _named([("context-sha256", hashlib.sha256(expected).digest())])
+        if self.make_stats is None:
+            raise ProtocolError(f"party {self.name!r} has no statistics to commit to")
+        share = self.make_stats(context)
+        digests = [hashlib.sha256(piece).digest() for piece in share.pieces]
+        signature = self._signing_key.sign(
+            signed.STATS, signed.stats_digest_parts(self.job_id, self.name, share.rows, digests)
+        )
+        self.stats_share = StatsShare(pieces=share.pieces, rows=share.rows, signature=signature)
+        commitment = _stats_commitment(share.rows, digests)
+        self._sent["stats-commitment"] = commitment
+        return _named([("stats-commitment", commitment), ("stats-commitment-signature", signature)])
+
+    def _step_stats_release(self, task: pb.CollectiveTask) -> pb.KeyHolderResult:
+        """Every party's signed commitment in hand, this party's statistics may go out."""
+        pieces = len(stats_protocol(len(self.features), self.params).piece_sizes)
+        names = self.roster.names
+        commitments = self._inputs(task, "stats-commitment", names)
+        signatures = self._inputs(task, "stats-commitment-signature", names)
+        self._own("stats-commitment", commitments[self.name])
+        for party in names:
+            rows, digests = _parse_stats_commitment(commitments[party], pieces, party=party)
+            try:
+                verify_signature(
+                    self.roster.keys[party],
+                    signatures[party],
+                    signed.STATS,
+                    signed.stats_digest_parts(self.job_id, party, rows, digests),
+                )
+            except PermissionDenied as err:
+                raise PermissionDenied(
+                    f"stats-release: the statistics commitment relayed as {party!r}'s is not "
+                    f"signed by {party!r}"
+                ) from err
+            self._stats_commitments[party] = (rows, digests)
+        self.stats_released.set()
+        return _named([])
 
     # ----- statistics ----------------------------------------------------------------------
 
@@ -480,6 +648,15 @@ class CollectiveMember:
                 signed.STATS,
                 signed.stats_parts(self.job_id, party, share.rows, share.pieces),
             )
+            rows, digests = self._stats_commitments[party]
+            if share.rows != rows or not all(
+                hmac.compare_digest(hashlib.sha256(piece).digest(), digest)
+                for piece, digest in zip(share.pieces, digests, strict=True)
+            ):
+                raise ProtocolError(
+                    f"stats: the statistics relayed as {party!r}'s differ from its signed "
+                    f"commitment; no decryption share"
+                )
             protocol.check_share(self.context, share, party=party)
             shares.append(share)
         self._declared_rows = sum(share.rows for share in shares)
@@ -531,27 +708,72 @@ class CollectiveMember:
             learning_rate=options.learning_rate,
             l2=options.l2,
             sigmoid_interval=options.sigmoid_interval,
+            model=options.model,
+            classes=options.classes,
+            rows=summary.count,
         )
         return pb.KeyHolderResult(
             collective=pb.CollectiveResult(values=[float(summary.count), summary.curvature])
         )
 
+    def _step_label_commit(self, task: pb.CollectiveTask) -> pb.KeyHolderResult:
+        """Encrypt this party's label term (standardized by the statistics just decrypted) and
+        answer its signed digest; the term itself goes out at ``label-release``."""
+        assert self.context is not None and self.summary is not None
+        if self.make_label_term is None:
+            raise ProtocolError(f"party {self.name!r} has no label term to commit to")
+        term = self.make_label_term(self.context, self.summary)
+        digest = hashlib.sha256(term).digest()
+        signature = self._signing_key.sign(
+            signed.LABEL_TERM, signed.label_term_parts(self.job_id, self.name, term)
+        )
+        self.label_term = term
+        self._sent["label-term-sha256"] = digest
+        return _named([("label-term-sha256", digest), ("label-term-signature", signature)])
+
+    def _step_label_release(self, task: pb.CollectiveTask) -> pb.KeyHolderResult:
+        """Every party's signed label-term digest in hand, this party's term may go out."""
+        names = self.roster.names
+        digests = self._inputs(task, "label-term-sha256", names)
+        signatures = self._inputs(task, "label-term-signature", names)
+        self._own("label-term-sha256", digests[self.name])
+        for party in names:
+            try:
+                verify_signature(
+                    self.roster.keys[party],
+                    signatures[party],
+                    signed.LABEL_TERM,
+                    signed.label_term_digest_parts(self.job_id, party, digests[party]),
+                )
+            except PermissionDenied as err:
+                raise PermissionDenied(
+                    f"label-release: the label-term commitment relayed as {party!r}'s is not "
+                    f"signed by {party!r}"
+                ) from err
+        self._label_commitments = digests
+        self.label_released.set()
+        return _named([])
+
     # ----- training --------------------------------------------------------------------------
 
     def _check_setup(self, setup: pb.TrainingSetup) -> None:
         assert self.summary is not None and self.hyper is not None
-        hyper, columns = self.hyper, len(self.features) + 1
+        hyper = self.hyper
+        columns = hyper.outputs * (len(self.features) + 1)
         expected = {
             "rows": (setup.rows, self.summary.count),
             "columns": (setup.columns, columns),
             "iterations": (setup.iterations, hyper.iterations),
             "learning rate": (setup.learning_rate, hyper.learning_rate),
-            "weight scale": (setup.weight_scale, hyper.sigmoid.encrypted_form()[0]),
+            "weight scale": (setup.weight_scale, hyper.weight_scale),
         }
         wrong = [
             f"{k} {got} (expected {want})" for k, (got, want) in expected.items() if got != want
         ]
-        if not wrong and list(setup.l2) != l2_vector(columns, hyper.l2).tolist():
+        if (
+            not wrong
+            and list(setup.l2) != l2_vector(columns, hyper.l2, outputs=hyper.outputs).tolist()
+        ):
             wrong.append(f"l2 {list(setup.l2)}")
         if wrong:
             raise ProtocolError(f"training setup refused: {', '.join(wrong)}")
@@ -572,14 +794,22 @@ class CollectiveMember:
         assert self.context is not None
         terms = self._inputs(task, "label-term", self.roster.names)
         signatures = self._inputs(task, "label-term-signature", self.roster.names)
-        for party in self.roster.names:  # the sum of the roster's signed label terms only
+        for party in self.roster.names:  # the sum of the roster's committed label terms only
+            if not hmac.compare_digest(
+                hashlib.sha256(terms[party]).digest(), self._label_commitments[party]
+            ):
+                raise ProtocolError(
+                    f"setup: the label term relayed as {party!r}'s differs from its signed "
+                    f"commitment; no EncToShare share"
+                )
             verify_signature(
                 self.roster.keys[party],
                 signatures[party],
                 signed.LABEL_TERM,
                 signed.label_term_parts(self.job_id, party, terms[party]),
             )
-        columns = len(self.features) + 1
+        assert self.hyper is not None
+        columns = self.hyper.outputs * (len(self.features) + 1)  # output-major
         total = sealio.add_vectors(
             self.context,
             (terms[p] for p in self.roster.names),
@@ -640,9 +870,10 @@ class CollectiveMember:
     def _step_model(self, task: pb.CollectiveTask) -> pb.KeyHolderResult:
         assert self._setup is not None and self._masks is not None
         masked = np.asarray(task.values, dtype=np.float64)
-        if masked.shape != (self._setup.columns,):
+        if masked.shape != (self._setup.columns,) or not np.all(np.isfinite(masked)):
             raise ProtocolError(
-                f"masked model of {masked.size} values for {self._setup.columns} columns"
+                f"model: a masked model of {masked.size} values (finite: "
+                f"{bool(np.all(np.isfinite(masked)))}) for {self._setup.columns} columns"
             )
         self._masked_model = masked
         payload = json.dumps(
@@ -651,28 +882,79 @@ class CollectiveMember:
         return self._seal_to_others(task, "model", payload)
 
     def _step_model_open(self, task: pb.CollectiveTask) -> pb.KeyHolderResult:
+        """Unmask the model with every party's mask share (each checked: ``columns`` finite
+        values, the same masked model); answer the model's digest, signed, for every party to
+        compare (``model-confirm``)."""
         assert (
-            self._masked_model is not None and self._masks is not None and self.summary is not None
+            self._masked_model is not None and self._masks is not None and self._setup is not None
         )
+        columns = self._setup.columns
         opened = self._open_boxes(task, "model")
         masks = {self.name: self._masks[1]}
         for sender, payload in opened.items():
-            content = json.loads(payload)
-            if content["masked_model_sha256"] != _digest(self._masked_model):
+            try:
+                content = json.loads(payload)
+                digest = content["masked_model_sha256"]
+                mask = np.asarray(content["velocity_mask"], dtype=np.float64)
+            except (ValueError, TypeError, KeyError) as err:
+                raise ProtocolError(f"model-open: {sender!r}'s mask share is malformed") from err
+            if digest != _digest(self._masked_model):
                 raise ProtocolError(f"{sender!r} was sent another masked model than this party")
-            masks[sender] = np.asarray(content["velocity_mask"], dtype=np.float64)
+            if mask.shape != (columns,) or not np.all(np.isfinite(mask)):
+                raise ProtocolError(
+                    f"model-open: {sender!r}'s mask share is not {columns} finite values"
+                )
+            masks[sender] = mask
         weights = self._masked_model.copy()
         for party in self.roster.names:  # in roster order: every party gets the same bits
             weights -= masks[party]
+        self._candidate = weights.tolist()
+        digest_bytes = bytes.fromhex(_digest(weights))
+        return _named(
+            [
+                ("model-sha256", digest_bytes),
+                ("model-sha256-signature", self._sign("model-open", digest_bytes)),
+            ]
+        )
+
+    def _step_model_confirm(self, task: pb.CollectiveTask) -> pb.KeyHolderResult:
+        """Keep the model only if every party signed the digest of the same one: a party that
+        sent others another mask share (or a wrong one) is found here, by name."""
+        assert self._candidate is not None and self.summary is not None
+        digests = self._signed_inputs(task, "model-sha256", "model-open")
+        own = bytes.fromhex(_digest(np.asarray(self._candidate)))
+        differ = [p for p in self.roster.names if not hmac.compare_digest(digests[p], own)]
+        if differ:
+            raise ProtocolError(
+                f"model-confirm: parties {differ} unmasked another model than {self.name!r}; "
+                f"no model"
+            )
         self.model = {
             "job_id": self.job_id,
             "features": list(self.features),
             "mean": self.summary.mean.tolist(),
             "std": self.summary.std.tolist(),
-            "weights": weights.tolist(),
+            "weights": self._candidate,
             "intermediate": [],
         }
         return _named([])
+
+
+def _key_commitment(public_key_share: bytes, relin_key_round1: bytes) -> bytes:
+    return hashlib.sha256(public_key_share).digest() + hashlib.sha256(relin_key_round1).digest()
+
+
+def _stats_commitment(rows: int, digests: Sequence[bytes]) -> bytes:
+    return rows.to_bytes(8, "little") + b"".join(digests)
+
+
+def _parse_stats_commitment(data: bytes, pieces: int, *, party: str) -> tuple[int, list[bytes]]:
+    """Raises: ProtocolError: not a commitment to ``pieces`` statistics ciphertexts."""
+    if len(data) != 8 + 32 * pieces:
+        raise ProtocolError(f"stats-release: {party!r}'s statistics commitment is malformed")
+    return int.from_bytes(data[:8], "little"), [
+        data[8 + 32 * i : 8 + 32 * (i + 1)] for i in range(pieces)
+    ]
 
 
 def _digest(values: Array) -> str:

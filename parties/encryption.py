@@ -52,6 +52,8 @@ class Upload:
         model: The job's model (its label term); logistic if not given.
         signing_key: Signs the label term (collective mode: parties EncToShare only the sum of
             signed label terms).
+        label_term: The label term, encrypted already (collective mode: the one this party
+            committed to before any party's went out).
 
     Attributes:
         encrypt_s: Time spent encrypting so far.
@@ -68,8 +70,10 @@ class Upload:
         standardization: pb.Standardization,
         model: Model | None = None,
         signing_key: SigningKey | None = None,
+        label_term: bytes | None = None,
     ) -> None:
         self._signing_key = signing_key
+        self._label_term = label_term
         self._job_id = job_id
         self._model = model or get_model("logistic")
         self._party = party
@@ -82,7 +86,7 @@ class Upload:
         self.encrypt_s = 0.0
 
     def chunks(self) -> Iterator[pb.UploadChunk]:
-        label = sealio.serialize(
+        label = self._label_term or sealio.serialize(
             ts.ckks_vector(self._context, self._model.label_term(self._columns, self._labels))
         )
         seq, size = 0, 0

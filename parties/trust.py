@@ -73,8 +73,9 @@ class Provisioned:
         assert self._charter is not None
         return {e.name: e.signing_public_key for e in self._charter.roster}
 
-    def check_offer(self, info: pb.JobInfo, *, job_id: str) -> None:
-        """Joining party: the job is the one it was told to expect, signed by its key holder.
+    def check_offer(self, info: pb.JobInfo, *, job_id: str, trust: pb.TrustMode) -> None:
+        """Joining party: the job is the one it was told to expect, in the trust mode it was
+        told to expect (``hefl party --trust``), signed by its key holder.
 
         Raises:
             PermissionDenied: See :func:`hefl.charter.check_expected`.
@@ -88,6 +89,7 @@ class Provisioned:
             me=self.identity.name,
             expected_roster=self._roster,
             sites=self._sites,
+            trust=trust,
         )
         self._charter = info.charter
 
@@ -140,8 +142,13 @@ class Unverified:
     def roster_keys(self) -> None:
         return None
 
-    def check_offer(self, info: pb.JobInfo, *, job_id: str) -> None:
-        pass
+    def check_offer(self, info: pb.JobInfo, *, job_id: str, trust: pb.TrustMode) -> None:
+        """Raises PermissionDenied for collective mode: without kits, there is none."""
+        if trust == pb.COLLECTIVE:
+            raise PermissionDenied(
+                f"job {job_id}: collective mode needs the project's kits (--kit, --roster); "
+                f"without them, join with --trust key-holder"
+            )
 
     def check_context(self, context_bytes: bytes) -> None:
         pass

@@ -206,7 +206,7 @@ class Deployment:
                        "--kit", str(self.project / name), "--job", JOB, "--roster", roster,
                        "--data", str(files.train), "--label", self.label,
                        "--model-out", str(files.model), "--result-out", str(files.result_path),
-                       "--reconnect-timeout", str(reconnect_s)]  # fmt: skip
+                       "--reconnect-timeout", str(reconnect_s), "--trust", "key-holder"]  # fmt: skip
             if name == KEY_HOLDER:
                 command += ["--key-holder", "--iterations", str(iterations)]
             else:

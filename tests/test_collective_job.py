@@ -13,11 +13,20 @@ import numpy as np
 import pytest
 import tenseal as ts
 
-from coordinator.collective import CollectiveInputs, Relay, decrypt_statistics, generate_keys, train
+from coordinator.collective import (
+    CollectiveInputs,
+    Relay,
+    commit_label_terms,
+    commit_statistics,
+    decrypt_statistics,
+    generate_keys,
+    train,
+)
 from coordinator.gradient import GradientKernel
 from hefl import sealio, signed
 from hefl.algorithm import add_bias, choose_hyperparameters, label_term, standardize, train_replica
 from hefl.errors import ProtocolError
+from hefl.models.base import KernelForm
 from hefl.params import get_parameter_set
 from hefl.protocols.collective.step import stats_protocol
 from hefl.v1 import hefl_pb2 as pb
@@ -73,15 +82,14 @@ class MemoryPool:
         self._kernel = GradientKernel(context)
 
     def gradient(
-        self, masked_weights: Sequence[bytes], unmask: Sequence[float], *, a: float, b: float
+        self, masked_weights: Sequence[bytes], unmask: Sequence[float], *, form: KernelForm
     ) -> list[list[bytes]]:
         weights = [sealio.deserialize(self._context, w, what="weights") for w in masked_weights]
         assert not any(unmask)
         sums = self._kernel.gradient_sums(
             [GradientKernel.open(w) for w in weights],
             [[GradientKernel.open(c) for c in self._columns]],
-            a=a,
-            b=b,
+            form,
         )
         slots = PARAMS.slots
         return [[sealio.vector_bytes(g, size=slots, scale=g.scale) for g in sums]]
@@ -115,9 +123,21 @@ def run() -> dict:
         )
         for p in PARTIES
     }
+    protocol = stats_protocol(len(features), PARAMS)
+    for p, rows in zip(PARTIES, parts, strict=True):
+        members[p].make_stats = lambda context, rows=rows: protocol.gen_share(context, x[rows])
+        members[p].make_label_term = lambda context, summary, rows=rows: sealio.serialize(
+            ts.ckks_vector(
+                context,
+                label_term(
+                    add_bias(standardize(x[rows], summary.mean, summary.std)), y[rows]
+                ).tolist(),
+            )
+        )
     links = {p: AnswererLink(TaskAnswerer(m)) for p, m in members.items()}
     relay = Relay(links)
     keys = generate_keys(relay, job_id=JOB, params=PARAMS)
+    commit_statistics(relay, keys)
     context = ts.context_from(keys.context_bytes)
     hellos = [
         pb.PartyHello(
@@ -131,18 +151,11 @@ def run() -> dict:
         )
         for p in PARTIES
     ]
-    protocol = stats_protocol(len(features), PARAMS)
     stats = []
-    for p, rows in zip(PARTIES, parts, strict=True):
-        share = protocol.gen_share(members[p].context, x[rows])
-        signature = signing[p].sign(
-            signed.STATS, signed.stats_parts(JOB, p, share.rows, share.pieces)
-        )
-        stats.append(
-            pb.SubmitStatsRequest(
-                job_id=JOB, party=p, ciphertexts=share.pieces, rows=share.rows, signature=signature
-            )
-        )
+    for p in PARTIES:
+        share = members[p].stats_share
+        assert share is not None and members[p].stats_released.is_set()
+        stats.append(share.to_proto(job_id=JOB, party=p))
     count, curvature = decrypt_statistics(relay, stats=stats, hellos=hellos)
     summary = members[PARTIES[0]].summary
     assert summary is not None
@@ -157,12 +170,8 @@ def run() -> dict:
             vector = ts.ckks_vector(context, values.tolist())
             total = vector if total is None else total + vector
         columns.append(sealio.serialize(total))
-    label_terms = {
-        p: sealio.serialize(
-            ts.ckks_vector(members[p].context, label_term(xs[rows], y[rows]).tolist())
-        )
-        for p, rows in zip(PARTIES, parts, strict=True)
-    }
+    commit_label_terms(relay)
+    label_terms = {p: members[p].label_term or b"" for p in PARTIES}
     signatures = {
         p: signing[p].sign(signed.LABEL_TERM, signed.label_term_parts(JOB, p, term))
         for p, term in label_terms.items()
@@ -214,7 +223,7 @@ def test_every_party_gets_the_replica_model(run: dict) -> None:
 def test_no_party_takes_a_step_twice_or_out_of_order(run: dict) -> None:
     member = run["members"][PARTIES[0]]
     answerer = run["links"][PARTIES[0]].answerer
-    for step in ("seed-commit", "keys", "context", "stats", "setup", "model"):
+    for step in ("seed-commit", "keys", "context", "stats-commit", "stats", "setup", "model"):
         with pytest.raises(ProtocolError, match="refused"):
             member.handle(pb.KeyHolderTask(collective=pb.CollectiveTask(step=step)))
     with pytest.raises(ProtocolError, match="iterations are done"):

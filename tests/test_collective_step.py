@@ -173,3 +173,25 @@ def test_products_modulo_the_large_primes_are_exact(name: str) -> None:
         padded_b = np.zeros_like(padded_a)
         padded_a[row], padded_b[row] = a[0], b[0]
         assert ring.mul(padded_a, padded_b)[row].tolist() == exact[0].tolist()
+
+
+@pytest.mark.parametrize("name", ["n8192-depth4", "n16384-depth4"])
+def test_the_long_double_and_python_integer_products_agree(name: str) -> None:
+    """Both paths of _mulmod_large (long double where it has a 64-bit mantissa, Python integers
+    elsewhere) give the same residues; this machine's path is the one its long double allows."""
+    import hefl.protocols.collective.ring as ring_module
+    from hefl.params import get_parameter_set
+
+    assert ring_module.LONG_DOUBLE_MULMOD == (np.finfo(np.longdouble).nmant >= 63)
+    ring = ring_module.ring_for(get_parameter_set(name))
+    rng = np.random.default_rng(6)
+    for q in ring.primes:
+        a = np.concatenate([rng.integers(0, q, 5000, dtype=np.uint64), [0, 1, q - 1, q - 2]])
+        b = np.concatenate([rng.integers(0, q, 5000, dtype=np.uint64), [q - 1, q - 1, q - 1, 2]])
+        a, b = a.astype(np.uint64), b.astype(np.uint64)
+        exact = ring_module._mulmod_python(a, b, q)
+        assert exact.dtype == np.uint64 and int(exact.max()) < q
+        expected = [(int(x) * int(y)) % q for x, y in zip(a.tolist(), b.tolist(), strict=True)]
+        assert exact.tolist() == expected
+        if ring_module.LONG_DOUBLE_MULMOD:
+            assert ring_module._mulmod_long_double(a, b, q).tolist() == expected

@@ -70,10 +70,6 @@ def _upload(running: RunningCoordinator, context: ts.Context, party: str) -> Non
 
 def _upload_chunk(context: ts.Context, party: str) -> pb.UploadChunk:
     """Every ciphertext of a party of this 12-row job (one block) and its label term."""
-    running.stub.Upload(iter([_upload_chunk(context, party)]))
-
-
-def _upload_chunk(context: ts.Context, party: str) -> pb.UploadChunk:
     columns = [
         pb.EncryptedColumn(
             block=0, feature=j, ciphertext=sealio.serialize(ts.ckks_vector(context, np.zeros(4096)))

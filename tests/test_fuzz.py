@@ -447,6 +447,7 @@ def _honest_party(project: Path, address: str, name: str, out: dict[str, object]
         roster=ROSTER,
         job=HONEST_JOB,
         key_holder=name == "kh",
+        trust="key-holder",
         iterations=4,
         join_timeout_s=120,
     )

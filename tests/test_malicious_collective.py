@@ -196,14 +196,14 @@ def test_statistics_other_than_the_signed_sum_get_no_decryption_share(project, t
 
 def test_a_label_term_other_than_the_signed_one_gets_no_share(project, tmp_path):
     """The coordinator passes another ciphertext (here another party's) off as a party's label
-    term: its signature does not verify, so no party EncToShares the sum."""
+    term: it is not the one that party committed to, so no party EncToShares the sum."""
 
     def swap(task: pb.CollectiveTask) -> None:
         terms = [item for item in task.inputs if item.name.startswith("label-term/")]
         terms[1].data = terms[0].data
 
     outcome, answers = _run(project, tmp_path, _at("setup", swap))
-    _refused_by_all(outcome, "label-term signature does not verify")
+    _refused_by_all(outcome, "the label term relayed as 'hb''s differs from its signed commitment")
     shares = [o for a in answers for o in a.collective.outputs if o.name == "label-term"]
     assert shares == []
 

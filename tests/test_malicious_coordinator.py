@@ -120,6 +120,7 @@ def _run(project: Path, tmp_path: Path, tampering: Tampering) -> dict[str, BaseE
             roster=ROSTER,
             job=JOB,
             key_holder=name == "kh",
+            trust="key-holder",
             iterations=2,
             join_timeout_s=30,
             # A party left waiting when the server stops gives up soon after.

@@ -45,7 +45,7 @@ def _offer(
 
 def test_the_expected_job_passes(project):
     h2 = _trust(project, "h2")
-    h2.check_offer(_offer(project), job_id="job-1")
+    h2.check_offer(_offer(project), job_id="job-1", trust=pb.KEY_HOLDER)
     h2.check_context(b"public context")
 
 
@@ -85,19 +85,19 @@ def test_a_tampered_offer_is_refused(project, tamper, message):
     else:
         offer.ClearField("charter")
     with pytest.raises(PermissionDenied, match=message):
-        _trust(project, "h2").check_offer(offer, job_id="job-1")
+        _trust(project, "h2").check_offer(offer, job_id="job-1", trust=pb.KEY_HOLDER)
 
 
 def test_a_swapped_context_is_refused(project):
     h2 = _trust(project, "h2")
-    h2.check_offer(_offer(project), job_id="job-1")
+    h2.check_offer(_offer(project), job_id="job-1", trust=pb.KEY_HOLDER)
     with pytest.raises(PermissionDenied, match="not the one its key holder signed"):
         h2.check_context(b"the coordinator's own context")
 
 
 def test_only_a_model_the_key_holder_sealed_opens(project):
     h2 = _trust(project, "h2")
-    h2.check_offer(_offer(project), job_id="job-1")
+    h2.check_offer(_offer(project), job_id="job-1", trust=pb.KEY_HOLDER)
     key = SealingKey()
     box = seal(key.public_bytes, b"model", associated=b"job-1/h2")
 
@@ -119,3 +119,38 @@ def test_only_a_model_the_key_holder_sealed_opens(project):
     for forger in (SigningKey.generate(), _trust(project, "h3").signing_key):
         with pytest.raises(PermissionDenied, match="model signature does not verify"):
             h2.check_model(sealed(forger))
+
+
+def test_a_roster_party_cannot_sign_a_collective_job_down_to_key_holder(project):
+    """downgrade.py: h3 (on the roster, with the coordinator) offers h2 a KEY_HOLDER charter of
+    the expected job and roster, signed by itself, over a context of its own. h2, joining in
+    collective mode (``hefl party``'s default), refuses it before anything else happens."""
+    charter, signature = _trust(project, "h3").charter(
+        job_id="job-1",
+        parameter_set="n8192-depth4",
+        options=pb.TrainingOptions(iterations=7),
+        context_bytes=b"h3's own private context",
+    )
+    offer = pb.JobInfo(job_id="job-1", charter=charter, charter_signature=signature)
+    h2 = _trust(project, "h2")
+    with pytest.raises(
+        PermissionDenied,
+        match="its charter is in KEY_HOLDER mode, and this party joins only in COLLECTIVE mode",
+    ):
+        h2.check_offer(offer, job_id="job-1", trust=pb.COLLECTIVE)
+    h2.check_offer(offer, job_id="job-1", trust=pb.KEY_HOLDER)  # as asked for, it passes
+
+
+def test_a_collective_charter_is_refused_by_a_key_holder_party_and_taken_by_a_collective_one(
+    project,
+):
+    charter, signature = _trust(project, "kh").charter(
+        job_id="job-1",
+        parameter_set="n8192-depth4",
+        options=pb.TrainingOptions(iterations=7),
+        context_bytes=None,
+    )
+    offer = pb.JobInfo(job_id="job-1", charter=charter, charter_signature=signature)
+    _trust(project, "h2").check_offer(offer, job_id="job-1", trust=pb.COLLECTIVE)
+    with pytest.raises(PermissionDenied, match="COLLECTIVE mode, and this party joins only in"):
+        _trust(project, "h3").check_offer(offer, job_id="job-1", trust=pb.KEY_HOLDER)

@@ -397,9 +397,9 @@ def _party_args(
     args += ["--model-out", str(files.model), "--result-out", str(files.result_path)]
     if config.model:
         args += ["--model", config.model]
+    args += ["--trust", config.trust]  # every party: a joiner refuses a charter of another mode
     if key_holder:
         args += ["--key-holder", "--parameter-set", config.parameter_set, *_option_args(config)]
-        args += ["--trust", config.trust]
         if config.insecure:  # without a charter, the job only knows how many to wait for
             args += ["--parties", str(config.parties)]
     else:

@@ -186,9 +186,23 @@ class RnsRing:
         return np.where(total > modulus // 2, total - modulus, total)
 
 
+# The long-double quotient below is exact enough only with x87's 80-bit format (64-bit
+# mantissa); where long double is IEEE double (ARM64 macOS, Windows) or double-double (POWER),
+# the products take the exact Python-integer path instead.
+LONG_DOUBLE_MULMOD = bool(np.finfo(np.longdouble).nmant >= 63)
+
+
 def _mulmod_large(a: Poly, b: Poly, q: int) -> Poly:
-    """a b mod q for residues below q < 2^62, exactly: the quotient estimated in long double
-    (64-bit mantissa: off by at most one), the remainder in wrapping uint64 then corrected."""
+    """a b mod q for residues below q < 2^62, exactly (:data:`LONG_DOUBLE_MULMOD` picks the
+    path)."""
+    if LONG_DOUBLE_MULMOD:
+        return _mulmod_long_double(a, b, q)
+    return _mulmod_python(a, b, q)
+
+
+def _mulmod_long_double(a: Poly, b: Poly, q: int) -> Poly:
+    """The quotient estimated in long double (64-bit mantissa: off by at most one), the
+    remainder in wrapping uint64 then corrected. 4x faster than :func:`_mulmod_python`."""
     modulus = np.uint64(q)
     estimate = np.floor(
         a.astype(np.longdouble) * b.astype(np.longdouble) / np.longdouble(q)
@@ -197,6 +211,11 @@ def _mulmod_large(a: Poly, b: Poly, q: int) -> Poly:
     remainder = np.where(remainder < 0, remainder + np.int64(q), remainder)
     remainder = np.where(remainder >= np.int64(q), remainder - np.int64(q), remainder)
     return remainder.astype(np.uint64)
+
+
+def _mulmod_python(a: Poly, b: Poly, q: int) -> Poly:
+    """The same product in Python integers: exact on every platform."""
+    return ((a.astype(object) * b.astype(object)) % q).astype(np.uint64)
 
 
 @functools.cache
