@@ -24,9 +24,11 @@ from coordinator.collective import (
 )
 from coordinator.gradient import GradientKernel
 from hefl import sealio, signed
-from hefl.algorithm import add_bias, choose_hyperparameters, label_term, standardize, train_replica
+from hefl.algorithm import add_bias, choose_hyperparameters, standardize, train_replica
 from hefl.errors import ProtocolError
+from hefl.models import Model, get_model
 from hefl.models.base import KernelForm
+from hefl.models.replica import train_model_replica
 from hefl.params import get_parameter_set
 from hefl.protocols.collective.step import stats_protocol
 from hefl.v1 import hefl_pb2 as pb
@@ -105,6 +107,11 @@ def _data(rows: int = 240, features: int = 5) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def run() -> dict:
     x, y = _data()
+    return _run_job(x, y, get_model("logistic"), pb.TrainingOptions())
+
+
+def _run_job(x: np.ndarray, y: np.ndarray, model: Model, options: pb.TrainingOptions) -> dict:
+    """A whole collective job of ``model``: three state machines, keys to model, in process."""
     parts = np.array_split(np.arange(len(y)), len(PARTIES))
     features = [f"f{j}" for j in range(x.shape[1])]
     signing = {p: SigningKey.generate() for p in PARTIES}
@@ -117,7 +124,7 @@ def run() -> dict:
             params=PARAMS,
             roster=roster,
             features=features,
-            options=pb.TrainingOptions(),
+            options=options,
             signing_key=signing[p],
             sealing_key=sealing[p],
         )
@@ -129,7 +136,7 @@ def run() -> dict:
         members[p].make_label_term = lambda context, summary, rows=rows: sealio.serialize(
             ts.ckks_vector(
                 context,
-                label_term(
+                model.label_term(
                     add_bias(standardize(x[rows], summary.mean, summary.std)), y[rows]
                 ).tolist(),
             )
@@ -176,7 +183,14 @@ def run() -> dict:
         p: signing[p].sign(signed.LABEL_TERM, signed.label_term_parts(JOB, p, term))
         for p, term in label_terms.items()
     }
-    hyper = choose_hyperparameters(curvature=curvature)
+    hyper = choose_hyperparameters(
+        curvature=curvature,
+        iterations=options.iterations,
+        l2=options.l2,
+        model=model.name,
+        classes=model.classes,
+        rows=count,
+    )
     report = train(
         CollectiveInputs(
             job=keys.job,
@@ -184,7 +198,7 @@ def run() -> dict:
             params=PARAMS,
             hyper=hyper,
             rows=count,
-            columns=xs.shape[1],
+            columns=hyper.outputs * xs.shape[1],
             label_terms=label_terms,
             label_term_signatures=signatures,
             hellos=tuple(hellos),
@@ -218,6 +232,35 @@ def test_every_party_gets_the_replica_model(run: dict) -> None:
         assert np.max(np.abs(weights - replica.weights)) < 5e-3
     assert run["count"] == len(run["y"])
     assert np.allclose(run["summary"].mean, run["x"].mean(axis=0), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["linear", "multiclass"])
+def test_other_models_train_collectively_to_their_replica(name: str) -> None:
+    """The model family in collective mode: the parties derive the model's hyperparameters and
+    its k x columns outputs as a key holder would, and every party gets the replica's model."""
+    x, y = _data()
+    if name == "linear":
+        y = x @ [0.5, -0.2, 1.0, 0.1, 0.0] + 0.1 * np.random.default_rng(3).normal(size=len(y))
+        model = get_model("linear")
+    else:
+        y = np.digitize(x @ [1.0, -0.5, 2.0, 0.3, 0.0], [0.0, 2.0]).astype(float)
+        model = get_model("multiclass", classes=3)
+    options = pb.TrainingOptions(iterations=6, model=name, classes=model.classes)
+    job = _run_job(x, y, model, options)
+    hyper = job["hyper"]
+    replica = train_model_replica(
+        hyper.family,
+        job["xs"],
+        y,
+        iterations=hyper.iterations,
+        learning_rate=hyper.learning_rate,
+        l2=hyper.l2,
+    )
+    tolerance = 5e-3 * max(1.0, float(np.abs(replica.weights).max()))
+    for member in job["members"].values():
+        weights = np.asarray(member.model["weights"])
+        assert weights.shape == (model.outputs * 6,)
+        np.testing.assert_allclose(weights, replica.weights, atol=tolerance)
 
 
 def test_no_party_takes_a_step_twice_or_out_of_order(run: dict) -> None:
