@@ -461,17 +461,107 @@ def test_kubernetes_probes_services_and_ray_address_agree():
         "name": cluster["spec"]["authOptions"]["secretName"],
         "key": "auth_token",
     }
+
+
+def _workdir(path: Path) -> str:
+    """Where the coordinator of ``path`` keeps its job directories (its ``--workdir``)."""
+    (argv,) = _hefl_command(path, "coordinator")
+    workdir = _option_value(argv, "--workdir")
+    assert workdir, f"{path.name}: the coordinator is given no --workdir"
+    return str(workdir)
+
+
+def _compose_mount_targets(service: dict[str, Any]) -> dict[str, str]:
+    """A compose service's mounts, target -> source (short and long syntax)."""
+    targets = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            targets[volume["target"]] = volume["source"]
+        else:
+            source, target = str(volume).split(":")[:2]
+            targets[target] = source
+    return targets
+
+
+def test_compose_mounts_the_job_directory_on_the_coordinator_only():
+    """Ray workers get their shards through Ray's object store: no Ray service needs the
+    coordinator's job directory, and none mounts it."""
+    services = _documents(COMPOSE)[0]["services"]
+    workdir = _workdir(COMPOSE)
+    mounts = {name: _compose_mount_targets(service) for name, service in services.items()}
+    work = mounts["coordinator"].get(workdir)
+    assert work in _documents(COMPOSE)[0]["volumes"], "the coordinator keeps no job directory"
+    ray_services = [
+        name for name, service in services.items() if service["command"][:2] == ["ray", "start"]
+    ]
+    assert {"ray-head", "ray-worker"} <= set(ray_services)
+    for name in ray_services:
+        assert mounts[name] == {}, f"{name} mounts {mounts[name]}"
+    # The job directory's volume is the coordinator's alone.
+    users = {name for name, targets in mounts.items() if work in targets.values()}
+    assert users == {"coordinator"}
+
+
+def test_kuberay_mounts_the_job_directory_on_the_coordinator_only():
+    """A ReadWriteOnce claim for the coordinator's Deployment; no Ray pod mounts anything."""
+    workdir = _workdir(K8S_COORDINATOR)
+    (deployment,) = _by_kind(K8S_COORDINATOR, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == workdir]
+    assert not mount.get("readOnly", False)
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
     (claim,) = _by_kind(RAYCLUSTER, "PersistentVolumeClaim")
-    claims = {
-        volume["persistentVolumeClaim"]["claimName"]
-        for spec in [
-            pod,
-            *(g["template"]["spec"] for g in [head, *cluster["spec"]["workerGroupSpecs"]]),
-        ]
-        for volume in spec["volumes"]
-        if "persistentVolumeClaim" in volume
-    }
-    assert claims == {claim["metadata"]["name"]}
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    # One coordinator at a time holds the claim, even during a rollout.
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+
+    (cluster,) = _by_kind(RAYCLUSTER, "RayCluster")
+    groups = [cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]]
+    assert len(groups) >= 2
+    for group in groups:
+        spec = group["template"]["spec"]
+        assert spec.get("volumes", []) == []
+        for ray_container in [*spec["containers"], *spec.get("initContainers", [])]:
+            assert ray_container.get("volumeMounts", []) == [], ray_container["name"]
+
+
+def test_ray_up_keeps_the_job_directory_on_the_head_node_only():
+    """The coordinator runs on the head (``--ray-address auto``) with its job directories in a
+    local directory of the head VM; no node mounts a shared file system."""
+    config = _documents(RAY_UP)[0]
+    (argv,) = _hefl_command(RAY_UP, "coordinator")
+    assert _option_value(argv, "--ray-address") == "auto"
+    assert any(
+        "hefl coordinator" in command for command in config["head_start_ray_commands"]
+    )
+    workdir = _workdir(RAY_UP)
+
+    def mounts(options: list[str]) -> list[str]:
+        words = shlex.split(" ".join(options))
+        return [words[i + 1] for i, w in enumerate(words) if w in {"--volume", "-v", "--mount"}]
+
+    docker = config["docker"]
+    (head_mount,) = [m for m in mounts(docker["head_run_options"]) if m.split(":")[1] == workdir]
+    host_dir = head_mount.split(":")[0]
+    # Options for every node, or for the workers: none of hefl's.
+    assert mounts(docker.get("run_options", [])) == []
+    assert mounts(docker.get("worker_run_options", [])) == []
+    # The head prepares its local directory; ray up runs the top-level initialization commands
+    # on the head, and each worker type's own list (here empty) on its nodes.
+    assert any(host_dir in command for command in config["initialization_commands"])
+    for name, node_type in config["available_node_types"].items():
+        if name == config["head_node_type"]:
+            assert "docker" not in node_type
+            continue
+        assert node_type.get("initialization_commands") == [], name
+        assert "worker_setup_commands" not in node_type or not any(
+            host_dir in c for c in node_type["worker_setup_commands"]
+        )
+        assert "docker" not in node_type, name
+    assert not re.search(r"\b(nfs4?|efs)\b", RAY_UP.read_text(), flags=re.I)
 
 
 def test_the_kubernetes_kit_is_what_provision_writes(tmp_path):
