@@ -254,7 +254,7 @@ class JobDriver:
             ),
             pool=pool,
             relay=relay,
-            on_iteration=job.set_iteration,
+            on_iteration=self._on_iteration(job),
         )
         job.finish(
             [],
@@ -374,6 +374,18 @@ class JobDriver:
             hyper.iterations,
         )
 
+    def _on_iteration(self, job: Job) -> Callable[[int], None]:
+        """What hears of each completed iteration, in either trust mode: the job's status, and
+        the operator's iteration timer (metrics) if one is set."""
+        timer = self._iteration_timer() if self._iteration_timer else None
+
+        def on_iteration(done: int) -> None:
+            job.set_iteration(done)
+            if timer is not None:
+                timer(done)
+
+        return on_iteration
+
     def _make_pool(self) -> GradientPool:
         job = self._job
         assert job.layout is not None
@@ -390,13 +402,6 @@ class JobDriver:
         load_s = time.perf_counter() - started
         options = job.options  # resolved when the standardization was published
         hyper = messages.hyperparameters_of(options)
-        timer = self._iteration_timer() if self._iteration_timer else None
-
-        def on_iteration(done: int) -> None:
-            job.set_iteration(done)
-            if timer is not None:
-                timer(done)
-
         sealed, report = train(
             TrainingInputs(
                 context=job.context,
@@ -411,7 +416,7 @@ class JobDriver:
             pool=pool,
             link=job.link,
             journal=self._journal,
-            on_iteration=on_iteration,
+            on_iteration=self._on_iteration(job),
             key_holder_timeout_s=self._deadlines.key_holder_s,
         )
         job.finish(
