@@ -85,7 +85,7 @@ import numpy as np
 import tenseal as ts
 
 from hefl import sealio, signed
-from hefl.algorithm import Hyperparameters, choose_hyperparameters, l2_vector, nesterov_step
+from hefl.algorithm import Hyperparameters, choose_hyperparameters, nesterov_step
 from hefl.codec import AggregateStats, Array
 from hefl.errors import InvalidArgument, PermissionDenied, ProtocolError
 from hefl.identity import verify_signature
@@ -122,6 +122,7 @@ from hefl.protocols.collective.step import (
     step_id,
 )
 from hefl.protocols.masks import RandomBytes
+from hefl.protocols.refresh import check_training_setup
 from hefl.protocols.stats import StatsRequest, StatsShare
 from hefl.v1 import hefl_pb2 as pb
 from hefl.validate import CiphertextRules, Expected
@@ -758,25 +759,9 @@ class CollectiveMember:
 
     def _check_setup(self, setup: pb.TrainingSetup) -> None:
         assert self.summary is not None and self.hyper is not None
-        hyper = self.hyper
-        columns = hyper.outputs * (len(self.features) + 1)
-        expected = {
-            "rows": (setup.rows, self.summary.count),
-            "columns": (setup.columns, columns),
-            "iterations": (setup.iterations, hyper.iterations),
-            "learning rate": (setup.learning_rate, hyper.learning_rate),
-            "weight scale": (setup.weight_scale, hyper.weight_scale),
-        }
-        wrong = [
-            f"{k} {got} (expected {want})" for k, (got, want) in expected.items() if got != want
-        ]
-        if (
-            not wrong
-            and list(setup.l2) != l2_vector(columns, hyper.l2, outputs=hyper.outputs).tolist()
-        ):
-            wrong.append(f"l2 {list(setup.l2)}")
-        if wrong:
-            raise ProtocolError(f"training setup refused: {', '.join(wrong)}")
+        check_training_setup(
+            setup, hyper=self.hyper, rows=self.summary.count, features=len(self.features)
+        )
 
     def _step_setup(self, task: pb.CollectiveTask) -> pb.KeyHolderResult:
         """Check the constants, EncToShare the summed label term."""

@@ -45,7 +45,7 @@ import tenseal as ts
 import tenseal.sealapi as sealapi
 
 from hefl import sealio, signed
-from hefl.algorithm import Hyperparameters, choose_hyperparameters, l2_vector
+from hefl.algorithm import Hyperparameters, choose_hyperparameters
 from hefl.codec import AggregateStats, Array
 from hefl.errors import ProtocolError
 from hefl.identity import verify_signature
@@ -55,6 +55,7 @@ from hefl.protocols.refresh import (
     RefreshRequest,
     RefreshSetup,
     RevealRequest,
+    check_training_setup,
 )
 from hefl.protocols.stats import StatsProtocol, StatsRequest, StatsShare, summary_to_proto
 from hefl.v1 import hefl_pb2 as pb
@@ -250,25 +251,9 @@ class KeyHolder:
         """The setup, if it is exactly the training this key holder's summary calls for."""
         setup = RefreshSetup.from_proto(message)
         assert self._summary is not None and self._hyper is not None
-        hyper = self._hyper
-        columns = hyper.outputs * (len(self._features) + 1)
-        expected = {
-            "rows": (setup.rows, self._summary.count),
-            "columns": (setup.columns, columns),
-            "iterations": (setup.iterations, hyper.iterations),
-            "learning rate": (setup.learning_rate, hyper.learning_rate),
-            "weight scale": (setup.weight_scale, hyper.weight_scale),
-        }
-        wrong = [
-            f"{k} {got} (expected {want})" for k, (got, want) in expected.items() if got != want
-        ]
-        if (
-            not wrong
-            and list(setup.l2) != l2_vector(columns, hyper.l2, outputs=hyper.outputs).tolist()
-        ):
-            wrong.append(f"l2 {list(setup.l2)}")
-        if wrong:
-            raise ProtocolError(f"training setup refused: {', '.join(wrong)}")
+        check_training_setup(
+            message, hyper=self._hyper, rows=self._summary.count, features=len(self._features)
+        )
         return setup
 
     # ----- stage 4: finalize -------------------------------------------------------------------

@@ -534,9 +534,7 @@ def test_ray_up_keeps_the_job_directory_on_the_head_node_only():
     config = _documents(RAY_UP)[0]
     (argv,) = _hefl_command(RAY_UP, "coordinator")
     assert _option_value(argv, "--ray-address") == "auto"
-    assert any(
-        "hefl coordinator" in command for command in config["head_start_ray_commands"]
-    )
+    assert any("hefl coordinator" in command for command in config["head_start_ray_commands"])
     workdir = _workdir(RAY_UP)
 
     def mounts(options: list[str]) -> list[str]:

@@ -81,6 +81,30 @@ def _floats(values: Sequence[float] | Array) -> tuple[float, ...]:
     return tuple(float(v) for v in values)
 
 
+def check_training_setup(
+    setup: pb.TrainingSetup, *, hyper: Hyperparameters, rows: int, features: int
+) -> None:
+    """What a party (the key holder, or every party in collective mode) accepts as the job's
+    training constants: exactly those its own decrypted summary and charter call for.
+
+    Raises:
+        ProtocolError: Any constant differs; the message names each one.
+    """
+    columns = hyper.outputs * (features + 1)
+    expected = {
+        "rows": (setup.rows, rows),
+        "columns": (setup.columns, columns),
+        "iterations": (setup.iterations, hyper.iterations),
+        "learning rate": (setup.learning_rate, hyper.learning_rate),
+        "weight scale": (setup.weight_scale, hyper.weight_scale),
+    }
+    wrong = [f"{k} {got} (expected {want})" for k, (got, want) in expected.items() if got != want]
+    if not wrong and list(setup.l2) != l2_vector(columns, hyper.l2, outputs=hyper.outputs).tolist():
+        wrong.append(f"l2 {list(setup.l2)}")
+    if wrong:
+        raise ProtocolError(f"training setup refused: {', '.join(wrong)}")
+
+
 @dataclass(frozen=True)
 class RefreshSetup:
     """What the key holder needs before the first round: public constants, masked state.
