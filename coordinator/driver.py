@@ -44,7 +44,6 @@ from coordinator.jobs import Job, ShuttingDown
 from coordinator.report import JobReport
 from coordinator.training import GradientPool, TrainingInputs, train
 from hefl import messages, sealio
-from hefl.algorithm import choose_hyperparameters
 from hefl.codec import PackingLayout
 from hefl.errors import FailedPrecondition
 from hefl.protocols.collective.step import stats_protocol
@@ -208,16 +207,7 @@ class JobDriver:
             raise FailedPrecondition(
                 f"the parties declare {declared} rows but their statistics count {count}"
             )
-        hyper = choose_hyperparameters(
-            curvature=curvature,
-            iterations=job.options.iterations,
-            learning_rate=job.options.learning_rate,
-            l2=job.options.l2,
-            sigmoid_interval=job.options.sigmoid_interval,
-            model=job.options.model,
-            classes=job.options.classes,
-            rows=count,
-        )
+        hyper = messages.resolve_hyperparameters(job.options, curvature=curvature, rows=count)
         layout = PackingLayout.assign(
             slots=job.params.slots, party_rows=[(p.name, p.rows) for p in job.parties.values()]
         )
@@ -341,15 +331,8 @@ class JobDriver:
         stats = protocol.accept_summary(
             summary_from_proto(result.values, features=protocol.features), shares
         )
-        hyper = choose_hyperparameters(
-            curvature=stats.curvature,
-            iterations=job.options.iterations,
-            learning_rate=job.options.learning_rate,
-            l2=job.options.l2,
-            sigmoid_interval=job.options.sigmoid_interval,
-            model=job.options.model,
-            classes=job.options.classes,
-            rows=stats.count,
+        hyper = messages.resolve_hyperparameters(
+            job.options, curvature=stats.curvature, rows=stats.count
         )
         layout = PackingLayout.assign(
             slots=job.params.slots, party_rows=[(p.name, p.rows) for p in job.parties.values()]

@@ -5,7 +5,7 @@ The protocols' messages (:mod:`hefl.protocols`) carry their own ``to_proto``/``f
 
 from __future__ import annotations
 
-from hefl.algorithm import Hyperparameters
+from hefl.algorithm import Hyperparameters, choose_hyperparameters
 from hefl.v1 import hefl_pb2 as pb
 
 
@@ -18,6 +18,24 @@ def hyperparameters_of(options: pb.TrainingOptions) -> Hyperparameters:
         sigmoid_interval=options.sigmoid_interval,
         model=options.model or "logistic",
         classes=options.classes,
+    )
+
+
+def resolve_hyperparameters(
+    options: pb.TrainingOptions, *, curvature: float, rows: int
+) -> Hyperparameters:
+    """A job's hyperparameters: what its options set, the rest chosen from the data's summary
+    (:func:`hefl.algorithm.choose_hyperparameters`). The coordinator and every party that checks
+    it derive them with this one function."""
+    return choose_hyperparameters(
+        curvature=curvature,
+        iterations=options.iterations,
+        learning_rate=options.learning_rate,
+        l2=options.l2,
+        sigmoid_interval=options.sigmoid_interval,
+        model=options.model,
+        classes=options.classes,
+        rows=rows,
     )
 
 

@@ -84,8 +84,8 @@ from dataclasses import dataclass
 import numpy as np
 import tenseal as ts
 
-from hefl import sealio, signed
-from hefl.algorithm import Hyperparameters, choose_hyperparameters, nesterov_step
+from hefl import messages, sealio, signed
+from hefl.algorithm import Hyperparameters, nesterov_step
 from hefl.codec import AggregateStats, Array
 from hefl.errors import InvalidArgument, PermissionDenied, ProtocolError
 from hefl.identity import verify_signature
@@ -703,15 +703,8 @@ class CollectiveMember:
             )
         self.summary = summary
         options = self.options
-        self.hyper = choose_hyperparameters(
-            curvature=summary.curvature,
-            iterations=options.iterations,
-            learning_rate=options.learning_rate,
-            l2=options.l2,
-            sigmoid_interval=options.sigmoid_interval,
-            model=options.model,
-            classes=options.classes,
-            rows=summary.count,
+        self.hyper = messages.resolve_hyperparameters(
+            options, curvature=summary.curvature, rows=summary.count
         )
         return pb.KeyHolderResult(
             collective=pb.CollectiveResult(values=[float(summary.count), summary.curvature])

@@ -44,8 +44,8 @@ import numpy as np
 import tenseal as ts
 import tenseal.sealapi as sealapi
 
-from hefl import sealio, signed
-from hefl.algorithm import Hyperparameters, choose_hyperparameters
+from hefl import messages, sealio, signed
+from hefl.algorithm import Hyperparameters
 from hefl.codec import AggregateStats, Array
 from hefl.errors import ProtocolError
 from hefl.identity import verify_signature
@@ -220,15 +220,8 @@ class KeyHolder:
             )
         self._summary = summary
         options = self._options
-        self._hyper = choose_hyperparameters(
-            curvature=summary.curvature,
-            iterations=options.iterations,
-            learning_rate=options.learning_rate,
-            l2=options.l2,
-            sigmoid_interval=options.sigmoid_interval,
-            model=options.model,
-            classes=options.classes,
-            rows=summary.count,
+        self._hyper = messages.resolve_hyperparameters(
+            options, curvature=summary.curvature, rows=summary.count
         )
         self._stage = "setup"
         return summary
