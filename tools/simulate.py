@@ -47,6 +47,8 @@ log = logging.getLogger("hefl.simulate")
 
 PROCESS_TIMEOUT_S = 3600.0
 REPORT_TIMEOUT_S = 30.0
+POLL_S = 0.1
+STOP_GRACE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,50 @@ class SimulationConfig:
 
 class SimulationFailed(HeflError):
     """A process of the simulation exited with an error; its log is named."""
+
+
+@dataclass(frozen=True)
+class Role:
+    """One process of the simulation, under the name a failure report gives it."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def failure(self, code: int, what: str = "exited") -> SimulationFailed:
+        """The error that says this process ended (``code``), with the end of its log."""
+        if code < 0:  # Popen's way of saying a signal ended it
+            what = f"{what} on {signal.Signals(-code).name}"
+        return SimulationFailed(
+            f"{self.name} {what} with code {code}; see {self.log}:\n{_tail(self.log)}"
+        )
+
+
+def wait_for_parties(parties: list[Role], coordinator: Role, *, timeout_s: float) -> None:
+    """Wait until every party has exited successfully, watching all of them at once.
+
+    Any party that fails, or a coordinator that exits while parties still run, fails the
+    simulation at once: the others would otherwise wait for it until their deadlines.
+
+    Raises:
+        SimulationFailed: A process failed (named, with its last log lines), or the parties
+            did not finish within ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    running = list(parties)
+    while running:
+        for role in running:
+            code = role.process.poll()
+            if code is not None and code != 0:
+                raise role.failure(code)
+        running = [role for role in running if role.process.poll() is None]
+        code = coordinator.process.poll()
+        if running and code is not None:
+            raise coordinator.failure(code, "exited before the parties finished")
+        if time.monotonic() > deadline:
+            names = ", ".join(role.name for role in running)
+            raise SimulationFailed(f"{names} did not finish within {timeout_s:.0f} s")
+        time.sleep(POLL_S)
 
 
 @dataclass(frozen=True)
@@ -268,10 +314,14 @@ def simulate(config: SimulationConfig) -> SimulationReport:
     remove_project(project)
     if not config.insecure:
         provision(project, parties=[p.name for p in parties], coordinator_hosts=("127.0.0.1",))
-    coordinator = _spawn(_coordinator_args(config, project, workdir, ready), coordinator_log)
-    processes: list[subprocess.Popen[bytes]] = []
+    coordinator = Role(
+        "coordinator",
+        _spawn(_coordinator_args(config, project, workdir, ready), coordinator_log),
+        coordinator_log,
+    )
+    roles: list[Role] = []
     memory = MemorySampler()
-    memory.add("coordinator", coordinator.pid)
+    memory.add("coordinator", coordinator.process.pid)
     memory.start()
     try:
         # The coordinator's Ray takes seconds to start: prepare the parties' data meanwhile.
@@ -282,28 +332,24 @@ def simulate(config: SimulationConfig) -> SimulationReport:
             # The key holder's rows may lack a class (label skew): it is told how many.
             config = replace(config, classes=family.classes)
         baseline = plaintext_baseline(parts.train_union, parts.test, family)
-        address = _wait_for_file(ready, coordinator, coordinator_log)
+        address = _wait_for_file(ready, coordinator.process, coordinator_log)
         for i, files in enumerate(parties):
+            key_holder = i == 0 and config.trust == "key-holder"
             args = _party_args(
                 config, project, parties, files, address, job_id, label_name, key_holder=i == 0
             )
-            processes.append(_spawn(args, files.log))
-            memory.add("party", processes[-1].pid)
-        for files, process in zip(parties, processes, strict=True):
-            code = process.wait(timeout=PROCESS_TIMEOUT_S)
-            if code != 0:
-                raise SimulationFailed(
-                    f"{files.name} exited with code {code}; see {files.log}:\n{_tail(files.log)}"
-                )
+            name = f"{files.name} (key holder)" if key_holder else files.name
+            roles.append(Role(name, _spawn(args, files.log), files.log))
+            memory.add("party", roles[-1].process.pid)
+        wait_for_parties(roles, coordinator, timeout_s=PROCESS_TIMEOUT_S)
         total_s = time.perf_counter() - started
         kit = None if config.insecure else project / parties[0].name
         job = fetch_job_report(address, job_id, kit=kit)
     finally:
         memory.stop()
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-        _stop(coordinator)
+        # The parties first: a party left running would reconnect to a stopping coordinator.
+        _stop([role.process for role in roles])
+        _stop([coordinator.process])
 
     results = [files.result() for files in parties]
     model = json.loads(parties[0].model.read_text())
@@ -484,13 +530,18 @@ def _wait_for_file(path: Path, process: subprocess.Popen[bytes], log_path: Path)
     raise SimulationFailed(f"the coordinator did not start within 120 s:\n{_tail(log_path)}")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
+def _stop(processes: list[subprocess.Popen[bytes]], grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM to those still running, then SIGKILL to any still running after ``grace_s``."""
+    running = [p for p in processes if p.poll() is None]
+    for process in running:
         process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for process in running:
         try:
-            process.wait(timeout=30)
+            process.wait(timeout=max(deadline - time.monotonic(), 0.0))
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait()
 
 
 def _tail(path: Path, lines: int = 30) -> str:
