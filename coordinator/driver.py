@@ -33,6 +33,7 @@ import tenseal as ts
 from coordinator.checkpoint import FileJournal
 from coordinator.collective import (
     CollectiveInputs,
+    KeyGeneration,
     Relay,
     commit_label_terms,
     commit_statistics,
@@ -42,8 +43,9 @@ from coordinator.collective import (
 from coordinator.collective import train as train_collective
 from coordinator.jobs import Job, ShuttingDown
 from coordinator.report import JobReport
-from coordinator.training import GradientPool, TrainingInputs, train
+from coordinator.training import GradientPool, TrainingInputs, TrainingReport, train
 from hefl import messages, sealio
+from hefl.algorithm import Hyperparameters
 from hefl.codec import PackingLayout
 from hefl.errors import FailedPrecondition
 from hefl.protocols.collective.step import stats_protocol
@@ -246,29 +248,15 @@ class JobDriver:
             relay=relay,
             on_iteration=self._on_iteration(job),
         )
-        job.finish(
+        self._finish(
             [],
-            JobReport(
-                job_id=job.job_id,
-                workers=pool.size,
-                blocks=layout.n_blocks,
-                iterations=report.iterations,
-                load_s=load_s,
-                train_s=report.train_s,
-                gradient_s=report.gradient_s,
-                refresh_s=report.refresh_s,
-                iteration_s=tuple(report.iteration_s),
-                upload_bytes=sum(p.upload_bytes for p in job.parties.values()),
-                key_holder_bytes_per_iteration=report.refresh_bytes_per_iteration,
-                worker_bytes_per_iteration=report.worker_bytes_per_iteration,
-                worker_peak_rss_mb=tuple(pool.peak_rss_mb()),
-                hyperparameters=hyper,
-                reveal_intermediate=False,
-                curvature=curvature,
-                trust="collective",
-                keygen_s=keys.seconds,
-                keygen_bytes_per_party=max(keys.bytes_per_party.values()),
-            ),
+            pool,
+            report,
+            load_s=load_s,
+            hyper=hyper,
+            reveal_intermediate=False,
+            curvature=curvature,
+            keys=keys,
         )
         log.info("collective job %s done in %.1f s of training", job.job_id, report.train_s)
 
@@ -402,26 +390,14 @@ class JobDriver:
             on_iteration=self._on_iteration(job),
             key_holder_timeout_s=self._deadlines.key_holder_s,
         )
-        job.finish(
+        self._finish(
             sealed,
-            JobReport(
-                job_id=job.job_id,
-                workers=pool.size,
-                blocks=job.layout.n_blocks,
-                iterations=report.iterations,
-                load_s=load_s,
-                train_s=report.train_s,
-                gradient_s=report.gradient_s,
-                refresh_s=report.refresh_s,
-                iteration_s=tuple(report.iteration_s),
-                upload_bytes=sum(p.upload_bytes for p in job.parties.values()),
-                key_holder_bytes_per_iteration=report.refresh_bytes_per_iteration,
-                worker_bytes_per_iteration=report.worker_bytes_per_iteration,
-                worker_peak_rss_mb=tuple(pool.peak_rss_mb()),
-                hyperparameters=hyper,
-                reveal_intermediate=options.reveal_intermediate,
-                curvature=job.standardization.curvature,
-            ),
+            pool,
+            report,
+            load_s=load_s,
+            hyper=hyper,
+            reveal_intermediate=options.reveal_intermediate,
+            curvature=job.standardization.curvature,
         )
         # The models are stored: nothing will resume from the journal any more.
         self._journal.remove()
@@ -429,3 +405,44 @@ class JobDriver:
             "" if report.resumed_at is None else f" (resumed at iteration {report.resumed_at})"
         )
         log.info("job %s done in %.1f s of training%s", job.job_id, report.train_s, resumed)
+
+    def _finish(
+        self,
+        sealed_models: list[pb.SealedModel],
+        pool: GradientPool,
+        training: TrainingReport,
+        *,
+        load_s: float,
+        hyper: Hyperparameters,
+        reveal_intermediate: bool,
+        curvature: float,
+        keys: KeyGeneration | None = None,
+    ) -> None:
+        """Store the job's models and its report, in either trust mode (collective: ``keys``,
+        whose cost the report adds)."""
+        job = self._job
+        assert job.layout is not None
+        job.finish(
+            sealed_models,
+            JobReport(
+                job_id=job.job_id,
+                workers=pool.size,
+                blocks=job.layout.n_blocks,
+                iterations=training.iterations,
+                load_s=load_s,
+                train_s=training.train_s,
+                gradient_s=training.gradient_s,
+                refresh_s=training.refresh_s,
+                iteration_s=tuple(training.iteration_s),
+                upload_bytes=sum(p.upload_bytes for p in job.parties.values()),
+                key_holder_bytes_per_iteration=training.refresh_bytes_per_iteration,
+                worker_bytes_per_iteration=training.worker_bytes_per_iteration,
+                worker_peak_rss_mb=tuple(pool.peak_rss_mb()),
+                hyperparameters=hyper,
+                reveal_intermediate=reveal_intermediate,
+                curvature=curvature,
+                trust="key-holder" if keys is None else "collective",
+                keygen_s=0.0 if keys is None else keys.seconds,
+                keygen_bytes_per_party=0 if keys is None else max(keys.bytes_per_party.values()),
+            ),
+        )
