@@ -3,7 +3,8 @@ image definition, the compose demo, the KubeRay manifests, the `ray up` configur
 systemd unit are checked rather than run. They parse; every `hefl` command, option and
 environment variable they (and deploy/README.md) use exists; every `ray start` option exists;
 Python and Ray versions agree with pyproject.toml and with each other; ports agree with the
-CLI's and across files; images and pods run as a non-root user; and the compose health check,
+CLI's and across files; images and pods run as a non-root user; only the coordinator holds the
+job directory (the systemd unit: in its own state directory); and the compose health check,
 run as it is written, tells a real coordinator's SERVING from its absence."""
 
 from __future__ import annotations
@@ -560,6 +561,29 @@ def test_ray_up_keeps_the_job_directory_on_the_head_node_only():
         )
         assert "docker" not in node_type, name
     assert not re.search(r"\b(nfs4?|efs)\b", RAY_UP.read_text(), flags=re.I)
+
+
+def _unit_settings(path: Path) -> dict[str, list[str]]:
+    """A systemd unit's settings, ``Key=value`` lines by key (a key may repeat)."""
+    settings: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        key, equals, value = line.partition("=")
+        if equals and not line.startswith(("#", ";", "[")):
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def test_the_systemd_unit_keeps_the_job_directory_in_its_own_state_directory():
+    """The coordinator's machine alone holds the job directory: systemd's StateDirectory
+    (/var/lib/NAME, created for the unit's user), not a shared mount."""
+    settings = _unit_settings(SYSTEMD)
+    (name,) = settings["StateDirectory"]
+    assert settings["StateDirectoryMode"] == ["0700"]
+    environment = dict(v.partition("=")[::2] for v in settings["Environment"])
+    assert environment["HEFL_COORDINATOR_WORKDIR"] == f"/var/lib/{name}"
+    assert "/mnt" not in SYSTEMD.read_text()
+    guide = GUIDE.read_text()
+    assert f"`/var/lib/{name}`" in guide and f"`StateDirectory={name}`" in guide
 
 
 def test_the_kubernetes_kit_is_what_provision_writes(tmp_path):
