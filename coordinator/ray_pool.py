@@ -24,6 +24,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,8 @@ CALL_TIMEOUT_S = 600.0
 CONNECT_TIMEOUT_S = 120.0
 # How long joining an existing cluster may take to be accepted or refused.
 JOIN_CHECK_TIMEOUT_S = 15.0
+# How long the health check waits for the cluster to list its nodes.
+PROBE_TIMEOUT_S = 3.0
 # A worker process may die this many times per job; each time Ray retries the call it ran.
 MAX_RESTARTS = 3
 # Blocks on their way to each worker at once: one it is loading, one waiting in the store.
@@ -85,6 +88,50 @@ def _init(address: str | None, num_cpus: int | None) -> None:
             log_to_driver=False,
             _node_ip_address="127.0.0.1",
         )
+
+
+class ClusterProbe:
+    """Whether this process still has its Ray cluster: it has joined, and the cluster's control
+    store (GCS) lists at least one live node within ``timeout_s``. What the coordinator's health
+    service reports; it works alike for a cluster joined directly and through Ray Client.
+
+    One question at a time, on a daemon thread: while the GCS is gone, Ray's call keeps retrying
+    for about a minute; the probes meanwhile answer no after ``timeout_s`` and wait on that same
+    call instead of piling up new ones, and the process can exit without waiting for it.
+    """
+
+    def __init__(self, *, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+        self._timeout_s = timeout_s
+        self._asking: futures.Future[list[dict[str, Any]]] | None = None
+
+    def __call__(self) -> bool:
+        if not ray.is_initialized():
+            return False
+        if self._asking is None or self._asking.done():
+            self._asking = _in_background(ray.nodes)
+        try:
+            nodes = self._asking.result(timeout=self._timeout_s)
+        except futures.TimeoutError:
+            log.warning("the Ray cluster did not list its nodes within %.0f s", self._timeout_s)
+            return False
+        except Exception:
+            log.warning("the Ray cluster did not list its nodes", exc_info=True)
+            return False
+        return any(node.get("Alive") for node in nodes)
+
+
+def _in_background(call: Callable[[], Any]) -> futures.Future[Any]:
+    """``call()`` on a daemon thread of its own; its result (or error) in the future."""
+    answer: futures.Future[Any] = futures.Future()
+
+    def run() -> None:
+        try:
+            answer.set_result(call())
+        except BaseException as err:  # handed to whoever waits on the answer
+            answer.set_exception(err)
+
+    threading.Thread(target=run, name="ray-probe", daemon=True).start()
+    return answer
 
 
 class RayJoinRefused(HeflError):

@@ -5,7 +5,8 @@ The standard ``grpc.health.v1.Health`` service answers on the API's port, under 
 TLS as every RPC. Kubernetes' gRPC probes (and most load balancers' health checks) cannot
 present a client certificate, so the same health service can also answer in plaintext on a port
 of its own (``health_listen``), which serves nothing else: a probe learns SERVING or
-NOT_SERVING and nothing of any job. Metrics go over plain HTTP on ``metrics_listen``
+NOT_SERVING and nothing of any job. A coordinator whose workers run on Ray serves only while it
+has its Ray cluster (:class:`HealthReporter`). Metrics go over plain HTTP on ``metrics_listen``
 (:mod:`coordinator.metrics`). Both are off unless an address is given: several coordinators may
 share a host, and every port opened is the operator's choice.
 """
@@ -46,6 +47,10 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name
 # The plaintext health port serves probes only: a few threads, a bounded number of calls.
 HEALTH_THREADS = 2
 HEALTH_MAX_RPCS = 16
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# How often health asks Ray whether the coordinator still has its cluster (a probe never does).
+RAY_HEALTH_INTERVAL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,8 @@ class CoordinatorConfig:
 
 # Raises when the cluster cannot come up (see LocalRayCluster.wait_until_up).
 RayReadyCheck = Callable[[], None]
+# Whether the coordinator still has its Ray cluster (see ray_pool.ClusterProbe).
+RayAliveCheck = Callable[[], bool]
 
 
 def ray_pool_factory(
@@ -100,9 +107,12 @@ def ray_pool_factory(
 
 
 def join_ray_early(
-    config: CoordinatorConfig, ray_ready: RayReadyCheck | None = None
+    config: CoordinatorConfig,
+    ray_ready: RayReadyCheck | None = None,
+    *,
+    on_joined: Callable[[], None] = lambda: None,
 ) -> threading.Thread:
-    """Join Ray in the background, before any job needs it.
+    """Join Ray in the background, before any job needs it, then call ``on_joined``.
 
     Joining takes seconds (a local cluster may still be starting), and Ray prestarts worker
     processes once a driver has joined, so the first job's actors start on warm processes instead
@@ -119,6 +129,7 @@ def join_ray_early(
         except Exception:
             log.warning("could not join Ray yet; retrying when a job needs it", exc_info=True)
             return
+        on_joined()
         log.info("joined Ray in %.1f s", time.perf_counter() - started)
 
     thread = threading.Thread(target=join, name="ray-join", daemon=True)
@@ -212,20 +223,90 @@ def create_health_server(
     return server, port
 
 
+class HealthReporter:
+    """Keeps the health service's status (for ``""`` and the Coordinator service) up to date:
+    SERVING while the coordinator listens and, given ``ray_alive``, has its Ray cluster.
+
+    Ray is asked on a thread of its own every ``interval_s`` (and at :meth:`check`), never by a
+    probe: probes read the last answer. Without the cluster no job can train (its workers are
+    Ray actors), so a coordinator that has not joined Ray yet, or lost it, is NOT_SERVING.
+
+    Args:
+        ray_alive: Whether the coordinator has its Ray cluster; None: its workers need no Ray.
+    """
+
+    def __init__(
+        self,
+        servicer: health.HealthServicer,
+        *,
+        ray_alive: RayAliveCheck | None = None,
+        interval_s: float = RAY_HEALTH_INTERVAL_S,
+    ) -> None:
+        self._servicer = servicer
+        self._ray_alive = ray_alive
+        self._interval_s = interval_s
+        self._serving: bool | None = None
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Report the current status, then keep it current."""
+        self.check()
+        if self._ray_alive is not None:
+            self._thread = threading.Thread(target=self._watch, name="health-ray", daemon=True)
+            self._thread.start()
+
+    def check(self) -> None:
+        """Ask now, and report the answer if it changed."""
+        with self._lock:  # one question at a time: the watch and the join may ask together
+            serving = self._ray_alive() if self._ray_alive is not None else True
+            if serving == self._serving:
+                return
+            if self._serving is not None:
+                log.log(
+                    logging.INFO if serving else logging.WARNING,
+                    "health: %s",
+                    "SERVING, Ray is back" if serving else "NOT_SERVING, the Ray cluster is lost",
+                )
+            self._serving = serving
+            status = SERVING if serving else NOT_SERVING
+            for service in ("", SERVICE_NAME):
+                self._servicer.set(service, status)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self._interval_s)
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(self._interval_s):
+            self.check()
+
+
 class Coordinator:
     """One coordinator's servers, started: the API and its health service on ``config.listen``,
     and the operator's endpoints (plaintext health, metrics) where the config asks for them.
-    Health turns SERVING once everything listens; :meth:`stop` turns it NOT_SERVING first.
+    Health turns SERVING once everything listens (and, with ``ray_alive``, while the
+    coordinator has its Ray cluster: :class:`HealthReporter`); :meth:`stop` turns it
+    NOT_SERVING first.
 
     Args:
         config: Addresses, work directory, limits and deadlines (its Ray settings are the pool
             factory's business).
         pool_factory: Makes a job's workers.
         tls: As for :func:`create_server`.
+        ray_alive: Whether the coordinator has its Ray cluster, for health; None when the
+            workers need no Ray.
     """
 
     def __init__(
-        self, config: CoordinatorConfig, pool_factory: PoolFactory, *, tls: TlsFiles | None
+        self,
+        config: CoordinatorConfig,
+        pool_factory: PoolFactory,
+        *,
+        tls: TlsFiles | None,
+        ray_alive: RayAliveCheck | None = None,
     ) -> None:
         config.workdir.mkdir(parents=True, exist_ok=True)
         self.metrics = CoordinatorMetrics(lambda: self.registry.jobs())
@@ -243,7 +324,9 @@ class Coordinator:
             iteration_timer=self.metrics.iteration_timer,
         )
         self.health = health.HealthServicer()
-        self._not_serving()
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, NOT_SERVING)
+        self.health_reporter = HealthReporter(self.health, ray_alive=ray_alive)
         self.server, self.port = create_server(
             config.listen, self.registry, tls=tls, health_servicer=self.health, metrics=self.metrics
         )
@@ -260,21 +343,17 @@ class Coordinator:
         self.metrics_endpoint = (
             MetricsEndpoint(config.metrics_listen, self.metrics) if config.metrics_listen else None
         )
-        for service in ("", SERVICE_NAME):
-            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self.health_reporter.start()
 
     @property
     def metrics_port(self) -> int | None:
         return self.metrics_endpoint.port if self.metrics_endpoint is not None else None
 
-    def _not_serving(self) -> None:
-        for service in ("", SERVICE_NAME):
-            self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-
     def stop(self, grace_s: float = GRACE_S) -> None:
         """Drain: health says NOT_SERVING (on both ports) while jobs pause and calls in flight
         get ``grace_s`` to finish; then the operator's endpoints close too."""
         self.health.enter_graceful_shutdown()
+        self.health_reporter.stop()
         self.registry.shutdown()
         self.server.stop(grace_s).wait()
         if self.health_server is not None:
@@ -315,8 +394,10 @@ def serve(
             fails the jobs that need it with the reason instead of leaving them waiting.
     """
     tls = tls_of(config)
-    join_ray_early(config, ray_ready)
-    coordinator = Coordinator(config, ray_pool_factory(config, ray_ready), tls=tls)
+    coordinator = Coordinator(
+        config, ray_pool_factory(config, ray_ready), tls=tls, ray_alive=ray_pool.ClusterProbe()
+    )
+    join_ray_early(config, ray_ready, on_joined=coordinator.health_reporter.check)
     port = coordinator.port
     host = config.listen.rsplit(":", 1)[0]
     log.info("coordinator listening on %s:%d, work directory %s", host, port, config.workdir)

@@ -1,10 +1,12 @@
 """What an operator watches, over the real things: the gRPC health service on the API's mutual-TLS
 port and on the plaintext probe port, NOT_SERVING while the coordinator drains (in process, and
-on SIGTERM to `hefl coordinator`), and the Prometheus endpoint scraped over HTTP while two
-parties with their startup kits train a real job."""
+on SIGTERM to `hefl coordinator`) and once it has lost its Ray cluster (a real local Ray whose
+control store is killed), and the Prometheus endpoint scraped over HTTP while two parties with
+their startup kits train a real job."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
@@ -15,12 +17,14 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.inprocess_pool import in_process_pool_factory
 from coordinator.metrics import IterationTimer, RayCollector
+from coordinator.ray_pool import ClusterProbe
 from coordinator.server import SERVICE_NAME, Coordinator, CoordinatorConfig
 from hefl import chunks
 from hefl.identity import TlsFiles, channel_credentials
@@ -292,3 +296,82 @@ def test_ray_nodes_are_counted_once_this_process_joined_ray(ray_session):
     assert samples[("hefl_ray_nodes", (("state", "alive"),))] == 1
     assert samples[("hefl_ray_nodes", (("state", "dead"),))] == 0
     assert samples[("hefl_workers", ())] == 0
+
+
+def test_health_is_serving_while_the_coordinator_has_its_ray_cluster(ray_session, tmp_path):
+    coordinator = Coordinator(
+        CoordinatorConfig(
+            listen="127.0.0.1:0",
+            workdir=tmp_path / "work",
+            insecure=True,
+            health_listen="127.0.0.1:0",
+        ),
+        in_process_pool_factory(workers=1),
+        tls=None,
+        ray_alive=ClusterProbe(),
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{coordinator.health_port}") as channel:
+            assert _check(channel) == SERVING
+            assert _check(channel, SERVICE_NAME) == SERVING
+    finally:
+        coordinator.stop(grace_s=0)
+
+
+@pytest.mark.slow
+def test_health_turns_not_serving_when_the_coordinator_loses_its_ray_cluster(tmp_path):
+    """`hefl coordinator` with its own local Ray: SERVING once joined; the cluster's control
+    store (GCS) killed, NOT_SERVING on both ports' health, before Ray's driver gives up."""
+    from tests.deployment import free_port
+
+    health_port = free_port()
+    log = tmp_path / "coordinator.log"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tools.cli",
+            "coordinator",
+            "--insecure",
+            "--listen",
+            "127.0.0.1:0",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--ray-num-cpus",
+            "1",
+            "--health-listen",
+            f"127.0.0.1:{health_port}",
+        ],  # fmt: skip
+        cwd=ROOT,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    ray_processes: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 300
+        while "joined Ray" not in log.read_text():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the coordinator never joined Ray"
+            time.sleep(0.2)
+        # Its local Ray is in a process group of its own: these are what stopping leaves.
+        ray_processes = psutil.Process(process.pid).children(recursive=True)
+        with grpc.insecure_channel(f"127.0.0.1:{health_port}") as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=120
+            )
+            assert next(watch).status == SERVING
+            (gcs,) = [p for p in ray_processes if p.name() == "gcs_server"]
+            gcs.kill()
+            assert next(watch).status == NOT_SERVING
+            assert _check(channel) == NOT_SERVING
+        assert "NOT_SERVING, the Ray cluster is lost" in log.read_text()
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        for leftover in ray_processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                leftover.kill()
