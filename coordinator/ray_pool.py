@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -145,12 +147,14 @@ def check_join(address: str, *, timeout_s: float = JOIN_CHECK_TIMEOUT_S) -> None
 
     ``ray.init`` retries a refusal for minutes (an ``InvalidAuthToken`` line every second when
     the cluster wants a token this process does not send), so the coordinator first makes the
-    call Ray makes first, with the credentials Ray would send: the cluster id from its GCS.
-    A ``ray://`` address (Ray Client) is left to ``ray.init``.
+    call Ray makes first, with the credentials Ray would send: the cluster id from its GCS, over
+    the channel Ray would open (TLS with Ray's certificates under ``RAY_USE_TLS``, see
+    :func:`gcs_channel`). A ``ray://`` address (Ray Client) is left to ``ray.init``.
 
     Raises:
         RayJoinRefused: No cluster there, it refused this process's token (or the lack of
-            one), or it did not answer in time; the message says which and what to set.
+            one), it speaks TLS and this process does not (or the reverse), or it did not answer
+            in time; the message says which and what to set.
     """
     if address.startswith("ray://"):
         return
@@ -175,7 +179,7 @@ def check_join(address: str, *, timeout_s: float = JOIN_CHECK_TIMEOUT_S) -> None
         )
     metadata = _get_authentication_metadata_tuple()
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(bootstrap) as channel:
+    with gcs_channel(bootstrap) as channel:
         stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
         while True:
             try:
@@ -190,12 +194,89 @@ def check_join(address: str, *, timeout_s: float = JOIN_CHECK_TIMEOUT_S) -> None
                 if code == grpc.StatusCode.UNAUTHENTICATED:
                     advice = _token_advice(bootstrap, details, sent=bool(metadata))
                     raise RayJoinRefused(advice) from err
+                if code == grpc.StatusCode.UNAVAILABLE and (mismatch := _tls_mismatch(bootstrap)):
+                    raise RayJoinRefused(mismatch) from err
                 if time.monotonic() > deadline:
                     raise RayJoinRefused(
                         f"the Ray cluster at {bootstrap} did not answer within {timeout_s:.0f} s "
                         f"({code.name}: {details})"
                     ) from err
                 time.sleep(0.5)
+
+
+def ray_uses_tls() -> bool:
+    """Whether this process speaks TLS to Ray, as Ray itself decides it (``RAY_USE_TLS``)."""
+    return os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
+
+
+def gcs_channel(address: str) -> grpc.Channel:
+    """A channel to Ray's GCS at ``address`` as Ray's own clients open one
+    (``ray._private.grpc_utils.init_grpc_channel``): under ``RAY_USE_TLS``, TLS with the
+    certificate, key and CA named by ``RAY_TLS_SERVER_CERT``, ``RAY_TLS_SERVER_KEY`` and
+    ``RAY_TLS_CA_CERT`` (Ray's nodes verify each other's certificates against that CA);
+    plaintext otherwise.
+
+    Raises:
+        RayJoinRefused: ``RAY_USE_TLS`` is set but those files are not all named or readable.
+    """
+    if not ray_uses_tls():
+        return grpc.insecure_channel(address)
+    from ray._common.tls_utils import load_certs_from_env
+
+    try:
+        certificate_chain, private_key, ca_certificate = load_certs_from_env()
+    except (RuntimeError, OSError) as err:
+        raise RayJoinRefused(f"cannot join Ray at {address} over TLS: {err}") from err
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=ca_certificate,
+        private_key=private_key,
+        certificate_chain=certificate_chain,
+    )
+    return grpc.secure_channel(address, credentials)
+
+
+def _tls_mismatch(address: str) -> str | None:
+    """What to set when the GCS at ``address`` speaks TLS and this process does not, or the
+    reverse; None when they agree or nothing answers there (yet)."""
+    speaks = _speaks_tls(address)
+    if speaks is None or speaks == ray_uses_tls():
+        return None
+    setting = os.environ.get("RAY_USE_TLS")
+    if speaks:
+        return (
+            f"the Ray cluster at {address} uses Ray's TLS and this process does not "
+            f"(RAY_USE_TLS is {'unset' if setting is None else repr(setting)}): set "
+            "RAY_USE_TLS=1, and RAY_TLS_SERVER_CERT, RAY_TLS_SERVER_KEY and RAY_TLS_CA_CERT to "
+            "this machine's certificate and key, signed by the cluster's CA, and that CA's "
+            "certificate"
+        )
+    return (
+        f"the Ray cluster at {address} does not use TLS but this process does "
+        f"(RAY_USE_TLS={setting}): unset RAY_USE_TLS, or start the cluster's nodes with Ray's TLS"
+    )
+
+
+def _speaks_tls(address: str, timeout_s: float = 2.0) -> bool | None:
+    """Whether the server at ``address`` answers a TLS ClientHello with a TLS handshake record;
+    None when nothing accepts a connection there. Nothing is verified: this only tells which
+    language the server speaks."""
+    hello = ssl.MemoryBIO()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    client = context.wrap_bio(ssl.MemoryBIO(), hello)
+    try:
+        client.do_handshake()
+    except ssl.SSLWantReadError:  # the ClientHello is written, the answer awaited
+        pass
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as sock:
+            sock.sendall(hello.read())
+            answer = sock.recv(1)
+    except OSError:
+        return None
+    return answer == b"\x16"  # TLS's handshake record type; HTTP/2 answers otherwise or closes
 
 
 def _token_advice(bootstrap: str, details: str, *, sent: bool) -> str:
