@@ -5,8 +5,10 @@ The standard ``grpc.health.v1.Health`` service answers on the API's port, under 
 TLS as every RPC. Kubernetes' gRPC probes (and most load balancers' health checks) cannot
 present a client certificate, so the same health service can also answer in plaintext on a port
 of its own (``health_listen``), which serves nothing else: a probe learns SERVING or
-NOT_SERVING and nothing of any job. A coordinator whose workers run on Ray serves only while it
-has its Ray cluster (:class:`HealthReporter`). Metrics go over plain HTTP on ``metrics_listen``
+NOT_SERVING and nothing of any job. The server as a whole (``""``, what a liveness probe asks)
+is SERVING from the moment it listens until it drains; the Coordinator service (what a readiness
+probe asks) only while the coordinator also has its Ray cluster (:class:`HealthReporter`), so
+losing Ray takes it out of service without getting it restarted for what a restart cannot fix. Metrics go over plain HTTP on ``metrics_listen``
 (:mod:`coordinator.metrics`). Both are off unless an address is given: several coordinators may
 share a host, and every port opened is the operator's choice.
 """
@@ -42,7 +44,8 @@ from hefl.v1 import hefl_pb2_grpc as pb_grpc
 log = logging.getLogger("hefl.coordinator")
 
 GRACE_S = 10.0
-# The health service reports this service, and the server as a whole ("").
+# The health service reports the server as a whole ("": it listens; liveness) and this service
+# (it can train: readiness).
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name
 # The plaintext health port serves probes only: a few threads, a bounded number of calls.
 HEALTH_THREADS = 2
@@ -224,12 +227,14 @@ def create_health_server(
 
 
 class HealthReporter:
-    """Keeps the health service's status (for ``""`` and the Coordinator service) up to date:
-    SERVING while the coordinator listens and, given ``ray_alive``, has its Ray cluster.
+    """Keeps the health service's status up to date: ``""`` SERVING while the coordinator
+    listens, the Coordinator service SERVING while it also has its Ray cluster (``ray_alive``).
 
     Ray is asked on a thread of its own every ``interval_s`` (and at :meth:`check`), never by a
     probe: probes read the last answer. Without the cluster no job can train (its workers are
-    Ray actors), so a coordinator that has not joined Ray yet, or lost it, is NOT_SERVING.
+    Ray actors), so a coordinator that has not joined Ray yet, or lost it, is not ready: its
+    Coordinator service is NOT_SERVING. ``""`` stays SERVING: restarting the coordinator (what
+    a failed liveness probe does) would not bring Ray back.
 
     Args:
         ray_alive: Whether the coordinator has its Ray cluster; None: its workers need no Ray.
@@ -252,6 +257,7 @@ class HealthReporter:
 
     def start(self) -> None:
         """Report the current status, then keep it current."""
+        self._servicer.set("", SERVING)
         self.check()
         if self._ray_alive is not None:
             self._thread = threading.Thread(target=self._watch, name="health-ray", daemon=True)
@@ -270,9 +276,7 @@ class HealthReporter:
                     "SERVING, Ray is back" if serving else "NOT_SERVING, the Ray cluster is lost",
                 )
             self._serving = serving
-            status = SERVING if serving else NOT_SERVING
-            for service in ("", SERVICE_NAME):
-                self._servicer.set(service, status)
+            self._servicer.set(SERVICE_NAME, SERVING if serving else NOT_SERVING)
 
     def stop(self) -> None:
         self._stopped.set()
