@@ -19,6 +19,7 @@ from hefl.algorithm import train_replica
 from hefl.errors import ProtocolError
 from hefl.models import get_model
 from hefl.v1 import hefl_pb2 as pb
+from parties.collective import STEPS
 from tests.test_collective_job import PARTIES, AnswererLink, _data, prepare_job
 
 ITERATIONS = 6
@@ -32,56 +33,79 @@ class CoordinatorStopped(Exception):
 
 
 class StoppingLink:
-    """A party's link of a coordinator that stops with refresh ``CRASH_AT`` in flight: the
-    parties of ``ANSWERED`` answer it (the answer never arrives), the others never get it."""
+    """A party's link of a coordinator that stops with ``step`` (of iteration ``iteration``)
+    in flight: the parties of ``ANSWERED`` answer it (the answer never arrives), the others
+    never get it."""
 
-    def __init__(self, link: AnswererLink, party: str) -> None:
+    def __init__(self, link: AnswererLink, party: str, step: str, iteration: int) -> None:
         self._link = link
         self._party = party
+        self._step = step
+        self._iteration = iteration
         self.bytes_sent = self.bytes_received = 0
 
     def call(self, task: pb.KeyHolderTask, *, timeout_s: float) -> pb.KeyHolderResult:
         step = task.collective
-        if step.step == "refresh" and step.iteration == CRASH_AT:
+        if step.step == self._step and step.iteration == self._iteration:
             if self._party in ANSWERED:
                 self._link.call(task, timeout_s=timeout_s)
-            raise CoordinatorStopped(f"stopped with refresh {CRASH_AT} in flight")
+            raise CoordinatorStopped(f"stopped with {self._step} in flight")
         return self._link.call(task, timeout_s=timeout_s)
 
 
-@pytest.fixture
-def stopped(tmp_path: Path) -> dict:
-    """The job, trained until the coordinator stopped with refresh ``CRASH_AT`` in flight."""
+def _stop(tmp_path: Path, step: str, iteration: int = 0) -> dict:
+    """The job, trained until the coordinator stopped with ``step`` in flight."""
     x, y = _data()
     job = prepare_job(x, y, get_model("logistic"), pb.TrainingOptions(iterations=ITERATIONS))
     journal = CollectiveFileJournal(tmp_path / "collective")
-    stopping = Relay({p: StoppingLink(link, p) for p, link in job["links"].items()})
-    with pytest.raises(ProtocolError, match="stopped with refresh 3 in flight"):
+    stopping = Relay(
+        {p: StoppingLink(link, p, step, iteration) for p, link in job["links"].items()}
+    )
+    with pytest.raises(ProtocolError, match=f"stopped with {step} in flight"):
         train(job["inputs"], pool=job["pool"], relay=stopping, journal=journal)
     job["journal_root"] = tmp_path / "collective"
     return job
 
 
-def test_training_resumes_from_the_refresh_in_flight_and_every_party_gets_the_model(stopped):
+@pytest.fixture
+def stopped(tmp_path: Path) -> dict:
+    """The job, trained until the coordinator stopped with refresh ``CRASH_AT`` in flight."""
+    return _stop(tmp_path, "refresh", CRASH_AT)
+
+
+@pytest.mark.parametrize(
+    ("step", "done"),
+    [
+        ("setup", 0),
+        ("refresh", CRASH_AT),
+        ("model", ITERATIONS),
+        ("model-open", ITERATIONS),
+        ("model-confirm", ITERATIONS),
+    ],  # fmt: skip
+)
+def test_training_resumes_from_the_step_in_flight_and_every_party_gets_the_model(
+    tmp_path: Path, step: str, done: int
+) -> None:
+    stopped = _stop(tmp_path, step, CRASH_AT if step == "refresh" else 0)
     journal = CollectiveFileJournal(stopped["journal_root"])
     left = journal.load()
-    assert left is not None and (left.step, left.done) == ("refresh", CRASH_AT)
+    assert left is not None and (left.step, left.done) == (step, done)
 
     report = train(
         stopped["inputs"], pool=stopped["pool"], relay=Relay(stopped["links"]), journal=journal
     )
 
-    assert report.resumed_at == CRASH_AT
+    assert report.resumed_at == (None if step == "setup" else done)
     replica = train_replica(stopped["xs"], stopped["y"], stopped["hyper"])
     models = [np.asarray(m.model["weights"]) for m in stopped["members"].values()]
     for weights in models:
         np.testing.assert_array_equal(weights, models[0])
         assert np.max(np.abs(weights - replica.weights)) < BOUND
     for party, link in stopped["links"].items():
-        # One share per iteration, each computed once: the refresh in flight was answered
+        # Every step taken once, one share per iteration: the step in flight was answered
         # again from the cache by the parties that had answered it, for the first time by the
         # other.
-        assert link.answerer.handled["refresh"] == ITERATIONS, party
+        assert link.answerer.handled == {**dict.fromkeys(STEPS, 1), "refresh": ITERATIONS}, party
         assert link.answerer.repeats == (1 if party in ANSWERED else 0), party
         assert len(stopped["members"][party]._refreshed_gradients) == ITERATIONS
 
