@@ -240,7 +240,10 @@ def test_a_refresh_outside_the_agreed_steps_is_refused(project, tmp_path, attack
 
     outcome, _ = _run(project, tmp_path, tamper)
     expected = {
-        "repeat": "refresh of iteration 0 refused: the next iteration is 1",
+        "repeat": (
+            "refresh of iteration 0 refused: party 'ha' answered it already for other "
+            "gradients, and makes one share per iteration"
+        ),
         "extra": "refresh of iteration 2 refused: the job's 2 iterations are done",
         "level": "gradient of column 0 (iteration 1)",
     }[attack]
