@@ -22,10 +22,11 @@ Restarts. :func:`train` writes every step ahead of sending it (:class:`Collectiv
 each party's task as sent, the masked state it was made from). A coordinator restarted on the
 job directory sends the step in flight again, byte for byte, and goes on from there: a party that
 answered it already answers the repeat of its latest task from its session's cache
-(:class:`parties.session.TaskAnswerer`), one that did not answers it now, and nothing is asked
-twice of anyone's masks. What training resumes from is the parties' key shares and masks in
-their processes and the coordinator's public state on disk; the setup before training (keys,
-statistics, label terms) does not resume (:mod:`coordinator.driver`).
+(:class:`parties.session.TaskAnswerer`), one that did not answers it now, and no party is asked
+for a second share of a step it took (it would refuse: :mod:`parties.collective`). Training
+resumes from the parties' key shares and masks, in their processes, and the coordinator's
+public state on disk (:mod:`coordinator.checkpoint`); the setup before training (keys,
+statistics, label terms) does not resume (:mod:`coordinator.persistence`).
 
 No secret key exists in this process; the protocol types' coordinator halves take none.
 """
