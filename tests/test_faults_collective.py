@@ -67,7 +67,7 @@ def test_the_coordinator_killed_mid_training_resumes_the_collective_job(deployme
 
 
 def _refresh_in_flight(journal: dict | None) -> bool:
-    return bool(journal) and journal["step"] == "refresh" and journal["done"] >= KILL_AFTER
+    return journal is not None and journal["step"] == "refresh" and journal["done"] >= KILL_AFTER
 
 
 def _replica() -> np.ndarray:
