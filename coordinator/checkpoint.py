@@ -16,6 +16,18 @@ task, before sending it.
 The masks are the coordinator's secret against the key holder (they hide the gradients and
 the iterates from it); they stay on the coordinator's disk like everything else the
 coordinator keeps, and the journal holds nothing the coordinator does not already know.
+
+Collective jobs keep theirs the same way under ``<workdir>/jobs/<job_id>/collective/``
+(:class:`CollectiveFileJournal`)::
+
+    keys.json             once the roster made the keys: the agreed seed (the common random
+                          string), every party's signature over the context, keygen's cost
+    journal.json          the commit point: the step in flight, the masked state it was made
+                          from, the SHA-256 of each party's task blob
+    blobs/<sha256>.bin    each party's task of the step in flight, as sent
+
+Neither holds a key share or a party's mask: only what the parties sent or were sent, and the
+coordinator's masked state (w + A, v + B, C + sum c_i).
 """
 
 from __future__ import annotations
@@ -25,9 +37,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from coordinator.collective import STEP_ORDER, CollectiveCheckpoint, KeyGeneration
 from coordinator.store import atomic_write
 from coordinator.training import Checkpoint, PendingTask
-from hefl.errors import FailedPrecondition
+from hefl.errors import FailedPrecondition, HeflError
+from hefl.params import CkksParameters
+from hefl.protocols.collective.crs import CommonRandomString
+from hefl.protocols.collective.shares import CollectiveJob
 from hefl.protocols.refresh import RefreshMasks
 from hefl.v1 import hefl_pb2 as pb
 
@@ -127,21 +143,140 @@ class FileJournal:
                 blob.unlink(missing_ok=True)
 
     def _put(self, data: bytes) -> str:
-        digest = hashlib.sha256(data).hexdigest()
-        path = self._blobs / f"{digest}.bin"
-        if not path.is_file():
-            atomic_write(path, data)
-        return digest
+        return _put(self._blobs, data)
 
     def _blob(self, digest: str) -> bytes:
-        path = self._blobs / f"{digest}.bin"
+        return _blob(self._blobs, digest)
+
+
+class CollectiveFileJournal:
+    """A :class:`coordinator.collective.CollectiveJournal` in one job directory, and the
+    record of the job's collective keys (module docstring).
+
+    Args:
+        root: The collective state's directory (``<job>/collective``).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._journal = root / "journal.json"
+        self._keys = root / "keys.json"
+        self._blobs = root / "blobs"
+
+    def save_keys(self, keys: KeyGeneration) -> None:
+        """Keep what a restarted coordinator needs of the collective setup (all public)."""
+        state = {
+            "version": VERSION,
+            "seed": keys.job.crs.seed.hex(),
+            "parties": list(keys.job.parties),
+            "context_signatures": {p: s.hex() for p, s in keys.context_signatures.items()},
+            "keygen_s": keys.seconds,
+            "keygen_bytes_per_party": keys.bytes_per_party,
+        }
+        atomic_write(self._keys, json.dumps(state).encode())
+
+    def load_keys(
+        self, *, params: CkksParameters, job_id: str, context_bytes: bytes
+    ) -> KeyGeneration:
+        """The collective setup as :meth:`save_keys` kept it, around the job's context.
+
+        Raises:
+            JournalDamaged: ``keys.json`` is missing or cannot be read back.
+        """
         try:
-            data = path.read_bytes()
+            state = json.loads(self._keys.read_text())
+            if state["version"] != VERSION:
+                raise JournalDamaged(
+                    f"{self._keys} is version {state['version']}, expected {VERSION}"
+                )
+            job = CollectiveJob(
+                params,
+                job_id,
+                tuple(str(p) for p in state["parties"]),
+                CommonRandomString(bytes.fromhex(state["seed"])),
+            )
+            return KeyGeneration(
+                job=job,
+                context_bytes=context_bytes,
+                seconds=float(state["keygen_s"]),
+                bytes_per_party={
+                    str(p): int(n) for p, n in state["keygen_bytes_per_party"].items()
+                },
+                context_signatures={
+                    str(p): bytes.fromhex(s) for p, s in state["context_signatures"].items()
+                },
+            )
         except OSError as err:
-            raise JournalDamaged(f"{path} is missing ({err.strerror})") from err
-        if hashlib.sha256(data).hexdigest() != digest:
-            raise JournalDamaged(f"{path} does not match its hash")
-        return data
+            raise JournalDamaged(f"{self._keys} cannot be read ({err.strerror})") from err
+        except (KeyError, TypeError, ValueError, HeflError) as err:
+            raise JournalDamaged(f"{self._keys} cannot be read back ({err!r})") from err
+
+    def load(self) -> CollectiveCheckpoint | None:
+        """Raises: JournalDamaged: unreadable journal, or a blob missing or not its hash."""
+        if not self._journal.is_file():
+            return None
+        try:
+            state = json.loads(self._journal.read_text())
+            if state["version"] != VERSION:
+                raise JournalDamaged(
+                    f"{self._journal} is version {state['version']}, expected {VERSION}"
+                )
+            step = str(state["step"])
+            if step not in STEP_ORDER:
+                raise JournalDamaged(f"{self._journal} names no training step: {step!r}")
+            return CollectiveCheckpoint(
+                step=step,
+                tasks={str(p): _blob(self._blobs, d) for p, d in state["tasks"].items()},
+                done=int(state["done"]),
+                label=_floats(state["label"]),
+                weights=_floats(state["weights"]),
+                velocity=_floats(state["velocity"]),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise JournalDamaged(f"{self._journal} cannot be read back ({err!r})") from err
+
+    def save(self, checkpoint: CollectiveCheckpoint) -> None:
+        tasks = {p: _put(self._blobs, task) for p, task in checkpoint.tasks.items()}
+        state: dict[str, Any] = {
+            "version": VERSION,
+            "step": checkpoint.step,
+            "done": checkpoint.done,
+            "label": list(checkpoint.label),
+            "weights": list(checkpoint.weights),
+            "velocity": list(checkpoint.velocity),
+            "tasks": tasks,
+        }
+        atomic_write(self._journal, json.dumps(state).encode())
+        keep = set(tasks.values())
+        for blob in self._blobs.iterdir():
+            if blob.stem not in keep:
+                blob.unlink(missing_ok=True)
+
+    def remove(self) -> None:
+        """Forget the journal (the job is over); the keys' record stays with the job."""
+        self._journal.unlink(missing_ok=True)
+        if self._blobs.is_dir():
+            for blob in self._blobs.iterdir():
+                blob.unlink(missing_ok=True)
+
+
+def _put(blobs: Path, data: bytes) -> str:
+    digest = hashlib.sha256(data).hexdigest()
+    path = blobs / f"{digest}.bin"
+    if not path.is_file():
+        atomic_write(path, data)
+    return digest
+
+
+def _blob(blobs: Path, digest: str) -> bytes:
+    path = blobs / f"{digest}.bin"
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise JournalDamaged(f"{path} is missing ({err.strerror})") from err
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise JournalDamaged(f"{path} does not match its hash")
+    return data
 
 
 def _floats(values: list[Any]) -> tuple[float, ...]:

@@ -18,6 +18,16 @@ missing party stops the job at its deadline) and relays what the next step needs
   the end it sends the masked model to the parties, and relays the mask shares they seal to each
   other: every party gets the model, the coordinator never does.
 
+Restarts. :func:`train` writes every step ahead of sending it (:class:`CollectiveCheckpoint`:
+each party's task as sent, the masked state it was made from). A coordinator restarted on the
+job directory sends the step in flight again, byte for byte, and goes on from there: a party that
+answered it already answers the repeat of its latest task from its session's cache
+(:class:`parties.session.TaskAnswerer`), one that did not answers it now, and no party is asked
+for a second share of a step it took (it would refuse: :mod:`parties.collective`). Training
+resumes from the parties' key shares and masks, in their processes, and the coordinator's
+public state on disk (:mod:`coordinator.checkpoint`); the setup before training (keys,
+statistics, label terms) does not resume (:mod:`coordinator.persistence`).
+
 No secret key exists in this process; the protocol types' coordinator halves take none.
 """
 
@@ -29,13 +39,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import tenseal as ts
 
-from coordinator.training import GradientPool, KeyHolderCalls, TrainingReport, WorkerFailure
+from coordinator.training import GradientPool, KeyHolderCalls, TrainingReport
 from hefl import sealio
 from hefl.algorithm import Hyperparameters, l2_vector, nesterov_step
+from hefl.codec import Array
 from hefl.errors import ProtocolError
 from hefl.params import CkksParameters, check_public_context
 from hefl.protocols.collective.crs import SeedAgreementProtocol, SeedCommitment, SeedReveal
@@ -322,9 +334,12 @@ def train(
     *,
     pool: GradientPool,
     relay: Relay,
+    journal: CollectiveJournal | None = None,
     on_iteration: Callable[[int], None] = lambda _: None,
 ) -> TrainingReport:
-    """Every iteration, then the model delivered to the parties (never to this process).
+    """Every iteration, then the model delivered to the parties (never to this process); with a
+    ``journal``, every step written ahead, and resumed from the step in flight if the journal
+    holds one (module docstring).
 
     Raises:
         WorkerFailure: The workers failed an iteration.
@@ -337,49 +352,65 @@ def train(
     columns, slots = inputs.columns, inputs.params.slots
     report = TrainingReport()
     started = time.perf_counter()
-
-    # The label term C, summed here as every party sums it, to shares: C + sum c_i.
-    label_total = sealio.add_vectors(
-        context, (inputs.label_terms[p] for p in relay.parties), what="label term"
-    )
-    enc_to_share = EncToShareProtocol(job, ciphertext_of(label_total), purpose="label-term")
-    shares = _output(
-        relay.outputs(
-            "setup",
-            pb.CollectiveTask(
-                setup=setup,
-                inputs=_inputs("label-term", inputs.label_terms)
-                + _inputs("label-term-signature", inputs.label_term_signatures),
-            ),
-        ),
-        "label-term",
-    )
-    masked_label = enc_to_share.finalize(
-        enc_to_share.aggregate_shares(
-            {
-                p: EncToShareShare.from_bytes(d, job, rows=enc_to_share.ciphertext.rows)
-                for p, d in shares.items()
-            }
-        )
-    )[:columns]
-
+    resumed = journal.load() if journal is not None else None
+    steps = _Steps(relay, journal, resumed)
     l2 = np.asarray(setup.l2)
-    weights, velocity = np.zeros(columns), np.zeros(columns)  # the masked state, w + A, v + B
-    fresh = sealio.encrypt_replicated(context, [0.0] * columns, slots)
-    unmask = [0.0] * columns
     identity = step_id(setup)
-    tick = time.perf_counter()
-    for iteration in range(hyper.iterations):
-        gradient_started = time.perf_counter()
-        try:
-            partials = pool.gradient(fresh, unmask, form=form)
-        except WorkerFailure:
-            raise
-        report.worker_bytes_per_iteration = sum(map(len, fresh)) * pool.size + sum(
-            len(g) for worker in partials for g in worker
+
+    if resumed is not None and steps.passed("setup"):
+        masked_label = np.asarray(resumed.label)
+        weights, velocity = np.asarray(resumed.weights), np.asarray(resumed.velocity)
+        first = resumed.done
+        report.resumed_at = first
+    else:
+        # The label term C, summed here as every party sums it, to shares: C + sum c_i.
+        label_total = sealio.add_vectors(
+            context, (inputs.label_terms[p] for p in relay.parties), what="label term"
         )
-        gradients = sealio.add_up(context, partials, what="worker gradient")
-        serialized = [sealio.serialize(g) for g in gradients]
+        enc_to_share = EncToShareProtocol(job, ciphertext_of(label_total), purpose="label-term")
+        setup_task = pb.CollectiveTask(
+            setup=setup,
+            inputs=_inputs("label-term", inputs.label_terms)
+            + _inputs("label-term-signature", inputs.label_term_signatures),
+        )
+        shares = _output(steps.outputs("setup", setup_task), "label-term")
+        masked_label = enc_to_share.finalize(
+            enc_to_share.aggregate_shares(
+                {
+                    p: EncToShareShare.from_bytes(d, job, rows=enc_to_share.ciphertext.rows)
+                    for p, d in shares.items()
+                }
+            )
+        )[:columns]
+        weights, velocity = np.zeros(columns), np.zeros(columns)  # the masked state, w + A, v + B
+        first = 0
+    if resumed is not None:
+        log.info(
+            "job %s: resuming collective training after %d of %d iterations (%s in flight)",
+            job.job_id,
+            first,
+            hyper.iterations,
+            resumed.step if resumed.step != "refresh" else f"refresh {resumed.done}",
+        )
+
+    fresh: list[bytes] | None = None  # the workers' weights, k w, after the last iteration
+    unmask = [0.0] * columns
+    tick = time.perf_counter()
+    for iteration in range(first, hyper.iterations):
+        gradient_started = time.perf_counter()
+        in_flight = steps.in_flight("refresh", iteration)
+        if in_flight is not None:  # sent before the restart: the same gradients again
+            serialized = [item.data for item in in_flight.inputs]
+        else:
+            if fresh is None:  # only the first iteration starts from weights of its own
+                assert iteration == 0
+                fresh = sealio.encrypt_replicated(context, [0.0] * columns, slots)
+            partials = pool.gradient(fresh, unmask, form=form)
+            report.worker_bytes_per_iteration = sum(map(len, fresh)) * pool.size + sum(
+                len(g) for worker in partials for g in worker
+            )
+            gradients = sealio.add_up(context, partials, what="worker gradient")
+            serialized = [sealio.serialize(g) for g in gradients]
         report.gradient_s += time.perf_counter() - gradient_started
         refresh_started = time.perf_counter()
         traffic = relay.bytes_total()
@@ -390,13 +421,18 @@ def train(
             step_id=identity,
             output_scale_bits=inputs.params.scale_bits,
         )
+        refresh_task = pb.CollectiveTask(
+            iteration=iteration,
+            inputs=[pb.NamedBytes(name="gradient", data=g) for g in serialized],
+        )
         answers = _output(
-            relay.outputs(
+            steps.outputs(
                 "refresh",
-                pb.CollectiveTask(
-                    iteration=iteration,
-                    inputs=[pb.NamedBytes(name="gradient", data=g) for g in serialized],
-                ),
+                refresh_task,
+                done=iteration,
+                label=masked_label,
+                weights=weights,
+                velocity=velocity,
             ),
             "masked-step",
         )
@@ -428,11 +464,147 @@ def train(
         on_iteration(iteration + 1)
 
     # The masked model to every party; their mask shares, sealed to each other, relayed.
-    boxes = relay.outputs(
-        "model", pb.CollectiveTask(values=velocity.tolist(), parties=list(inputs.hellos))
+    state = {"label": masked_label, "weights": weights, "velocity": velocity}
+    done = hyper.iterations
+    boxes: dict[str, dict[str, bytes]] = {}
+    opened: dict[str, dict[str, bytes]] = {}
+    if not steps.passed("model", done):
+        model_task = pb.CollectiveTask(values=velocity.tolist(), parties=list(inputs.hellos))
+        boxes = steps.outputs("model", model_task, done=done, **state)
+    if not steps.passed("model-open", done):
+        opened = steps.outputs(
+            "model-open", lambda party: _boxes_for(party, boxes, "model-open"), done=done, **state
+        )
+    steps.outputs(
+        "model-confirm",
+        pb.CollectiveTask(inputs=_signed_inputs(opened, "model-sha256")),
+        done=done,
+        **state,
     )
-    opened = relay.outputs("model-open", lambda party: _boxes_for(party, boxes, "model-open"))
-    relay.outputs("model-confirm", pb.CollectiveTask(inputs=_signed_inputs(opened, "model-sha256")))
     report.iterations = hyper.iterations
     report.train_s = time.perf_counter() - started
     return report
+
+
+# ----- the journal: what a restarted coordinator resumes from -------------------------------
+
+STEP_ORDER = ("setup", "refresh", "model", "model-open", "model-confirm")
+
+
+@dataclass(frozen=True)
+class CollectiveCheckpoint:
+    """A training step of a collective job, written ahead of sending it.
+
+    Everything here is what the coordinator holds anyway: the tasks it sends (public
+    ciphertexts, masked values, sealed boxes, signed digests) and its masked state. No party's
+    key share or mask is in it.
+
+    Attributes:
+        step: The step in flight, one of :data:`STEP_ORDER`.
+        tasks: Each roster party's task of it, a serialized :class:`pb.KeyHolderTask` exactly as
+            sent.
+        done: Iterations completed before it (the refresh's own iteration; the iteration count
+            for the model's steps).
+        label: The masked label term C + sum c_i; empty while ``setup`` is in flight.
+        weights: The masked weights w + A after ``done`` iterations.
+        velocity: The masked velocity v + B after ``done`` iterations.
+    """
+
+    step: str
+    tasks: Mapping[str, bytes]
+    done: int = 0
+    label: tuple[float, ...] = ()
+    weights: tuple[float, ...] = ()
+    velocity: tuple[float, ...] = ()
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return _position(self.step, self.done)
+
+
+class CollectiveJournal(Protocol):
+    """Where :func:`train` keeps its :class:`CollectiveCheckpoint`; every save replaces the
+    previous one at once (a crash leaves either)."""
+
+    def load(self) -> CollectiveCheckpoint | None:
+        """The last saved checkpoint; None if training never sent a step.
+
+        Raises:
+            HeflError: A journal exists but cannot be read back whole.
+        """
+        ...
+
+    def save(self, checkpoint: CollectiveCheckpoint) -> None: ...
+
+
+def _position(step: str, done: int) -> tuple[int, int]:
+    return STEP_ORDER.index(step), done
+
+
+class _Steps:
+    """The training's steps through the relay, each written ahead of sending it; after a
+    restart, the step in flight is sent again byte for byte and the steps before it are
+    skipped (their results are in the checkpoint)."""
+
+    def __init__(
+        self,
+        relay: Relay,
+        journal: CollectiveJournal | None,
+        resumed: CollectiveCheckpoint | None,
+    ) -> None:
+        self._relay = relay
+        self._journal = journal
+        self._resumed = resumed
+
+    def passed(self, step: str, done: int = 0) -> bool:
+        """Whether the step in flight at the restart comes after ``step``."""
+        resumed = self._resumed
+        return resumed is not None and _position(step, done) < resumed.position
+
+    def in_flight(self, step: str, done: int = 0) -> pb.CollectiveTask | None:
+        """The first party's task of ``step`` as sent before the restart, if it was in flight."""
+        resumed = self._resumed
+        if resumed is None or resumed.position != _position(step, done):
+            return None
+        return pb.KeyHolderTask.FromString(resumed.tasks[self._relay.parties[0]]).collective
+
+    def outputs(
+        self,
+        step: str,
+        make: Callable[[str], pb.CollectiveTask] | pb.CollectiveTask,
+        *,
+        done: int = 0,
+        label: Array | None = None,
+        weights: Array | None = None,
+        velocity: Array | None = None,
+    ) -> dict[str, dict[str, bytes]]:
+        """Every party's outputs of ``step``: its tasks written ahead, then sent; or, if it
+        was in flight at the restart, the tasks sent then, again."""
+        resumed = self._resumed
+        if resumed is not None and resumed.position == _position(step, done):
+            tasks = dict(resumed.tasks)
+            self._resumed = None
+        else:
+            tasks = {}
+            for party in self._relay.parties:
+                task = make(party) if callable(make) else make
+                task.step = step
+                tasks[party] = pb.KeyHolderTask(collective=task).SerializeToString()
+            if self._journal is not None:
+                self._journal.save(
+                    CollectiveCheckpoint(
+                        step=step,
+                        tasks=tasks,
+                        done=done,
+                        label=_floats(label),
+                        weights=_floats(weights),
+                        velocity=_floats(velocity),
+                    )
+                )
+        return self._relay.outputs(
+            step, lambda party: pb.KeyHolderTask.FromString(tasks[party]).collective
+        )
+
+
+def _floats(values: Array | None) -> tuple[float, ...]:
+    return () if values is None else tuple(float(v) for v in values)

@@ -17,6 +17,9 @@ After a restart (``restored``), a job picks up where its files say it was: stati
 for again (the same task, built from the same files, so the key holder answers it from its cache
 if it already did), uploads continue, and training resumes from its journal
 (:mod:`coordinator.checkpoint`) at the last completed iteration once the key holder is back.
+A collective job restored in UPLOADING or TRAINING (its setup complete: :mod:`coordinator.
+persistence` fails it otherwise) resumes the same way once every roster party's task stream is
+back, from the collective journal's step in flight (:func:`coordinator.collective.train`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pathlib import Path
 
 import tenseal as ts
 
-from coordinator.checkpoint import FileJournal
+from coordinator.checkpoint import CollectiveFileJournal, FileJournal
 from coordinator.collective import (
     CollectiveInputs,
     KeyGeneration,
@@ -156,35 +159,93 @@ class JobDriver:
 
     def _run_collective(self, stop: threading.Event, pools: list[GradientPool]) -> None:
         """Keys among the roster, statistics toward the parties, uploads, training; the pool it
-        starts goes to ``pools``, for the caller to release.
+        starts goes to ``pools``, for the caller to release. A restored job (its setup done)
+        waits for its uploads and every roster party's task stream, then trains, resuming from
+        the collective journal."""
+        job = self._job
+        deadline = self._deadlines.key_holder_s
+        relay = Relay(job.links, timeout_s=deadline)
+        journal = CollectiveFileJournal(job.store.collective_path())
+        if job.phase in (pb.WAITING_FOR_PARTIES, pb.COLLECTING_STATS):
+            keys, curvature = self._collective_setup(stop, relay, journal)
+        else:  # restored: the setup was done before the restart
+            assert job.collective_keys is not None and job.standardization is not None
+            keys, curvature = job.collective_keys, job.standardization.curvature
+        if self._restored:
+            checkpoint = journal.load()
+            if checkpoint is not None:
+                job.set_iteration(checkpoint.done)
+            self._wait_for_task_streams(stop)
+        hyper = messages.hyperparameters_of(job.options)  # as published to the parties
+        layout = job.layout
+        assert layout is not None
+        pool = self._make_pool()
+        pools.append(pool)
+        if job.phase == pb.UPLOADING:
+            job.wait_for(job.all_uploads_in, stop)
+            job.set_phase(pb.TRAINING)
+        started = time.perf_counter()
+        pool.load()
+        load_s = time.perf_counter() - started
+        report = train_collective(
+            CollectiveInputs(
+                job=keys.job,
+                context=job.context,
+                params=job.params,
+                hyper=hyper,
+                rows=layout.total_rows,
+                columns=hyper.outputs * job.columns,
+                label_terms={
+                    name: job.store.label_term_path(name).read_bytes() for name in job.parties
+                },
+                label_term_signatures={
+                    name: job.store.label_term_signature_path(name).read_bytes()
+                    for name in job.parties
+                },
+                hellos=tuple(p.hello for p in job.parties.values()),
+            ),
+            pool=pool,
+            relay=relay,
+            journal=journal,
+            on_iteration=self._on_iteration(job),
+        )
+        self._finish(
+            [],
+            pool,
+            report,
+            load_s=load_s,
+            hyper=hyper,
+            reveal_intermediate=False,
+            curvature=curvature,
+            keys=keys,
+        )
+        # The parties hold the model: nothing will resume from the journal any more.
+        journal.remove()
+        resumed = (
+            "" if report.resumed_at is None else f" (resumed at iteration {report.resumed_at})"
+        )
+        log.info(
+            "collective job %s done in %.1f s of training%s", job.job_id, report.train_s, resumed
+        )
+
+    def _collective_setup(
+        self, stop: threading.Event, relay: Relay, journal: CollectiveFileJournal
+    ) -> tuple[KeyGeneration, float]:
+        """Keys among the roster (kept in ``journal``'s record), statistics decrypted toward the
+        parties, label terms committed; the row count and the curvature published and uploads
+        opened. Returns the keys and the curvature.
 
         Raises:
-            FailedPrecondition: The coordinator restarted: every party's protocol state (its
-                key share, its masks) is in its own process, and the parties' sessions do not
-                resume a collective job yet.
+            FailedPrecondition: The statistics count other rows than the parties declare.
         """
         job = self._job
-        if self._restored:
-            raise FailedPrecondition(
-                "the coordinator restarted during this collective job; collective jobs do not "
-                "resume after a coordinator restart yet (start the job again)"
-            )
-        deadline = self._deadlines.key_holder_s
         job.wait_for(lambda: len(job.parties) == job.expected_parties, stop)
-        self._wait(
-            lambda: all(link.connected for link in job.links.values()),
-            stop,
-            timeout_s=deadline,
-            missing=lambda: (
-                "the roster parties "
-                + ", ".join(repr(n) for n, link in job.links.items() if not link.connected)
-                + " did not open their task streams"
-            ),
-        )
-        relay = Relay(job.links, timeout_s=deadline)
+        self._wait_for_task_streams(stop)
         keys = generate_keys(
             relay, job_id=job.job_id, params=job.params, on_context=job.set_context
         )
+        journal.save_keys(keys)
+        job.collective_keys = keys
         commit_statistics(relay, keys)
         job.wait_for(job.all_stats_in, stop)
         protocol = stats_protocol(len(job.features), job.params)
@@ -220,45 +281,26 @@ class JobDriver:
             options=messages.training_options(hyper, reveal_intermediate=False),
             layout=layout,
         )
-        pool = self._make_pool()
-        pools.append(pool)
-        job.wait_for(job.all_uploads_in, stop)
-        job.set_phase(pb.TRAINING)
-        started = time.perf_counter()
-        pool.load()
-        load_s = time.perf_counter() - started
-        report = train_collective(
-            CollectiveInputs(
-                job=keys.job,
-                context=job.context,
-                params=job.params,
-                hyper=hyper,
-                rows=layout.total_rows,
-                columns=hyper.outputs * job.columns,
-                label_terms={
-                    name: job.store.label_term_path(name).read_bytes() for name in job.parties
-                },
-                label_term_signatures={
-                    name: job.store.label_term_signature_path(name).read_bytes()
-                    for name in job.parties
-                },
-                hellos=tuple(hellos),
+        return keys, curvature
+
+    def _wait_for_task_streams(self, stop: threading.Event) -> None:
+        """Every roster party's task stream open (after a restart: every party back).
+
+        Raises:
+            DeadlinePassed: Some did not open theirs within the parties' deadline.
+            ShuttingDown: The coordinator stops meanwhile.
+        """
+        job = self._job
+        self._wait(
+            lambda: all(link.connected for link in job.links.values()),
+            stop,
+            timeout_s=self._deadlines.key_holder_s,
+            missing=lambda: (
+                "the roster parties "
+                + ", ".join(repr(n) for n, link in job.links.items() if not link.connected)
+                + " did not open their task streams"
             ),
-            pool=pool,
-            relay=relay,
-            on_iteration=self._on_iteration(job),
         )
-        self._finish(
-            [],
-            pool,
-            report,
-            load_s=load_s,
-            hyper=hyper,
-            reveal_intermediate=False,
-            curvature=curvature,
-            keys=keys,
-        )
-        log.info("collective job %s done in %.1f s of training", job.job_id, report.train_s)
 
     def _show_resumed_iteration(self) -> None:
         """Statuses say where training will resume while the job waits for its key holder.

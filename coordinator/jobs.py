@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tenseal as ts
@@ -51,6 +52,9 @@ from hefl.models import get_model
 from hefl.params import CkksParameters, check_public_context
 from hefl.protocols.collective.keyswitch import REVEAL_SCALE_BITS
 from hefl.v1 import hefl_pb2 as pb
+
+if TYPE_CHECKING:
+    from coordinator.collective import KeyGeneration
 
 log = logging.getLogger("hefl.jobs")
 
@@ -137,6 +141,8 @@ class Job:
             {name: KeyHolderLink() for name in self.roster or ()} if self.collective else {}
         )
         self.report: JobReport | None = None
+        # Collective mode: the roster's keys, once made (restored with the job, collective/).
+        self.collective_keys: KeyGeneration | None = None
         self._cond = threading.Condition()
         self._version = 0
         self._ciphertext_bytes: int | None = None

@@ -6,9 +6,14 @@ it accepts write their ciphertexts with :func:`coordinator.store.atomic_write`);
 reads it back. What a restored job relies on is checked before it serves a request: ``job.json``
 parses field by field; the charter parses, is signed by its key holder and names the context;
 the context is within its parameter set's size, loads and passes
-:func:`hefl.params.check_public_context`; every statistics piece, column and label term the job
+:func:`hefl.params.check_public_context` (and in a collective job every roster party signed it,
+as ``collective/keys.json`` records); every statistics piece, column and label term the job
 counts as received has a plausible size and loads as one fresh ciphertext of the job's
 parameters and shape; a finished job's sealed models and report parse.
+
+A collective job resumes once its setup (keys, statistics, label terms) is complete, that is
+from UPLOADING or TRAINING; one restarted earlier is restored FAILED with that reason (each
+party's setup state lives in its process only, and the setup is not written ahead).
 
 A job whose directory fails any check is restored FAILED with the reason naming the file, and
 holds nothing; its files are left as found (an operator can repair them and restart). It never
@@ -23,6 +28,8 @@ from pathlib import Path
 
 import tenseal as ts
 
+from coordinator.checkpoint import CollectiveFileJournal
+from coordinator.collective import KeyGeneration
 from coordinator.jobs import TERMINAL, Job, PartyState
 from coordinator.limits import Limits, ciphertext_bytes_cap, context_bytes_cap
 from coordinator.report import JobReport
@@ -80,11 +87,13 @@ class _Restoring:
         params = self._params(record)
         self.spec = self._read_charter(record)
         over = record.phase in TERMINAL
-        if not over and self.spec is not None and self.spec.charter.trust == pb.COLLECTIVE:
+        collective = self.spec is not None and self.spec.charter.trust == pb.COLLECTIVE
+        if not over and collective and record.phase not in (pb.UPLOADING, pb.TRAINING):
             raise Unrestorable(
-                "a collective job does not resume after a coordinator restart yet (each "
-                "party's key share and masks live in its own process, and its session does not "
-                "rejoin a restarted job): start the job again"
+                f"the coordinator restarted during the collective setup (phase "
+                f"{pb.Phase.Name(record.phase)}: keys, statistics or label terms), which does "
+                f"not resume (each party's setup state lives in its own process): start the "
+                f"job again"
             )
         context_bytes = None if over else self._read_context(params)
         job = Job(
@@ -102,6 +111,8 @@ class _Restoring:
         )
         job.phase = record.phase
         job.message = record.message
+        if collective and context_bytes is not None:
+            job.collective_keys = self._read_collective_keys(job, context_bytes)
         for entry in record.parties:
             if entry.hello.name != entry.name:
                 raise Unrestorable(
@@ -224,11 +235,42 @@ class _Restoring:
             check_public_context(context, params.name)
         except HeflError as err:
             raise Unrestorable(f"context.bin: {err}") from err
-        if self.spec is not None and not same_bytes(
-            context_digest(data), self.spec.charter.context_sha256
+        collective = self.spec is not None and self.spec.charter.trust == pb.COLLECTIVE
+        if (
+            self.spec is not None
+            and not collective
+            and not same_bytes(context_digest(data), self.spec.charter.context_sha256)
         ):
             raise Unrestorable("context.bin is not the context the charter names")
         return data
+
+    def _read_collective_keys(self, job: Job, context_bytes: bytes) -> KeyGeneration:
+        """The collective setup's record, for the context every roster party signed (its
+        charter names no context: the roster made it)."""
+        assert job.roster is not None
+        try:
+            keys = CollectiveFileJournal(self.store.collective_path()).load_keys(
+                params=job.params, job_id=job.job_id, context_bytes=context_bytes
+            )
+        except HeflError as err:
+            raise Unrestorable(f"collective/keys.json: {err}") from err
+        if keys.job.parties != tuple(sorted(job.roster)) or set(keys.context_signatures) != set(
+            job.roster
+        ):
+            raise Unrestorable("collective/keys.json is not of the charter's roster")
+        for party, entry in job.roster.items():
+            try:
+                verify_signature(
+                    entry.signing_public_key,
+                    keys.context_signatures[party],
+                    signed.COLLECTIVE_SETUP,
+                    signed.collective_parts(job.job_id, "context", party, context_bytes),
+                )
+            except HeflError as err:
+                raise Unrestorable(
+                    f"context.bin is not the context {party!r} signed: {err}"
+                ) from err
+        return keys
 
     def _read(self, path: Path, *, cap: int | None = None) -> bytes:
         name = self.store.relative(path)

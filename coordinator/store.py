@@ -11,6 +11,8 @@ Layout under ``<workdir>/jobs/<job_id>/``::
     label_terms/<party>.sig       the party's signature over it (collective mode)
     models/<party>.bin            the sealed model (a serialized SealedModel)
     report.json                   timings and traffic of the training run
+    training/, collective/        the training journal, key holder's or collective
+                                  (:mod:`coordinator.checkpoint`)
 
 Every write is atomic and durable (:func:`atomic_write`): after a crash a file holds either its
 previous content or the whole new one, and a write that returned survives a crash. The
@@ -315,6 +317,10 @@ class JobStore:
 
     def report_path(self) -> Path:
         return self.root / "report.json"
+
+    def collective_path(self) -> Path:
+        """The collective setup's record and training journal (:mod:`coordinator.checkpoint`)."""
+        return self.root / "collective"
 
     def relative(self, path: Path) -> str:
         """``path`` as the job directory's operators see it in messages."""

@@ -67,6 +67,31 @@ setup and statistics: it cannot have a party decrypt anything but the sum of the
 committed statistics and label terms. The refresh assumes a semi-honest coordinator: a party
 cannot check what a gradient ciphertext holds, and its share of a crafted one leaks about
 log2(q0 / 2^(b+1)) + log2 n bits of its key share per column per iteration (README, Trust model).
+
+Coordinator restarts. The key share s_i and the masks (A_i, B_i, c_i) live in this object only
+(nothing is written to disk), and the party's session keeps the task stream open across a
+coordinator restart (:class:`parties.session.KeyHolderSession`), so a restarted coordinator
+talks to the same state machine. It resumes a training from its journal
+(:func:`coordinator.collective.train`) by sending the step in flight again, byte for byte. What
+this party answers then:
+
+- the byte-identical repeat of its latest task: the answer it gave, from the session's cache
+  (:class:`parties.session.TaskAnswerer`), not computed again. The coordinator learns nothing
+  it had not received;
+- a step it has not taken yet: computed now, as the first time (it never saw it);
+- anything else is refused: a step already taken (each is taken once, in order), and in
+  particular a ``refresh`` of an iteration it answered, whether for the same gradients (not as
+  its latest task: "it answers only a byte-identical repeat of its latest task") or for others
+  ("answered it already for other gradients, and makes one share per iteration").
+
+Why no other answer is safe: a refresh share is s_i c1 + (mask terms) + e with the iteration's
+masks and fresh smudging noise e. Two shares of one iteration, for gradients c1 and c1', under
+the same masks give s_i (c1 - c1') + (e - e'), a linear equation in s_i; even for the same c1,
+a second share with fresh noise gives the coordinator e - e' and averages the smudging down. And
+a share under fresh masks would break the bookkeeping that makes sum_i A_i the mask of the
+coordinator's state. So a party produces exactly one share per (job, iteration), for the
+gradients it first agreed to; the same holds for ``setup`` (EncToShare under c_i) and the
+model's steps (one set of sealed boxes), each taken once.
 """
 
 from __future__ import annotations
@@ -249,6 +274,7 @@ class CollectiveMember:
         self._setup: pb.TrainingSetup | None = None
         self._masks: tuple[Array, Array, Array] | None = None  # (A_i, B_i, c_i)
         self._refreshed = 0
+        self._refreshed_gradients: list[bytes] = []  # per iteration answered: its gradients' digest
         self._masked_model: Array | None = None
         self.model: dict[str, object] | None = None
         self._key_commitments: dict[str, bytes] = {}  # party -> sha256(CKG) + sha256(RKG-1)
@@ -800,11 +826,24 @@ class CollectiveMember:
         setup, rules = self._setup, self._rules
         assert setup is not None and rules is not None and self._masks is not None
         iteration = task.iteration
+        gradients = [item.data for item in task.inputs if item.name == "gradient"]
+        if iteration < self._refreshed:  # answered: a second share would leak (module docstring)
+            same = hmac.compare_digest(
+                _gradients_digest(gradients), self._refreshed_gradients[iteration]
+            )
+            raise ProtocolError(
+                f"refresh of iteration {iteration} refused: party {self.name!r} answered it "
+                + (
+                    "already; it answers only a byte-identical repeat of its latest task, "
+                    "from its cache"
+                    if same
+                    else "already for other gradients, and makes one share per iteration"
+                )
+            )
         if iteration != self._refreshed:
             raise ProtocolError(
                 f"refresh of iteration {iteration} refused: the next iteration is {self._refreshed}"
             )
-        gradients = [item.data for item in task.inputs if item.name == "gradient"]
         if len(gradients) != setup.columns or len(task.inputs) != setup.columns:
             raise ProtocolError(
                 f"refresh {iteration}: {len(task.inputs)} inputs for {setup.columns} column gradients"
@@ -843,6 +882,7 @@ class CollectiveMember:
         share = protocol.gen_share(self._secret, output=output, random_bytes=self._random_bytes)
         self._masks = (stepped[0][0], stepped[0][1], label_mask)
         self._refreshed += 1
+        self._refreshed_gradients.append(_gradients_digest(gradients))
         return _named([("masked-step", share.to_bytes())])
 
     def _step_model(self, task: pb.CollectiveTask) -> pb.KeyHolderResult:
@@ -933,6 +973,10 @@ def _parse_stats_commitment(data: bytes, pieces: int, *, party: str) -> tuple[in
     return int.from_bytes(data[:8], "little"), [
         data[8 + 32 * i : 8 + 32 * (i + 1)] for i in range(pieces)
     ]
+
+
+def _gradients_digest(gradients: Sequence[bytes]) -> bytes:
+    return hashlib.sha256(b"".join(hashlib.sha256(g).digest() for g in gradients)).digest()
 
 
 def _digest(values: Array) -> str:

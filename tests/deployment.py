@@ -197,7 +197,11 @@ class Deployment:
         self.coordinator.wait(timeout=60)
         _kill_all(descendants)
 
-    def start_parties(self, *, iterations: int = 15, reconnect_s: float = 120.0) -> None:
+    def start_parties(
+        self, *, iterations: int = 15, reconnect_s: float = 120.0, trust: str = "key-holder"
+    ) -> None:
+        """Every roster party; ``KEY_HOLDER`` creates the job (in collective ``trust``, it is
+        the initiator and holds a key share like the others)."""
         roster = ",".join(ROSTER)
         for name in ROSTER:
             files = PartyFiles(self.root, name)
@@ -206,7 +210,7 @@ class Deployment:
                        "--kit", str(self.project / name), "--job", JOB, "--roster", roster,
                        "--data", str(files.train), "--label", self.label,
                        "--model-out", str(files.model), "--result-out", str(files.result_path),
-                       "--reconnect-timeout", str(reconnect_s), "--trust", "key-holder"]  # fmt: skip
+                       "--reconnect-timeout", str(reconnect_s), "--trust", trust]  # fmt: skip
             if name == KEY_HOLDER:
                 command += ["--key-holder", "--iterations", str(iterations)]
             else:
@@ -288,9 +292,11 @@ class Deployment:
     def weights(self, name: str) -> np.ndarray:
         return np.asarray(self.result(name)["weights"])
 
-    def journal(self) -> dict[str, Any] | None:
-        """The coordinator's training journal as it stands (``coordinator.checkpoint``)."""
-        path = self.workdir / "jobs" / JOB / "training" / "journal.json"
+    def journal(self, *, collective: bool = False) -> dict[str, Any] | None:
+        """The coordinator's training journal as it stands (``coordinator.checkpoint``): the
+        key holder's, or the ``collective`` one."""
+        folder = "collective" if collective else "training"
+        path = self.workdir / "jobs" / JOB / folder / "journal.json"
         try:
             return dict(json.loads(path.read_text()))
         except (OSError, ValueError):

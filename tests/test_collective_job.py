@@ -112,6 +112,15 @@ def run() -> dict:
 
 def _run_job(x: np.ndarray, y: np.ndarray, model: Model, options: pb.TrainingOptions) -> dict:
     """A whole collective job of ``model``: three state machines, keys to model, in process."""
+    job = prepare_job(x, y, model, options)
+    job["report"] = train(job["inputs"], pool=job["pool"], relay=job["relay"])
+    return job
+
+
+def prepare_job(x: np.ndarray, y: np.ndarray, model: Model, options: pb.TrainingOptions) -> dict:
+    """A collective job of ``model`` up to its training: three state machines behind their
+    answerers, keys made, statistics decrypted, label terms committed; ``inputs`` and ``pool``
+    are what :func:`coordinator.collective.train` takes."""
     parts = np.array_split(np.arange(len(y)), len(PARTIES))
     features = [f"f{j}" for j in range(x.shape[1])]
     signing = {p: SigningKey.generate() for p in PARTIES}
@@ -191,22 +200,20 @@ def _run_job(x: np.ndarray, y: np.ndarray, model: Model, options: pb.TrainingOpt
         classes=model.classes,
         rows=count,
     )
-    report = train(
-        CollectiveInputs(
-            job=keys.job,
-            context=context,
-            params=PARAMS,
-            hyper=hyper,
-            rows=count,
-            columns=hyper.outputs * xs.shape[1],
-            label_terms=label_terms,
-            label_term_signatures=signatures,
-            hellos=tuple(hellos),
-        ),
-        pool=MemoryPool(context, columns),
-        relay=relay,
+    inputs = CollectiveInputs(
+        job=keys.job,
+        context=context,
+        params=PARAMS,
+        hyper=hyper,
+        rows=count,
+        columns=hyper.outputs * xs.shape[1],
+        label_terms=label_terms,
+        label_term_signatures=signatures,
+        hellos=tuple(hellos),
     )
     return {
+        "inputs": inputs,
+        "pool": MemoryPool(context, columns),
         "members": members,
         "links": links,
         "relay": relay,
@@ -216,7 +223,6 @@ def _run_job(x: np.ndarray, y: np.ndarray, model: Model, options: pb.TrainingOpt
         "count": count,
         "summary": summary,
         "x": x,
-        "report": report,
         "stats": stats,
         "hellos": hellos,
         "keys": keys,

@@ -240,7 +240,10 @@ def test_a_refresh_outside_the_agreed_steps_is_refused(project, tmp_path, attack
 
     outcome, _ = _run(project, tmp_path, tamper)
     expected = {
-        "repeat": "refresh of iteration 0 refused: the next iteration is 1",
+        "repeat": (
+            "refresh of iteration 0 refused: party 'ha' answered it already for other "
+            "gradients, and makes one share per iteration"
+        ),
         "extra": "refresh of iteration 2 refused: the job's 2 iterations are done",
         "level": "gradient of column 0 (iteration 1)",
     }[attack]
@@ -261,9 +264,12 @@ def test_n_minus_1_key_shares_do_not_decrypt_an_upload():
         assert abs(np.corrcoef(guess, rows)[0, 1]) < 0.1
 
 
-def test_a_restarted_coordinator_fails_a_collective_job_with_the_reason(project, tmp_path):
+def test_a_coordinator_restarted_during_the_collective_setup_fails_the_job_with_the_reason(
+    project, tmp_path
+):
     """Only the initiator has joined (the job waits for the others) when the coordinator stops;
-    restarted on the same directory, it restores the job FAILED, saying why."""
+    restarted on the same directory, it restores the job FAILED, saying why: the setup does not
+    resume (training does: tests/test_collective_resume.py, tests/test_faults_collective.py)."""
     workdir = tmp_path / "work"
     registry = Registry(workdir, in_process_pool_factory(workers=1))
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=chunks.CHANNEL_OPTIONS)
@@ -313,6 +319,9 @@ def test_a_restarted_coordinator_fails_a_collective_job_with_the_reason(project,
     try:
         (status,) = [job.status() for job in restarted.jobs()]
         assert status.phase == pb.FAILED
-        assert "a collective job does not resume after a coordinator restart" in status.message
+        assert (
+            "the coordinator restarted during the collective setup (phase WAITING_FOR_PARTIES: "
+            "keys, statistics or label terms), which does not resume"
+        ) in status.message
     finally:
         restarted.shutdown()
