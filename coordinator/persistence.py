@@ -367,7 +367,7 @@ class _Restoring:
                     party.upload_bytes += len(data)
         path = job.store.label_term_path(party.name)
         if path.is_file() or party.upload_complete:
-            party.upload_bytes += len(self._ciphertext(job, path, size=job.columns))
+            party.upload_bytes += len(self._ciphertext(job, path, size=job.outputs * job.columns))
             party.label_term = True
 
     def _check_finished(self, job: Job) -> None:

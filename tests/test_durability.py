@@ -416,3 +416,34 @@ def test_a_restored_job_whose_key_holder_never_returns_expires(workdir: Path) ->
         "DeadlineExceeded: job job-3 expired: nothing happened in it for 0.3 s "
         "(idle_timeout_s): waiting for the key holder 'kh' to connect"
     )
+
+
+def test_a_multiclass_job_restores_with_its_label_term_of_outputs_x_columns(
+    tmp_path: Path,
+    private_context: ts.Context,
+    public_context: ts.Context,
+    public_context_bytes: bytes,
+) -> None:
+    """A k-class job's label term holds k x columns values; the restore verifies it at that
+    size (it once expected one value per column and failed every multiclass job)."""
+    workdir = tmp_path / "work"
+    running = RunningCoordinator(workdir, in_process_pool_factory(workers=1))
+    options = pb.TrainingOptions(iterations=2, model="multiclass", classes=3)
+    create_job(running.stub, public_context_bytes, options=options)
+    session = start_key_holder(running.stub, key_holder(private_context))
+    try:
+        to_uploading(running.stub, public_context)
+        upload = list(whole_upload(public_context, "kh"))
+        columns = len(upload) - 1
+        upload[-1].label_term = sealio.serialize(
+            ts.ckks_vector(public_context, np.zeros(3 * columns))
+        )
+        running.stub.Upload(iter(upload))
+    finally:
+        session.stop()
+        running.stop()
+
+    job = restore_job(workdir / "jobs" / "job-1", limits=Limits())
+
+    assert job.phase == pb.UPLOADING, job.message
+    assert job.parties["kh"].upload_complete and job.parties["kh"].label_term
