@@ -37,9 +37,9 @@ Parties must produce one share per (column, iteration) and only for a ciphertext
 they agreed to: their state machine (:mod:`parties.collective`) checks the iteration, the level,
 the scale and the parameter id before calling :meth:`MaskedStepProtocol.gen_share`.
 
-Cost: the coefficient 0 of c1 s is a signed sum of c1's coefficients where s is +-1, computed in
-numpy on 32-bit halves (exact, no Python integers); the re-encryption share is one CRP expansion
-and one product per column at the top level.
+Cost: the coefficient 0 of c1 s is N^-1 times the sum of c1 s's NTT values (no inverse
+transform), the product by the key share's precomputed Shoup form; the re-encryption share is
+one CRP expansion, one such product and one noise transform per column at the top level.
 """
 
 from __future__ import annotations
@@ -88,36 +88,18 @@ def _sum_mod(ring: RnsRing, polys: Sequence[Poly]) -> Poly:
     total = polys[0]
     for poly in polys[1:]:
         total = total + poly
-        total = np.where(total >= q, total - q, total)
+        total = np.minimum(total, total - q)  # below q, total - q wraps and is the larger
     return total
 
 
 def constant_terms(ring: RnsRing, c1: Poly, secret: SecretKeyShare) -> Poly:
-    """Coefficient 0 of c1 s for a stack of polynomials c1 (coefficient form, shape
-    (columns, rows, N)): shape (rows, columns).
+    """Coefficient 0 of c1 s for a stack of polynomials c1 (NTT form, shape (columns, rows,
+    N)): shape (rows, columns).
 
-    In Z[X]/(X^N + 1) it is c1_0 s_0 - sum_{k >= 1} c1_k s_{N-k}: with s ternary, the sum of the
-    c1_k where the reversed secret is +1 minus those where it is -1. Each sum is exact in uint64
-    on 32-bit halves (N <= 2^15 terms below 2^32 each).
+    One product by the key share's precomputed Shoup form and a sum of the values
+    (:meth:`RnsRing.constant_coefficients`): no transform, exact in uint64.
     """
-    s = secret.coefficients()
-    reversed_s = np.concatenate([s[:1], -s[:0:-1]])
-    plus, minus = reversed_s == 1, reversed_s == -1
-    low_mask = np.uint64(0xFFFFFFFF)
-    out = np.empty((c1.shape[1], c1.shape[0]), dtype=np.uint64)
-
-    def signed_sum(select: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        chosen = c1[..., select]
-        return (chosen & low_mask).sum(axis=-1), (chosen >> np.uint64(32)).sum(axis=-1)
-
-    (plus_low, plus_high), (minus_low, minus_high) = signed_sum(plus), signed_sum(minus)
-    for j in range(c1.shape[1]):
-        q = ring.primes[j]
-        for column in range(c1.shape[0]):
-            value = (int(plus_high[column, j]) - int(minus_high[column, j])) << 32
-            value += int(plus_low[column, j]) - int(minus_low[column, j])
-            out[j, column] = value % q
-    return out
+    return ring.constant_coefficients(ring.mul_by(c1, secret.multiplier()))
 
 
 @dataclass(frozen=True)
@@ -315,8 +297,7 @@ class MaskedStepProtocol:
         ring = self.job.ring
         masks = uniform_mask(self.columns, self.mask_bits, random_bytes=random_bytes)
         noise = centered_binomial(self.columns, random_bytes=random_bytes)
-        c1 = np.stack([ring.intt(c.polys[1]) for c in self.ciphertexts])
-        constants = constant_terms(ring, c1, secret)
+        constants = constant_terms(ring, np.stack([c.polys[1] for c in self.ciphertexts]), secret)
         q = np.array(ring.primes[: self.rows], dtype=object)[:, None]
         masked = ((constants.astype(object) + (noise - masks).astype(object)[None, :]) % q).astype(
             np.uint64
@@ -332,7 +313,7 @@ class MaskedStepProtocol:
             ]
         )
         reencrypted = ring.add(
-            ring.sub(errors, ring.mul(self.crps, secret.ntt(top))), self._encode(-values)
+            ring.sub(errors, ring.mul_by(self.crps, secret.multiplier())), self._encode(-values)
         )
         return MaskedStepShare(self.tag, masked, reencrypted)
 
@@ -355,7 +336,7 @@ class MaskedStepProtocol:
         if aggregate.tag != self.tag:
             raise ProtocolError("masked-step aggregate of another iteration, step or ciphertext")
         ring = self.job.ring
-        c0 = np.stack([ring.intt(c.polys[0])[:, 0] for c in self.ciphertexts], axis=1)
+        c0 = ring.constant_coefficients(np.stack([c.polys[0] for c in self.ciphertexts]))
         total = _sum_mod(ring, [c0, aggregate.masked])
         constants = [float(v) for v in ring.to_integers(total)]  # centered, per column
         return self._slot_sums(np.array(constants, dtype=np.float64))
