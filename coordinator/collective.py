@@ -55,6 +55,7 @@ from hefl.protocols.collective.step import (
     EncToShareShare,
     MaskedStepProtocol,
     MaskedStepShare,
+    step_crps,
     step_id,
 )
 from hefl.v1 import hefl_pb2 as pb
@@ -368,6 +369,9 @@ def train(
     fresh = sealio.encrypt_replicated(context, [0.0] * columns, slots)
     unmask = [0.0] * columns
     identity = step_id(setup)
+    # Each iteration's CRPs (the fresh weights' c1) are expanded while this process waits for
+    # the workers and the parties, one iteration ahead.
+    crps = relay.pool.submit(step_crps, job, iteration=0, columns=columns)
     tick = time.perf_counter()
     for iteration in range(hyper.iterations):
         gradient_started = time.perf_counter()
@@ -389,7 +393,10 @@ def train(
             iteration=iteration,
             step_id=identity,
             output_scale_bits=inputs.params.scale_bits,
+            crps=crps.result(timeout=relay.timeout_s),
         )
+        if iteration + 1 < hyper.iterations:
+            crps = relay.pool.submit(step_crps, job, iteration=iteration + 1, columns=columns)
         answers = _output(
             relay.outputs(
                 "refresh",

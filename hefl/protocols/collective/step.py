@@ -33,6 +33,10 @@ on party i's masks, it is the step of the true state (:func:`hefl.algorithm.nest
 linear). Security per revealed slot sum as in :mod:`.refresh`: about 45 bits for the key part
 of the noise, 27 bits for the data (slot means below 1 at scale 2^30), with b = 56.
 
+The re-encryption part -a_j s_i + e'_ij needs neither the gradient nor the masks, so a party can
+make it before the gradients exist (:func:`prepare_reencryption`, while the workers compute
+them); made once per iteration and used for one share, it changes nothing of the above.
+
 Parties must produce one share per (column, iteration) and only for a ciphertext of the step
 they agreed to: their state machine (:mod:`parties.collective`) checks the iteration, the level,
 the scale and the parameter id before calling :meth:`MaskedStepProtocol.gen_share`.
@@ -73,6 +77,8 @@ StepOutput = Callable[[Array], Array]
 
 #: The widest masks whose decoded values float64 still adds up exactly enough (module docstring).
 MAX_MASK_BITS = 56
+
+MASKED_STEP = "masked-step"
 
 if TYPE_CHECKING:
     from hefl.protocols.collective.secret import SecretKeyShare
@@ -201,6 +207,66 @@ class MaskedStepShare:
         return cls(tag, polys[0], np.stack(polys[1:]))
 
 
+def step_crps(job: CollectiveJob, *, iteration: int, columns: int) -> Poly:
+    """a_j = CRP(job, "masked-step", column j, iteration) for every column, at the top level:
+    shape (columns, top rows, N). One label per (job, column, iteration): no CRP serves twice."""
+    ring = job.ring
+    return np.stack(
+        [
+            job.crs.polynomial(
+                ring,
+                CrsLabel(job.job_id, MASKED_STEP, key=str(j), iteration=iteration),
+                rows=ring.top_rows,
+            )
+            for j in range(columns)
+        ]
+    )
+
+
+@dataclass(frozen=True, repr=False)
+class PreparedReencryption:
+    """-a_j s_i + e'_ij for every column of one iteration: the part of party i's re-encryption
+    share that needs neither the gradients nor its masks, so it can be made while the workers
+    compute them (the CRP expansions, the products by the key share and the noises' transforms
+    are most of a share's cost).
+
+    It serves one share: the party drops it once used. It is as sensitive as the share's mask
+    part (the share minus it is Encode(-y_ij)), so it stays in the party's process and its
+    ``repr`` shows none of it.
+    """
+
+    iteration: int
+    columns: int
+    polys: Poly  # (columns, top rows, N)
+
+    def __repr__(self) -> str:
+        return f"PreparedReencryption(iteration={self.iteration}, columns={self.columns})"
+
+
+def prepare_reencryption(
+    job: CollectiveJob,
+    secret: SecretKeyShare,
+    *,
+    iteration: int,
+    columns: int,
+    random_bytes: RandomBytes = os.urandom,
+    crps: Poly | None = None,
+) -> PreparedReencryption:
+    """-a_j s_i + e'_ij per column, e'_ij fresh CBD noise from ``random_bytes``."""
+    ring = job.ring
+    top = ring.top_rows
+    if crps is None:
+        crps = step_crps(job, iteration=iteration, columns=columns)
+    errors = np.stack(
+        [
+            ring.small_ntt(centered_binomial(ring.n, random_bytes=random_bytes), top)
+            for _ in range(columns)
+        ]
+    )
+    polys = ring.sub(errors, ring.mul_by(crps, secret.multiplier()))
+    return PreparedReencryption(iteration, columns, polys)
+
+
 class MaskedStepProtocol:
     """One iteration's collective refresh of every column's slot sum through a step whose
     output differs per party (module docstring).
@@ -214,9 +280,10 @@ class MaskedStepProtocol:
         iteration: The training iteration (labels the CRPs: one per column and iteration).
         step_id: Names the step (e.g. a hash of the optimizer constants); shares are bound to it.
         output_scale_bits: log2 of the outputs' scale.
+        crps: The CRPs of this iteration (:func:`step_crps`), if expanded ahead of time.
     """
 
-    PROTOCOL = "masked-step"
+    PROTOCOL = MASKED_STEP
 
     def __init__(
         self,
@@ -226,10 +293,13 @@ class MaskedStepProtocol:
         iteration: int,
         step_id: str,
         output_scale_bits: int,
+        crps: Poly | None = None,
     ) -> None:
         ring = job.ring
         if not ciphertexts:
             raise InvalidArgument("a masked step of no columns")
+        if crps is not None and crps.shape != (len(ciphertexts), ring.top_rows, ring.n):
+            raise InvalidArgument(f"CRPs of shape {crps.shape} for {len(ciphertexts)} columns")
         first = ciphertexts[0]
         for ciphertext in ciphertexts:
             if ciphertext.polys.shape[0] != 2 or ciphertext.rows >= ring.top_rows:
@@ -240,6 +310,7 @@ class MaskedStepProtocol:
                 raise InvalidArgument("a masked step takes columns of one level and scale")
         self.job = job
         self.ciphertexts = tuple(ciphertexts)
+        self._crps = crps
         self.iteration = iteration
         self.rows = first.rows
         self.scale = first.scale
@@ -260,17 +331,9 @@ class MaskedStepProtocol:
     @cached_property
     def crps(self) -> Poly:
         """a_j per column, at the top level: shape (columns, top rows, N)."""
-        ring = self.job.ring
-        return np.stack(
-            [
-                self.job.crs.polynomial(
-                    ring,
-                    CrsLabel(self.job.job_id, self.PROTOCOL, key=str(j), iteration=self.iteration),
-                    rows=ring.top_rows,
-                )
-                for j in range(self.columns)
-            ]
-        )
+        if self._crps is not None:
+            return self._crps
+        return step_crps(self.job, iteration=self.iteration, columns=self.columns)
 
     def _slot_sums(self, constants: Array) -> Array:
         """The slot sums that coefficients 0 stand for: (N/2) m_0 / scale."""
@@ -290,11 +353,34 @@ class MaskedStepProtocol:
         secret: SecretKeyShare,
         *,
         output: StepOutput,
+        prepared: PreparedReencryption | None = None,
         random_bytes: RandomBytes = os.urandom,
     ) -> MaskedStepShare:
         """The party's share; ``output`` maps its shares g_i of the masked slot sums (one per
-        column) to the values it subtracts from the result (one per column)."""
+        column) to the values it subtracts from the result (one per column).
+
+        ``prepared``: this iteration's -a_j s_i + e'_ij (:func:`prepare_reencryption`), made
+        ahead of time with the same key share; made here if None.
+
+        Raises:
+            InvalidArgument: ``prepared`` is of another iteration or column count, or the
+                output is not one value per column.
+        """
         ring = self.job.ring
+        if prepared is None:
+            prepared = prepare_reencryption(
+                self.job,
+                secret,
+                iteration=self.iteration,
+                columns=self.columns,
+                random_bytes=random_bytes,
+                crps=self.crps,
+            )
+        elif (prepared.iteration, prepared.columns) != (self.iteration, self.columns):
+            raise InvalidArgument(
+                f"a re-encryption prepared for iteration {prepared.iteration} and "
+                f"{prepared.columns} columns, not {self.iteration} and {self.columns}"
+            )
         masks = uniform_mask(self.columns, self.mask_bits, random_bytes=random_bytes)
         noise = centered_binomial(self.columns, random_bytes=random_bytes)
         constants = constant_terms(ring, np.stack([c.polys[1] for c in self.ciphertexts]), secret)
@@ -305,16 +391,7 @@ class MaskedStepProtocol:
         values = np.asarray(output(-self._slot_sums(masks.astype(np.float64))), dtype=np.float64)
         if values.shape != (self.columns,):
             raise InvalidArgument(f"step output of shape {values.shape} for {self.columns} columns")
-        top = ring.top_rows
-        errors = np.stack(
-            [
-                ring.small_ntt(centered_binomial(ring.n, random_bytes=random_bytes), top)
-                for _ in range(self.columns)
-            ]
-        )
-        reencrypted = ring.add(
-            ring.sub(errors, ring.mul_by(self.crps, secret.multiplier())), self._encode(-values)
-        )
+        reencrypted = ring.add(prepared.polys, self._encode(-values))
         return MaskedStepShare(self.tag, masked, reencrypted)
 
     def aggregate_shares(self, shares: Mapping[str, MaskedStepShare]) -> MaskedStepShare:
