@@ -204,8 +204,22 @@ class RnsRing:
         return np.stack([np.mod(c, np.int64(q)).astype(np.uint64) for q in primes])
 
     def small_ntt(self, coefficients: SignedPoly, rows: int) -> Poly:
-        """A signed integer polynomial in NTT form on the first ``rows`` primes."""
-        return self.ntt(self.from_signed(coefficients, rows))
+        """A signed integer polynomial in NTT form on the first ``rows`` primes.
+
+        Small coefficients (noise, key shares: at least -:data:`SMALL_SHIFT`) are shifted to
+        non-negative values below every prime, so that one list serves every row, and the
+        shift's transform taken off afterwards (the transform is linear).
+        """
+        import tenseal.sealapi.util as seal_util
+
+        c = np.asarray(coefficients, dtype=np.int64)
+        if not c.size or c.min() < -SMALL_SHIFT or c.max() + SMALL_SHIFT >= min(self.primes):
+            return self.ntt(self.from_signed(c, rows))
+        shifted = (c + SMALL_SHIFT).tolist()
+        out = np.stack(
+            [_words(seal_util.ntt_negacyclic_harvey(shifted, self._tables[j])) for j in range(rows)]
+        )
+        return self.sub(out, _shift_ntt(self)[:rows])
 
     def from_integers(self, coefficients: NDArray[Any], rows: int) -> Poly:
         """Arbitrary Python integers (an object array) -> residues on the first ``rows`` primes."""
@@ -246,6 +260,16 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 def _words(values: list[int]) -> Poly:
     """SEAL's list of residues as uint64 (through a C array: 3x faster than ``np.array``)."""
     return np.frombuffer(array.array("Q", values), dtype=np.uint64)
+
+
+#: Small polynomials are shifted by this before their transform (:meth:`RnsRing.small_ntt`).
+SMALL_SHIFT = 64
+
+
+@functools.cache
+def _shift_ntt(ring: RnsRing) -> Poly:
+    """The transform of the polynomial with every coefficient :data:`SMALL_SHIFT`."""
+    return _read_only(ring.ntt(np.full((ring.key_rows, ring.n), SMALL_SHIFT, dtype=np.uint64)))
 
 
 _LOW = np.uint64(0xFFFFFFFF)
