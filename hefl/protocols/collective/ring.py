@@ -127,21 +127,33 @@ class RnsRing:
         return out
 
     def multiplier(self, b: Poly) -> Multiplier:
-        """``b`` (shape (rows, N), reduced) with its Shoup quotients floor(b 2^64 / q), for
-        many products by the same operand (:meth:`mul_by`)."""
-        q = np.array(self.primes[: b.shape[-2]], dtype=object)[:, None]
-        quotients = ((b.astype(object) << 64) // q).astype(np.uint64)
+        """``b`` (shape (rows, N), reduced) with its Shoup quotients, for many products by the
+        same operand (:meth:`mul_by`): floor(b 2^32 / q) on rows whose prime is below 2^31,
+        floor(b 2^64 / q) on the others."""
+        rows = b.shape[-2]
+        shifts = np.array([32 if q < _SHOUP_32 else 64 for q in self.primes[:rows]], dtype=object)
+        q = np.array(self.primes[:rows], dtype=object)[:, None]
+        quotients = ((b.astype(object) << shifts[:, None]) // q).astype(np.uint64)
         return Multiplier(_read_only(np.array(b, dtype=np.uint64)), _read_only(quotients))
 
     def mul_by(self, a: Poly, b: Multiplier) -> Poly:
-        """a b coefficient-wise for a fixed operand ``b`` (Shoup's product: exact in uint64,
-        every prime below 2^62; ``a`` reduced, rows on the second-to-last axis)."""
+        """a b coefficient-wise for a fixed operand ``b`` (Shoup's product: exact in uint64;
+        ``a`` reduced, rows on the second-to-last axis). Below 2^31 the quotient is one
+        product of words, a >> 32; above it takes the 128-bit product's high word."""
         rows = a.shape[-2]
-        q = self._column(rows)
-        values, quotients = b.values[:rows], b.quotients[:rows]
-        estimate = _mulhi(a, quotients)  # floor(a b / q) or one less
-        remainder = a * values - estimate * q  # exact modulo 2^64: in [0, 2q)
-        return np.minimum(remainder, remainder - q)
+        out = np.empty(np.broadcast_shapes(a.shape, b.values[:rows].shape), dtype=np.uint64)
+        small = [j for j in range(rows) if self.primes[j] < _SHOUP_32]
+        large = [j for j in range(rows) if self.primes[j] >= _SHOUP_32]
+        for picked, high_word in ((small, _mulhi32), (large, _mulhi)):
+            if not picked:
+                continue
+            index = slice(picked[0], picked[-1] + 1) if _contiguous(picked) else picked
+            q = np.array([self.primes[j] for j in picked], dtype=np.uint64)[:, None]
+            part = a[..., index, :]
+            estimate = high_word(part, b.quotients[index])  # floor(a b / q) or one less
+            remainder = part * b.values[index] - estimate * q  # exact modulo 2^64: [0, 2q)
+            out[..., index, :] = np.minimum(remainder, remainder - q)
+        return out
 
     def constant_coefficients(self, a: Poly) -> Poly:
         """Coefficient 0 of every NTT-form polynomial of a stack ``a`` (shape (count, rows,
@@ -274,6 +286,18 @@ def _shift_ntt(ring: RnsRing) -> Poly:
 
 _LOW = np.uint64(0xFFFFFFFF)
 _32 = np.uint64(32)
+
+
+_SHOUP_32 = 1 << 31
+
+
+def _contiguous(rows: list[int]) -> bool:
+    return rows == list(range(rows[0], rows[-1] + 1))
+
+
+def _mulhi32(a: Poly, b: Poly) -> Poly:
+    """floor(a b / 2^32) for a < 2^31, b < 2^32: the product fits in 63 bits."""
+    return (a * b) >> _32
 
 
 def _mulhi(a: Poly, b: Poly) -> Poly:
