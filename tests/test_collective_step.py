@@ -213,13 +213,13 @@ def test_the_fast_ring_paths_equal_the_exact_integers(name: str) -> None:
     b = np.stack([rng.integers(0, q, size=ring.n, dtype=np.uint64) for q in ring.primes])
     for j, q in enumerate(ring.primes):
         a[0, j, :4], b[j, :4] = [0, 1, q - 1, q - 2], [q - 1, q - 1, q - 1, 0]
-    q = np.array(ring.primes, dtype=object)[:, None]
+    moduli = np.array(ring.primes, dtype=object)[:, None]
     wide_a, wide_b = a.astype(object), b.astype(object)
 
-    assert np.array_equal(ring.mul_by(a, ring.multiplier(b)), (wide_a * wide_b) % q)
-    assert np.array_equal(ring.add(a, b), (wide_a + wide_b) % q)
-    assert np.array_equal(ring.sub(a, b), (wide_a - wide_b) % q)
-    assert np.array_equal(ring.sub(b, a), (wide_b - wide_a) % q)
+    assert np.array_equal(ring.mul_by(a, ring.multiplier(b)), (wide_a * wide_b) % moduli)
+    assert np.array_equal(ring.add(a, b), (wide_a + wide_b) % moduli)
+    assert np.array_equal(ring.sub(a, b), (wide_a - wide_b) % moduli)
+    assert np.array_equal(ring.sub(b, a), (wide_b - wide_a) % moduli)
     top = a[:, : ring.top_rows]
     expected = np.stack([ring.intt(poly)[:, 0] for poly in top], axis=1)
     assert np.array_equal(ring.constant_coefficients(top), expected)
