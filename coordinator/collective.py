@@ -67,6 +67,7 @@ from hefl.protocols.collective.step import (
     EncToShareShare,
     MaskedStepProtocol,
     MaskedStepShare,
+    step_crps,
     step_id,
 )
 from hefl.v1 import hefl_pb2 as pb
@@ -395,6 +396,9 @@ def train(
 
     fresh: list[bytes] | None = None  # the workers' weights, k w, after the last iteration
     unmask = [0.0] * columns
+    # Each iteration's CRPs (the fresh weights' c1) are expanded while this process waits for
+    # the workers and the parties, one iteration ahead.
+    crps = relay.pool.submit(step_crps, job, iteration=first, columns=columns)
     tick = time.perf_counter()
     for iteration in range(first, hyper.iterations):
         gradient_started = time.perf_counter()
@@ -420,7 +424,10 @@ def train(
             iteration=iteration,
             step_id=identity,
             output_scale_bits=inputs.params.scale_bits,
+            crps=crps.result(timeout=relay.timeout_s),
         )
+        if iteration + 1 < hyper.iterations:
+            crps = relay.pool.submit(step_crps, job, iteration=iteration + 1, columns=columns)
         refresh_task = pb.CollectiveTask(
             iteration=iteration,
             inputs=[pb.NamedBytes(name="gradient", data=g) for g in serialized],

@@ -48,7 +48,10 @@ nor, since a party signs one message per step, show two parties different ones.
    gradients, one per column at the last level, the job's scale and parameter id; it answers its
    :class:`MaskedStepProtocol` share, having applied the linear part of Nesterov's step to its
    own masks (w-mask A_i, v-mask B_i, the iteration's gradient-mask share g_i, c_i), and
-   re-encrypted -k A'_i: the finalized ciphertexts hold k w' (the true weights).
+   re-encrypted -k A'_i: the finalized ciphertexts hold k w' (the true weights). The part of
+   that re-encryption which needs no gradient and no mask (-a_j s_i + e'_ij: the CRPs, the
+   products by its key share, the noises' transforms) it makes in the background after the
+   setup and after each refresh, for the next iteration only, and uses it for that one share.
 14. ``model``: after the last iteration, given the masked model v + sum B_i (``columns`` finite
    values), it answers its mask B_i sealed to every other roster party, signed, with the digest
    of the masked model it received (so every party sees whether all got the same one).
@@ -101,9 +104,11 @@ import hmac
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -143,6 +148,8 @@ from hefl.protocols.collective.shares import CollectiveJob
 from hefl.protocols.collective.step import (
     EncToShareProtocol,
     MaskedStepProtocol,
+    PreparedReencryption,
+    prepare_reencryption,
     stats_protocol,
     step_id,
 )
@@ -186,6 +193,17 @@ class Roster:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(sorted(self.keys))
+
+
+def _lower_priority() -> None:
+    """Run this thread (the next share's preparation) at the lowest CPU priority, where the OS
+    allows a thread its own: on a host the party shares (a simulation, a test), the work that is
+    on the iteration's critical path (the coordinator's workers) goes first."""
+    if sys.platform == "linux":
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except OSError as err:
+            log.debug("the preparing thread keeps its priority: %s", err)
 
 
 def _named(outputs: Sequence[tuple[str, bytes]]) -> pb.KeyHolderResult:
@@ -275,6 +293,10 @@ class CollectiveMember:
         self._masks: tuple[Array, Array, Array] | None = None  # (A_i, B_i, c_i)
         self._refreshed = 0
         self._refreshed_gradients: list[bytes] = []  # per iteration answered: its gradients' digest
+        # The next refresh's -a s_i + e' (MaskedStepProtocol's re-encryption share without the
+        # mask), made in the background between refreshes and used by that refresh only.
+        self._preparing: ThreadPoolExecutor | None = None
+        self._prepared: Future[PreparedReencryption] | None = None
         self._masked_model: Array | None = None
         self.model: dict[str, object] | None = None
         self._key_commitments: dict[str, bytes] = {}  # party -> sha256(CKG) + sha256(RKG-1)
@@ -792,7 +814,30 @@ class CollectiveMember:
         columns = task.setup.columns
         self._setup = task.setup
         self._masks = (np.zeros(columns), np.zeros(columns), kept[:columns])
+        self._prepare(0)
         return _named([("label-term", share.to_bytes())])
+
+    def _prepare(self, iteration: int) -> None:
+        """Start making the re-encryption part of refresh ``iteration``'s share, which depends
+        on no gradient and no mask, while the coordinator's workers compute the gradients."""
+        assert self._setup is not None
+        if iteration >= self._setup.iterations:
+            if self._preparing is not None:
+                self._preparing.shutdown(wait=False)
+            self._preparing = self._prepared = None
+            return
+        if self._preparing is None:
+            self._preparing = ThreadPoolExecutor(
+                1, thread_name_prefix=f"prepare-{self.name}", initializer=_lower_priority
+            )
+        self._prepared = self._preparing.submit(
+            prepare_reencryption,
+            self.job,
+            self._secret,
+            iteration=iteration,
+            columns=self._setup.columns,
+            random_bytes=self._random_bytes,
+        )
 
     def _label_terms(self, task: pb.CollectiveTask) -> EncToShareProtocol:
         assert self.context is not None
@@ -879,10 +924,18 @@ class CollectiveMember:
             )
             return setup.weight_scale * stepped[0][0]
 
-        share = protocol.gen_share(self._secret, output=output, random_bytes=self._random_bytes)
+        # Taken once: a retried refresh makes its own, so no noise serves two shares.
+        prepared, self._prepared = self._prepared, None
+        share = protocol.gen_share(
+            self._secret,
+            output=output,
+            prepared=prepared.result() if prepared is not None else None,
+            random_bytes=self._random_bytes,
+        )
         self._masks = (stepped[0][0], stepped[0][1], label_mask)
         self._refreshed += 1
         self._refreshed_gradients.append(_gradients_digest(gradients))
+        self._prepare(self._refreshed)
         return _named([("masked-step", share.to_bytes())])
 
     def _step_model(self, task: pb.CollectiveTask) -> pb.KeyHolderResult:

@@ -330,6 +330,24 @@ def test_a_share_that_is_not_one_is_refused_where_it_enters(default_keys: Collec
         PublicKeyShare.from_bytes(data, job_for(PARAMETER_SETS["n16384-depth4"]))
 
 
+def test_a_share_sends_rows_of_primes_below_2_32_as_4_byte_words(
+    default_keys: Collective,
+) -> None:
+    keys = default_keys
+    ring = keys.ring
+    share = PublicKeyGenProtocol(keys.job).gen_share(keys.shares[PARTIES[0]])
+    data = share.to_bytes()
+    head = len(b"HEFL-CS2") + 1 + 32 + 2
+    row_bytes = sum(1 + (4 if q < 2**32 else 8) * ring.n for q in ring.primes)
+    bad_word = bytearray(data)
+    bad_word[head + 6] = 5  # the first row's word size
+
+    assert len(data) == head + 6 + row_bytes  # one polynomial at the key level
+    assert PublicKeyShare.from_bytes(data, keys.job).to_bytes() == data
+    with pytest.raises(InvalidArgument, match="5-byte words"):
+        PublicKeyShare.from_bytes(bytes(bad_word), keys.job)
+
+
 def test_key_generation_needs_every_roster_party(default_keys: Collective) -> None:
     keys = default_keys
     ckg = PublicKeyGenProtocol(keys.job)

@@ -47,8 +47,7 @@ def test_constant_terms_equal_the_product_s_coefficient_0(keys: Collective) -> N
     ring = keys.ring
     share = keys.shares[PARTIES[0]]
     cts, _ = _gradients(keys, 3)
-    c1 = np.stack([ring.intt(c.polys[1]) for c in cts])
-    fast = constant_terms(ring, c1, share)
+    fast = constant_terms(ring, np.stack([c.polys[1] for c in cts]), share)
     for column, ct in enumerate(cts):
         product = ring.intt(ring.mul(ct.polys[1], share.ntt(ct.rows)))
         assert fast[:, column].tolist() == product[:, 0].tolist()
@@ -195,3 +194,35 @@ def test_the_long_double_and_python_integer_products_agree(name: str) -> None:
         assert exact.tolist() == expected
         if ring_module.LONG_DOUBLE_MULMOD:
             assert ring_module._mulmod_long_double(a, b, q).tolist() == expected
+
+
+@pytest.mark.parametrize("name", ["n8192-depth4", "n16384-depth4"])
+def test_the_fast_ring_paths_equal_the_exact_integers(name: str) -> None:
+    """Shoup products by a fixed operand, the branch-free add and sub, coefficient 0 from the
+    NTT form and the shifted transform of small polynomials, against Python integers and the
+    plain transform, edge residues included."""
+    from hefl.params import get_parameter_set
+    from hefl.protocols.collective.ring import ring_for
+    from hefl.protocols.collective.sampling import centered_binomial
+
+    ring = ring_for(get_parameter_set(name))
+    rng = np.random.default_rng(8)
+    a = np.stack(
+        [rng.integers(0, q, size=(3, ring.n), dtype=np.uint64) for q in ring.primes], axis=1
+    )
+    b = np.stack([rng.integers(0, q, size=ring.n, dtype=np.uint64) for q in ring.primes])
+    for j, q in enumerate(ring.primes):
+        a[0, j, :4], b[j, :4] = [0, 1, q - 1, q - 2], [q - 1, q - 1, q - 1, 0]
+    moduli = np.array(ring.primes, dtype=object)[:, None]
+    wide_a, wide_b = a.astype(object), b.astype(object)
+
+    assert np.array_equal(ring.mul_by(a, ring.multiplier(b)), (wide_a * wide_b) % moduli)
+    assert np.array_equal(ring.add(a, b), (wide_a + wide_b) % moduli)
+    assert np.array_equal(ring.sub(a, b), (wide_a - wide_b) % moduli)
+    assert np.array_equal(ring.sub(b, a), (wide_b - wide_a) % moduli)
+    top = a[:, : ring.top_rows]
+    expected = np.stack([ring.intt(poly)[:, 0] for poly in top], axis=1)
+    assert np.array_equal(ring.constant_coefficients(top), expected)
+    for small in (centered_binomial(ring.n), np.full(ring.n, -64), np.full(ring.n, -65)):
+        plain = ring.ntt(ring.from_signed(small, ring.key_rows))
+        assert np.array_equal(ring.small_ntt(small, ring.key_rows), plain)

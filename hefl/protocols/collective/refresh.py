@@ -181,7 +181,7 @@ def _sum_columns(ring: RnsRing, polys: Sequence[Poly]) -> Poly:
     total = polys[0]
     for poly in polys[1:]:
         total = total + poly
-        total = np.where(total >= q, total - q, total)
+        total = np.minimum(total, total - q)  # below q, total - q wraps and is the larger
     return total
 
 
@@ -300,8 +300,8 @@ class MaskedTransformProtocol(_Refresh):
         noise = int(centered_binomial(1, random_bytes=random_bytes)[0])
         from hefl.protocols.collective.step import constant_terms
 
-        # Coefficient 0 of c1 s in Z[X]/(X^N + 1), as a signed sum in numpy (step.py).
-        constant = constant_terms(ring, ring.intt(self.ciphertext.polys[1])[None], secret)
+        # Coefficient 0 of c1 s, from the NTT form without a transform (step.py).
+        constant = constant_terms(ring, self.ciphertext.polys[1][None], secret)
         masked = np.empty((rows, 1), dtype=np.uint64)
         for j in range(rows):
             q = ring.primes[j]

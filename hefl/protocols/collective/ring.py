@@ -17,6 +17,7 @@ arithmetic and corrected, so floating point only guesses, never rounds a result.
 
 from __future__ import annotations
 
+import array
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -101,11 +102,13 @@ class RnsRing:
     def add(self, a: Poly, b: Poly) -> Poly:
         q = self._column(a.shape[-2])
         total = a + b  # < 2^61, no overflow
-        return np.where(total >= q, total - q, total)
+        # Where total < q, total - q wraps above 2^63 and the minimum keeps total.
+        return np.minimum(total, total - q)
 
     def sub(self, a: Poly, b: Poly) -> Poly:
         q = self._column(a.shape[-2])
-        return np.where(a >= b, a - b, a + (q - b))
+        difference = a - b  # wraps above 2^63 where a < b; adding q then wraps back below q
+        return np.minimum(difference, difference + q)
 
     def neg(self, a: Poly) -> Poly:
         q = self._column(a.shape[-2])
@@ -123,6 +126,54 @@ class RnsRing:
                 out[..., j, :] = _mulmod_large(a[..., j, :], b[..., j, :], q)
         return out
 
+    def multiplier(self, b: Poly) -> Multiplier:
+        """``b`` (shape (rows, N), reduced) with its Shoup quotients, for many products by the
+        same operand (:meth:`mul_by`): floor(b 2^32 / q) on rows whose prime is below 2^31,
+        floor(b 2^64 / q) on the others."""
+        rows = b.shape[-2]
+        shifts = np.array([32 if q < _SHOUP_32 else 64 for q in self.primes[:rows]], dtype=object)
+        q = np.array(self.primes[:rows], dtype=object)[:, None]
+        quotients = ((b.astype(object) << shifts[:, None]) // q).astype(np.uint64)
+        return Multiplier(_read_only(np.array(b, dtype=np.uint64)), _read_only(quotients))
+
+    def mul_by(self, a: Poly, b: Multiplier) -> Poly:
+        """a b coefficient-wise for a fixed operand ``b`` (Shoup's product: exact in uint64;
+        ``a`` reduced, rows on the second-to-last axis). Below 2^31 the quotient is one
+        product of words, a >> 32; above it takes the 128-bit product's high word."""
+        rows = a.shape[-2]
+        out = np.empty(np.broadcast_shapes(a.shape, b.values[:rows].shape), dtype=np.uint64)
+        small = [j for j in range(rows) if self.primes[j] < _SHOUP_32]
+        large = [j for j in range(rows) if self.primes[j] >= _SHOUP_32]
+        for picked, high_word in ((small, _mulhi32), (large, _mulhi)):
+            if not picked:
+                continue
+            index = slice(picked[0], picked[-1] + 1) if _contiguous(picked) else picked
+            q = np.array([self.primes[j] for j in picked], dtype=np.uint64)[:, None]
+            part = a[..., index, :]
+            estimate = high_word(part, b.quotients[index])  # floor(a b / q) or one less
+            remainder = part * b.values[index] - estimate * q  # exact modulo 2^64: [0, 2q)
+            out[..., index, :] = np.minimum(remainder, remainder - q)
+        return out
+
+    def constant_coefficients(self, a: Poly) -> Poly:
+        """Coefficient 0 of every NTT-form polynomial of a stack ``a`` (shape (count, rows,
+        N)), without the inverse transform: shape (rows, count).
+
+        SEAL's NTT evaluates at the N odd powers of a primitive 2N-th root of unity, whose m-th
+        powers sum to zero for 0 < m < N, so coefficient 0 is N^-1 times the sum of the values:
+        summed exactly in uint64 on 32-bit halves (N <= 2^15 terms below 2^32 each).
+        """
+        rows = a.shape[-2]
+        low, high = (a & _LOW).sum(axis=-1), (a >> _32).sum(axis=-1)
+        out = np.empty((rows, a.shape[0]), dtype=np.uint64)
+        for j in range(rows):
+            q = self.primes[j]
+            inverse = pow(self.n, -1, q)
+            for k in range(a.shape[0]):
+                total = (int(high[k, j]) << 32) + int(low[k, j])
+                out[j, k] = total * inverse % q
+        return out
+
     def sum(self, polys: Sequence[Poly]) -> Poly:
         total = polys[0]
         for poly in polys[1:]:
@@ -137,7 +188,7 @@ class RnsRing:
 
         return np.stack(
             [
-                np.array(seal_util.ntt_negacyclic_harvey(a[j].tolist(), self._tables[j]), np.uint64)
+                _words(seal_util.ntt_negacyclic_harvey(a[j].tolist(), self._tables[j]))
                 for j in range(a.shape[0])
             ]
         )
@@ -148,24 +199,39 @@ class RnsRing:
 
         out = np.stack(
             [
-                np.array(
-                    seal_util.inverse_ntt_negacyclic_harvey(a[j].tolist(), self._tables[j]),
-                    np.uint64,
-                )
+                _words(seal_util.inverse_ntt_negacyclic_harvey(a[j].tolist(), self._tables[j]))
                 for j in range(a.shape[0])
             ]
         )
         q = self._column(a.shape[0])
-        return np.where(out >= q, out - q, out)  # SEAL's inverse leaves values below 2q
+        return np.minimum(out, out - q)  # SEAL's inverse leaves values below 2q
 
     def from_signed(self, coefficients: SignedPoly, rows: int) -> Poly:
         """Signed integer coefficients (|c| < 2^63) -> residues on the first ``rows`` primes."""
         c = np.asarray(coefficients, dtype=np.int64)
-        return np.stack([np.mod(c, np.int64(q)).astype(np.uint64) for q in self.primes[:rows]])
+        primes = self.primes[:rows]
+        if c.size and int(np.abs(c).max()) < min(primes):  # noise, masks: one conditional add
+            negative = (c < 0).astype(np.uint64)
+            return np.stack([c.view(np.uint64) + negative * np.uint64(q) for q in primes])
+        return np.stack([np.mod(c, np.int64(q)).astype(np.uint64) for q in primes])
 
     def small_ntt(self, coefficients: SignedPoly, rows: int) -> Poly:
-        """A signed integer polynomial in NTT form on the first ``rows`` primes."""
-        return self.ntt(self.from_signed(coefficients, rows))
+        """A signed integer polynomial in NTT form on the first ``rows`` primes.
+
+        Small coefficients (noise, key shares: at least -:data:`SMALL_SHIFT`) are shifted to
+        non-negative values below every prime, so that one list serves every row, and the
+        shift's transform taken off afterwards (the transform is linear).
+        """
+        import tenseal.sealapi.util as seal_util
+
+        c = np.asarray(coefficients, dtype=np.int64)
+        if not c.size or c.min() < -SMALL_SHIFT or c.max() + SMALL_SHIFT >= min(self.primes):
+            return self.ntt(self.from_signed(c, rows))
+        shifted = (c + SMALL_SHIFT).tolist()
+        out = np.stack(
+            [_words(seal_util.ntt_negacyclic_harvey(shifted, self._tables[j])) for j in range(rows)]
+        )
+        return self.sub(out, _shift_ntt(self)[:rows])
 
     def from_integers(self, coefficients: NDArray[Any], rows: int) -> Poly:
         """Arbitrary Python integers (an object array) -> residues on the first ``rows`` primes."""
@@ -184,6 +250,63 @@ class RnsRing:
             total = total + a[j].astype(object) * basis
         total = total % modulus
         return np.where(total > modulus // 2, total - modulus, total)
+
+
+@dataclass(frozen=True, repr=False)
+class Multiplier:
+    """A fixed operand of many products and its Shoup quotients (:meth:`RnsRing.multiplier`).
+    Its ``repr`` shows no values: the operand may be a key share."""
+
+    values: Poly
+    quotients: Poly
+
+    def __repr__(self) -> str:
+        return f"Multiplier(<{self.values.shape[0]} rows>)"
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
+
+
+def _words(values: list[int]) -> Poly:
+    """SEAL's list of residues as uint64 (through a C array: 3x faster than ``np.array``)."""
+    return np.frombuffer(array.array("Q", values), dtype=np.uint64)
+
+
+#: Small polynomials are shifted by this before their transform (:meth:`RnsRing.small_ntt`).
+SMALL_SHIFT = 64
+
+
+@functools.cache
+def _shift_ntt(ring: RnsRing) -> Poly:
+    """The transform of the polynomial with every coefficient :data:`SMALL_SHIFT`."""
+    return _read_only(ring.ntt(np.full((ring.key_rows, ring.n), SMALL_SHIFT, dtype=np.uint64)))
+
+
+_LOW = np.uint64(0xFFFFFFFF)
+_32 = np.uint64(32)
+
+
+_SHOUP_32 = 1 << 31
+
+
+def _contiguous(rows: list[int]) -> bool:
+    return rows == list(range(rows[0], rows[-1] + 1))
+
+
+def _mulhi32(a: Poly, b: Poly) -> Poly:
+    """floor(a b / 2^32) for a < 2^31, b < 2^32: the product fits in 63 bits."""
+    return (a * b) >> _32
+
+
+def _mulhi(a: Poly, b: Poly) -> Poly:
+    """The high 64 bits of the 128-bit products a b, from four 32 x 32-bit products."""
+    a_low, a_high = a & _LOW, a >> _32
+    b_low, b_high = b & _LOW, b >> _32
+    low_high, high_low = a_low * b_high, a_high * b_low
+    middle = ((a_low * b_low) >> _32) + (low_high & _LOW) + (high_low & _LOW)  # < 3 x 2^32
+    return a_high * b_high + (low_high >> _32) + (high_low >> _32) + (middle >> _32)
 
 
 # The long-double quotient below is exact enough only with x87's 80-bit format (64-bit

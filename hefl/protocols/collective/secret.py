@@ -23,7 +23,7 @@ import numpy as np
 
 from hefl.errors import InvalidArgument, PermissionDenied, ProtocolError
 from hefl.params import CkksParameters, get_parameter_set
-from hefl.protocols.collective.ring import Poly, RnsRing, SignedPoly, ring_for
+from hefl.protocols.collective.ring import Multiplier, Poly, RnsRing, SignedPoly, ring_for
 from hefl.protocols.collective.sampling import ternary
 from hefl.protocols.masks import RandomBytes
 
@@ -39,7 +39,7 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 class _Secret:
     """A ternary polynomial known to one party: kept in coefficient and NTT form."""
 
-    __slots__ = ("_coefficients", "_ntt", "_ring")
+    __slots__ = ("_coefficients", "_multiplier", "_ntt", "_ring")
 
     def __init__(self, ring: RnsRing, coefficients: SignedPoly) -> None:
         if coefficients.shape != (ring.n,) or not np.isin(coefficients, (-1, 0, 1)).all():
@@ -47,6 +47,7 @@ class _Secret:
         self._ring = ring
         self._coefficients = _read_only(coefficients.astype(np.int64))
         self._ntt = _read_only(ring.small_ntt(self._coefficients, ring.key_rows))
+        self._multiplier: Multiplier | None = None
 
     @property
     def params(self) -> CkksParameters:
@@ -55,6 +56,13 @@ class _Secret:
     def ntt(self, rows: int) -> Poly:
         """The NTT form on the first ``rows`` primes, for the protocols of this package."""
         return self._ntt[:rows]
+
+    def multiplier(self) -> Multiplier:
+        """The NTT form on every key row as a fixed operand (:meth:`RnsRing.mul_by`): the
+        products of every iteration's shares use it."""
+        if self._multiplier is None:
+            self._multiplier = self._ring.multiplier(self._ntt)
+        return self._multiplier
 
     def coefficients(self) -> SignedPoly:
         """The ternary coefficients, for the protocols of this package."""

@@ -7,10 +7,13 @@ aggregator recomputes the tag of the step it runs and refuses any share whose ta
 share made for another job, key, iteration or ciphertext is never added in (it would not
 combine anyway: it is an RLWE sample for another polynomial).
 
-Wire format (little-endian): ``b"HEFL-CS1"``, kind (u8), tag (32 bytes), count (u16), then per
-polynomial ``rows (u16), width (u32)`` and rows x width u64 words. Parsing checks the kind, the
-shapes the protocol expects and that every word is reduced modulo its row's prime, and refuses
-trailing bytes: the validation layer for shares, where they enter a process.
+Wire format (little-endian): ``b"HEFL-CS2"``, kind (u8), tag (32 bytes), count (u16), then per
+polynomial ``rows (u16), width (u32)`` and per row a word size (u8: 4 or 8) and width words of
+that size: 4 bytes where every word of the row fits (the 30-bit primes' rows), 8 otherwise, so a
+re-encryption share at the default set's top level (one 60-bit and four 30-bit primes) takes 24
+bytes per coefficient instead of 40. Parsing checks the kind, the shapes the protocol expects,
+the word sizes and that every word is reduced modulo its row's prime, and refuses trailing
+bytes: the validation layer for shares, where they enter a process.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from hefl.params import CkksParameters
 from hefl.protocols.collective.crs import CommonRandomString, encode_fields
 from hefl.protocols.collective.ring import Poly, RnsRing, ring_for
 
-_MAGIC = b"HEFL-CS1"
+_MAGIC = b"HEFL-CS2"
 _TAG_DOMAIN = b"hefl/collective/share-tag/v1"
 TAG_BYTES = 32
 KINDS = {
@@ -120,12 +123,19 @@ def complete_shares(
     return [shares[p] for p in job.parties]
 
 
+_WORD_SIZES = {4: "<u4", 8: "<u8"}
+_U32_MAX = np.uint64(0xFFFFFFFF)
+
+
 def pack(kind: str, tag: bytes, polys: Sequence[Poly]) -> bytes:
     out = [_MAGIC, struct.pack("<B", KINDS[kind]), tag, struct.pack("<H", len(polys))]
     for poly in polys:
         rows, width = poly.shape
         out.append(struct.pack("<HI", rows, width))
-        out.append(np.ascontiguousarray(poly, dtype="<u8").tobytes())
+        for row in poly:
+            size = 4 if width == 0 or row.max() <= _U32_MAX else 8
+            out.append(struct.pack("<B", size))
+            out.append(np.ascontiguousarray(row, dtype=_WORD_SIZES[size]).tobytes())
     return b"".join(out)
 
 
@@ -157,12 +167,18 @@ def unpack(
             raise InvalidArgument(
                 f"{kind} share polynomial of shape {(rows, width)}, expected {expected}"
             )
-        size = 8 * rows * width
-        if offset + size > len(data):
-            raise InvalidArgument(f"truncated {kind} share")
-        poly = np.frombuffer(data, dtype="<u8", count=rows * width, offset=offset)
-        poly = poly.astype(np.uint64).reshape(rows, width)
-        offset += size
+        poly = np.empty((rows, width), dtype=np.uint64)
+        for j in range(rows):
+            if offset + 1 > len(data):
+                raise InvalidArgument(f"truncated {kind} share")
+            (word,) = struct.unpack_from("<B", data, offset)
+            if word not in _WORD_SIZES:
+                raise InvalidArgument(f"{kind} share row of {word}-byte words")
+            offset += 1
+            if offset + word * width > len(data):
+                raise InvalidArgument(f"truncated {kind} share")
+            poly[j] = np.frombuffer(data, dtype=_WORD_SIZES[word], count=width, offset=offset)
+            offset += word * width
         if (poly >= np.array(ring.primes[:rows], dtype=np.uint64)[:, None]).any():
             raise InvalidArgument(f"{kind} share with coefficients not reduced modulo the primes")
         polys.append(poly)

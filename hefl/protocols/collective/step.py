@@ -33,13 +33,17 @@ on party i's masks, it is the step of the true state (:func:`hefl.algorithm.nest
 linear). Security per revealed slot sum as in :mod:`.refresh`: about 45 bits for the key part
 of the noise, 27 bits for the data (slot means below 1 at scale 2^30), with b = 56.
 
+The re-encryption part -a_j s_i + e'_ij needs neither the gradient nor the masks, so a party can
+make it before the gradients exist (:func:`prepare_reencryption`, while the workers compute
+them); made once per iteration and used for one share, it changes nothing of the above.
+
 Parties must produce one share per (column, iteration) and only for a ciphertext of the step
 they agreed to: their state machine (:mod:`parties.collective`) checks the iteration, the level,
 the scale and the parameter id before calling :meth:`MaskedStepProtocol.gen_share`.
 
-Cost: the coefficient 0 of c1 s is a signed sum of c1's coefficients where s is +-1, computed in
-numpy on 32-bit halves (exact, no Python integers); the re-encryption share is one CRP expansion
-and one product per column at the top level.
+Cost: the coefficient 0 of c1 s is N^-1 times the sum of c1 s's NTT values (no inverse
+transform), the product by the key share's precomputed Shoup form; the re-encryption share is
+one CRP expansion, one such product and one noise transform per column at the top level.
 """
 
 from __future__ import annotations
@@ -74,6 +78,8 @@ StepOutput = Callable[[Array], Array]
 #: The widest masks whose decoded values float64 still adds up exactly enough (module docstring).
 MAX_MASK_BITS = 56
 
+MASKED_STEP = "masked-step"
+
 if TYPE_CHECKING:
     from hefl.protocols.collective.secret import SecretKeyShare
 
@@ -88,36 +94,18 @@ def _sum_mod(ring: RnsRing, polys: Sequence[Poly]) -> Poly:
     total = polys[0]
     for poly in polys[1:]:
         total = total + poly
-        total = np.where(total >= q, total - q, total)
+        total = np.minimum(total, total - q)  # below q, total - q wraps and is the larger
     return total
 
 
 def constant_terms(ring: RnsRing, c1: Poly, secret: SecretKeyShare) -> Poly:
-    """Coefficient 0 of c1 s for a stack of polynomials c1 (coefficient form, shape
-    (columns, rows, N)): shape (rows, columns).
+    """Coefficient 0 of c1 s for a stack of polynomials c1 (NTT form, shape (columns, rows,
+    N)): shape (rows, columns).
 
-    In Z[X]/(X^N + 1) it is c1_0 s_0 - sum_{k >= 1} c1_k s_{N-k}: with s ternary, the sum of the
-    c1_k where the reversed secret is +1 minus those where it is -1. Each sum is exact in uint64
-    on 32-bit halves (N <= 2^15 terms below 2^32 each).
+    One product by the key share's precomputed Shoup form and a sum of the values
+    (:meth:`RnsRing.constant_coefficients`): no transform, exact in uint64.
     """
-    s = secret.coefficients()
-    reversed_s = np.concatenate([s[:1], -s[:0:-1]])
-    plus, minus = reversed_s == 1, reversed_s == -1
-    low_mask = np.uint64(0xFFFFFFFF)
-    out = np.empty((c1.shape[1], c1.shape[0]), dtype=np.uint64)
-
-    def signed_sum(select: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        chosen = c1[..., select]
-        return (chosen & low_mask).sum(axis=-1), (chosen >> np.uint64(32)).sum(axis=-1)
-
-    (plus_low, plus_high), (minus_low, minus_high) = signed_sum(plus), signed_sum(minus)
-    for j in range(c1.shape[1]):
-        q = ring.primes[j]
-        for column in range(c1.shape[0]):
-            value = (int(plus_high[column, j]) - int(minus_high[column, j])) << 32
-            value += int(plus_low[column, j]) - int(minus_low[column, j])
-            out[j, column] = value % q
-    return out
+    return ring.constant_coefficients(ring.mul_by(c1, secret.multiplier()))
 
 
 @dataclass(frozen=True)
@@ -219,6 +207,66 @@ class MaskedStepShare:
         return cls(tag, polys[0], np.stack(polys[1:]))
 
 
+def step_crps(job: CollectiveJob, *, iteration: int, columns: int) -> Poly:
+    """a_j = CRP(job, "masked-step", column j, iteration) for every column, at the top level:
+    shape (columns, top rows, N). One label per (job, column, iteration): no CRP serves twice."""
+    ring = job.ring
+    return np.stack(
+        [
+            job.crs.polynomial(
+                ring,
+                CrsLabel(job.job_id, MASKED_STEP, key=str(j), iteration=iteration),
+                rows=ring.top_rows,
+            )
+            for j in range(columns)
+        ]
+    )
+
+
+@dataclass(frozen=True, repr=False)
+class PreparedReencryption:
+    """-a_j s_i + e'_ij for every column of one iteration: the part of party i's re-encryption
+    share that needs neither the gradients nor its masks, so it can be made while the workers
+    compute them (the CRP expansions, the products by the key share and the noises' transforms
+    are most of a share's cost).
+
+    It serves one share: the party drops it once used. It is as sensitive as the share's mask
+    part (the share minus it is Encode(-y_ij)), so it stays in the party's process and its
+    ``repr`` shows none of it.
+    """
+
+    iteration: int
+    columns: int
+    polys: Poly  # (columns, top rows, N)
+
+    def __repr__(self) -> str:
+        return f"PreparedReencryption(iteration={self.iteration}, columns={self.columns})"
+
+
+def prepare_reencryption(
+    job: CollectiveJob,
+    secret: SecretKeyShare,
+    *,
+    iteration: int,
+    columns: int,
+    random_bytes: RandomBytes = os.urandom,
+    crps: Poly | None = None,
+) -> PreparedReencryption:
+    """-a_j s_i + e'_ij per column, e'_ij fresh CBD noise from ``random_bytes``."""
+    ring = job.ring
+    top = ring.top_rows
+    if crps is None:
+        crps = step_crps(job, iteration=iteration, columns=columns)
+    errors = np.stack(
+        [
+            ring.small_ntt(centered_binomial(ring.n, random_bytes=random_bytes), top)
+            for _ in range(columns)
+        ]
+    )
+    polys = ring.sub(errors, ring.mul_by(crps, secret.multiplier()))
+    return PreparedReencryption(iteration, columns, polys)
+
+
 class MaskedStepProtocol:
     """One iteration's collective refresh of every column's slot sum through a step whose
     output differs per party (module docstring).
@@ -232,9 +280,10 @@ class MaskedStepProtocol:
         iteration: The training iteration (labels the CRPs: one per column and iteration).
         step_id: Names the step (e.g. a hash of the optimizer constants); shares are bound to it.
         output_scale_bits: log2 of the outputs' scale.
+        crps: The CRPs of this iteration (:func:`step_crps`), if expanded ahead of time.
     """
 
-    PROTOCOL = "masked-step"
+    PROTOCOL = MASKED_STEP
 
     def __init__(
         self,
@@ -244,10 +293,13 @@ class MaskedStepProtocol:
         iteration: int,
         step_id: str,
         output_scale_bits: int,
+        crps: Poly | None = None,
     ) -> None:
         ring = job.ring
         if not ciphertexts:
             raise InvalidArgument("a masked step of no columns")
+        if crps is not None and crps.shape != (len(ciphertexts), ring.top_rows, ring.n):
+            raise InvalidArgument(f"CRPs of shape {crps.shape} for {len(ciphertexts)} columns")
         first = ciphertexts[0]
         for ciphertext in ciphertexts:
             if ciphertext.polys.shape[0] != 2 or ciphertext.rows >= ring.top_rows:
@@ -258,6 +310,7 @@ class MaskedStepProtocol:
                 raise InvalidArgument("a masked step takes columns of one level and scale")
         self.job = job
         self.ciphertexts = tuple(ciphertexts)
+        self._crps = crps
         self.iteration = iteration
         self.rows = first.rows
         self.scale = first.scale
@@ -278,17 +331,9 @@ class MaskedStepProtocol:
     @cached_property
     def crps(self) -> Poly:
         """a_j per column, at the top level: shape (columns, top rows, N)."""
-        ring = self.job.ring
-        return np.stack(
-            [
-                self.job.crs.polynomial(
-                    ring,
-                    CrsLabel(self.job.job_id, self.PROTOCOL, key=str(j), iteration=self.iteration),
-                    rows=ring.top_rows,
-                )
-                for j in range(self.columns)
-            ]
-        )
+        if self._crps is not None:
+            return self._crps
+        return step_crps(self.job, iteration=self.iteration, columns=self.columns)
 
     def _slot_sums(self, constants: Array) -> Array:
         """The slot sums that coefficients 0 stand for: (N/2) m_0 / scale."""
@@ -308,15 +353,37 @@ class MaskedStepProtocol:
         secret: SecretKeyShare,
         *,
         output: StepOutput,
+        prepared: PreparedReencryption | None = None,
         random_bytes: RandomBytes = os.urandom,
     ) -> MaskedStepShare:
         """The party's share; ``output`` maps its shares g_i of the masked slot sums (one per
-        column) to the values it subtracts from the result (one per column)."""
+        column) to the values it subtracts from the result (one per column).
+
+        ``prepared``: this iteration's -a_j s_i + e'_ij (:func:`prepare_reencryption`), made
+        ahead of time with the same key share; made here if None.
+
+        Raises:
+            InvalidArgument: ``prepared`` is of another iteration or column count, or the
+                output is not one value per column.
+        """
         ring = self.job.ring
+        if prepared is None:
+            prepared = prepare_reencryption(
+                self.job,
+                secret,
+                iteration=self.iteration,
+                columns=self.columns,
+                random_bytes=random_bytes,
+                crps=self.crps,
+            )
+        elif (prepared.iteration, prepared.columns) != (self.iteration, self.columns):
+            raise InvalidArgument(
+                f"a re-encryption prepared for iteration {prepared.iteration} and "
+                f"{prepared.columns} columns, not {self.iteration} and {self.columns}"
+            )
         masks = uniform_mask(self.columns, self.mask_bits, random_bytes=random_bytes)
         noise = centered_binomial(self.columns, random_bytes=random_bytes)
-        c1 = np.stack([ring.intt(c.polys[1]) for c in self.ciphertexts])
-        constants = constant_terms(ring, c1, secret)
+        constants = constant_terms(ring, np.stack([c.polys[1] for c in self.ciphertexts]), secret)
         q = np.array(ring.primes[: self.rows], dtype=object)[:, None]
         masked = ((constants.astype(object) + (noise - masks).astype(object)[None, :]) % q).astype(
             np.uint64
@@ -324,16 +391,7 @@ class MaskedStepProtocol:
         values = np.asarray(output(-self._slot_sums(masks.astype(np.float64))), dtype=np.float64)
         if values.shape != (self.columns,):
             raise InvalidArgument(f"step output of shape {values.shape} for {self.columns} columns")
-        top = ring.top_rows
-        errors = np.stack(
-            [
-                ring.small_ntt(centered_binomial(ring.n, random_bytes=random_bytes), top)
-                for _ in range(self.columns)
-            ]
-        )
-        reencrypted = ring.add(
-            ring.sub(errors, ring.mul(self.crps, secret.ntt(top))), self._encode(-values)
-        )
+        reencrypted = ring.add(prepared.polys, self._encode(-values))
         return MaskedStepShare(self.tag, masked, reencrypted)
 
     def aggregate_shares(self, shares: Mapping[str, MaskedStepShare]) -> MaskedStepShare:
@@ -355,7 +413,7 @@ class MaskedStepProtocol:
         if aggregate.tag != self.tag:
             raise ProtocolError("masked-step aggregate of another iteration, step or ciphertext")
         ring = self.job.ring
-        c0 = np.stack([ring.intt(c.polys[0])[:, 0] for c in self.ciphertexts], axis=1)
+        c0 = ring.constant_coefficients(np.stack([c.polys[0] for c in self.ciphertexts]))
         total = _sum_mod(ring, [c0, aggregate.masked])
         constants = [float(v) for v in ring.to_integers(total)]  # centered, per column
         return self._slot_sums(np.array(constants, dtype=np.float64))
