@@ -9,8 +9,7 @@ protocol has a ``...Protocol`` type with the party's step (``gen_share``, taking
 ``...Share`` types that serialize (``to_bytes`` / ``from_bytes``, validated where they enter).
 
 - :mod:`.crs`: the seed agreed by commit-then-reveal, and common random polynomials from
-  AES-256-CTR keyed by SHA-256 of the seed and a label per job, protocol, key, gadget index
-  and iteration;
+  SHAKE-256 with a label per job, protocol, key, gadget index and iteration;
 - :mod:`.secret`: the party's key share and ephemeral keys, the only secrets here (imported
   by parties only; not re-exported from this package);
 - :mod:`.keygen`: collective public key (1 round) and relinearization key (2 rounds), loaded

@@ -2,9 +2,8 @@
 
 Several protocols need a uniformly random polynomial every party knows and none chose (the
 "a" of the public key, one per gadget index of the relinearization key, one per refresh). They
-come from AES-256-CTR keyed by SHA-256 of a 32-byte seed and a :class:`CrsLabel` naming the
-job, the protocol, the key, the gadget index and the iteration
-(:func:`~hefl.protocols.collective.sampling.xof_uniform`), so no two uses ever share a polynomial
+come from SHAKE-256 keyed by a 32-byte seed and a :class:`CrsLabel` naming the job, the
+protocol, the key, the gadget index and the iteration, so no two uses ever share a polynomial
 (Mouchet et al., PoPETs 2021, section IV: the common reference string; reusing a common
 polynomial for two keys or two refreshes would let the shares be combined against each other).
 
@@ -90,7 +89,7 @@ class CrsLabel:
 
 @dataclass(frozen=True)
 class CommonRandomString:
-    """The job's agreed seed, expanded with AES-256-CTR per :class:`CrsLabel`."""
+    """The job's agreed seed, expanded with SHAKE-256 per :class:`CrsLabel`."""
 
     seed: bytes
 

@@ -3,8 +3,8 @@
 Secrets (key shares, ephemeral keys), noise and masks come from ``random_bytes``, which is
 ``os.urandom`` (the kernel's CSPRNG) everywhere but in tests; nothing here uses numpy's
 generators. Common random polynomials, which every party must derive identically, come from
-AES-256 in counter mode keyed by SHA-256 of the agreed seed and a label (:func:`xof_uniform`,
-:mod:`hefl.protocols.collective.crs`).
+SHAKE-256 (:func:`xof_uniform`) keyed by the agreed seed and a label
+(:mod:`hefl.protocols.collective.crs`).
 
 Distributions, as SEAL uses them for CKKS:
 
@@ -35,7 +35,6 @@ CBD_BITS = 21
 CBD_STD = math.sqrt(CBD_BITS / 2)
 TERNARY_VARIANCE = 2 / 3
 _WORD = 8
-_XOF_DOMAIN = b"hefl/collective/xof/aes-256-ctr/v1"
 
 
 def _words(count: int, random_bytes: RandomBytes) -> np.ndarray:
@@ -97,30 +96,21 @@ def uniform_mask(n: int, bits: int, *, random_bytes: RandomBytes = os.urandom) -
 
 
 def xof_uniform(key: bytes, primes: tuple[int, ...], n: int) -> Poly:
-    """A polynomial uniform modulo every prime, expanded from ``key``.
+    """A polynomial uniform modulo every prime, expanded from ``key`` with SHAKE-256.
 
-    Row j reads 64-bit little-endian words from the AES-256-CTR keystream under the key
-    SHA-256(domain || key || j) (counter block from zero), keeps the low bit_length(q_j) bits,
-    and accepts the word if it is below q_j (rejection sampling: exactly uniform, given a
-    uniform stream). A longer keystream extends the shorter one, so asking for more words when
-    rejections leave a row short changes nothing already accepted. Read as SEAL's NTT form: a
-    uniform polynomial is uniform in either form.
-
-    AES-CTR under a key that SHA-256 derives from the seed and the label is a pseudorandom
-    stream as long as AES-256 is a pseudorandom permutation (NIST SP 800-90A's CTR_DRBG is this
-    construction); it replaced SHAKE-256 here because it expands a polynomial ~8x faster.
-    Distinct labels give distinct keys, hence independent streams.
+    Row j reads 64-bit little-endian words from SHAKE-256(key || j), keeps the low
+    bit_length(q_j) bits, and accepts the word if it is below q_j (rejection sampling: exactly
+    uniform). SHAKE's output for a longer length extends the shorter one, so asking for more
+    bytes when rejections leave a row short changes nothing already accepted. Read as SEAL's NTT
+    form: a uniform polynomial is uniform in either form.
     """
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
     rows = []
     for j, q in enumerate(primes):
-        row_key = hashlib.sha256(_XOF_DOMAIN + key + j.to_bytes(2, "little")).digest()
+        xof = hashlib.shake_256(key + j.to_bytes(2, "little"))
         mask = np.uint64((1 << q.bit_length()) - 1)
         length = n + n // 4 + 64
         while True:
-            stream = Cipher(algorithms.AES(row_key), modes.CTR(bytes(16))).encryptor()
-            words = np.frombuffer(stream.update(bytes(_WORD * length)), dtype="<u8") & mask
+            words = np.frombuffer(xof.digest(_WORD * length), dtype="<u8") & mask
             accepted = words[words < np.uint64(q)]
             if accepted.size >= n:
                 rows.append(accepted[:n].astype(np.uint64))
