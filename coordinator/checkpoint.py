@@ -130,17 +130,11 @@ class FileJournal:
                 "payload": self._put(checkpoint.pending.payload),
             }
             keep.add(state["pending"]["payload"])
-        atomic_write(self._journal, json.dumps(state).encode())
-        for blob in self._blobs.iterdir():
-            if blob.stem not in keep:
-                blob.unlink(missing_ok=True)
+        _write_journal(self._journal, self._blobs, state, keep=keep)
 
     def remove(self) -> None:
         """Forget the journal (the job is over)."""
-        self._journal.unlink(missing_ok=True)
-        if self._blobs.is_dir():
-            for blob in self._blobs.iterdir():
-                blob.unlink(missing_ok=True)
+        _remove_journal(self._journal, self._blobs)
 
     def _put(self, data: bytes) -> str:
         return _put(self._blobs, data)
@@ -246,18 +240,26 @@ class CollectiveFileJournal:
             "velocity": list(checkpoint.velocity),
             "tasks": tasks,
         }
-        atomic_write(self._journal, json.dumps(state).encode())
-        keep = set(tasks.values())
-        for blob in self._blobs.iterdir():
-            if blob.stem not in keep:
-                blob.unlink(missing_ok=True)
+        _write_journal(self._journal, self._blobs, state, keep=set(tasks.values()))
 
     def remove(self) -> None:
         """Forget the journal (the job is over); the keys' record stays with the job."""
-        self._journal.unlink(missing_ok=True)
-        if self._blobs.is_dir():
-            for blob in self._blobs.iterdir():
-                blob.unlink(missing_ok=True)
+        _remove_journal(self._journal, self._blobs)
+
+
+def _write_journal(journal: Path, blobs: Path, state: dict[str, Any], *, keep: set[str]) -> None:
+    """Replace the journal with ``state``, then drop the blobs it no longer names (``keep``)."""
+    atomic_write(journal, json.dumps(state).encode())
+    for blob in blobs.iterdir():
+        if blob.stem not in keep:
+            blob.unlink(missing_ok=True)
+
+
+def _remove_journal(journal: Path, blobs: Path) -> None:
+    journal.unlink(missing_ok=True)
+    if blobs.is_dir():
+        for blob in blobs.iterdir():
+            blob.unlink(missing_ok=True)
 
 
 def _put(blobs: Path, data: bytes) -> str:
