@@ -826,18 +826,33 @@ class CollectiveMember:
                 self._preparing.shutdown(wait=False)
             self._preparing = self._prepared = None
             return
-        if self._preparing is None:
-            self._preparing = ThreadPoolExecutor(
-                1, thread_name_prefix=f"prepare-{self.name}", initializer=_lower_priority
+        try:
+            if self._preparing is None:
+                self._preparing = ThreadPoolExecutor(
+                    1, thread_name_prefix=f"prepare-{self.name}", initializer=_lower_priority
+                )
+            self._prepared = self._preparing.submit(
+                prepare_reencryption,
+                self.job,
+                self._secret,
+                iteration=iteration,
+                columns=self._setup.columns,
+                random_bytes=self._random_bytes,
             )
-        self._prepared = self._preparing.submit(
-            prepare_reencryption,
-            self.job,
-            self._secret,
-            iteration=iteration,
-            columns=self._setup.columns,
-            random_bytes=self._random_bytes,
-        )
+        except RuntimeError as err:  # no thread to be had: the refresh makes its own part
+            log.warning("party %s: cannot prepare refresh %d ahead (%s)", self.name, iteration, err)
+            self._prepared = None
+
+    def _made(self, prepared: Future[PreparedReencryption] | None) -> PreparedReencryption | None:
+        """What the background made, or None (the share then makes its own) if it failed:
+        a failure there must not cost the iteration, which the party answers only once."""
+        if prepared is None:
+            return None
+        try:
+            return prepared.result()
+        except Exception as err:  # noqa: BLE001 - any failure: make the part inline instead
+            log.warning("party %s: the refresh's prepared part failed (%r)", self.name, err)
+            return None
 
     def _label_terms(self, task: pb.CollectiveTask) -> EncToShareProtocol:
         assert self.context is not None
@@ -929,7 +944,7 @@ class CollectiveMember:
         share = protocol.gen_share(
             self._secret,
             output=output,
-            prepared=prepared.result() if prepared is not None else None,
+            prepared=self._made(prepared),
             random_bytes=self._random_bytes,
         )
         self._masks = (stepped[0][0], stepped[0][1], label_mask)

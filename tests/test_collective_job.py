@@ -286,3 +286,29 @@ def test_traffic_per_party_per_iteration_is_stated(run: dict) -> None:
     report = run["report"]
     per_party = report.refresh_bytes_per_iteration / len(PARTIES)
     assert 1e6 < per_party < 2e7  # about one top-level polynomial per column, and the gradients
+
+
+def test_a_failed_preparation_costs_no_iteration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A party makes the key part of its next share in the background; when that fails, the
+    refresh makes the part itself (a party answers each iteration once, so a failure there
+    must not cost the iteration), and the job ends with the replica's model."""
+    import parties.collective
+
+    real = parties.collective.prepare_reencryption
+    failed: list[int] = []
+
+    def flaky(job, secret, *, iteration, **kwargs):  # type: ignore[no-untyped-def]
+        if iteration == 2 and not failed:
+            failed.append(iteration)
+            raise MemoryError("no room for the prepared part")
+        return real(job, secret, iteration=iteration, **kwargs)
+
+    monkeypatch.setattr(parties.collective, "prepare_reencryption", flaky)
+    x, y = _data()
+    model = get_model("logistic")
+    job = _run_job(x, y, model, pb.TrainingOptions(iterations=4))
+
+    assert failed == [2]
+    replica = train_replica(job["xs"], job["y"], job["hyper"])
+    for member in job["members"].values():
+        assert np.max(np.abs(np.asarray(member.model["weights"]) - replica.weights)) < 5e-3
