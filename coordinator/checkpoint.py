@@ -74,11 +74,7 @@ class FileJournal:
         if not self._journal.is_file():
             return None
         try:
-            state = json.loads(self._journal.read_text())
-            if state["version"] != VERSION:
-                raise JournalDamaged(
-                    f"{self._journal} is version {state['version']}, expected {VERSION}"
-                )
+            state = _read_journal(self._journal)
             masks = RefreshMasks(
                 label=_floats(state["masks"]["label"]),
                 weights=_floats(state["masks"]["weights"]),
@@ -210,11 +206,7 @@ class CollectiveFileJournal:
         if not self._journal.is_file():
             return None
         try:
-            state = json.loads(self._journal.read_text())
-            if state["version"] != VERSION:
-                raise JournalDamaged(
-                    f"{self._journal} is version {state['version']}, expected {VERSION}"
-                )
+            state = _read_journal(self._journal)
             step = str(state["step"])
             if step not in STEP_ORDER:
                 raise JournalDamaged(f"{self._journal} names no training step: {step!r}")
@@ -245,6 +237,18 @@ class CollectiveFileJournal:
     def remove(self) -> None:
         """Forget the journal (the job is over); the keys' record stays with the job."""
         _remove_journal(self._journal, self._blobs)
+
+
+def _read_journal(journal: Path) -> dict[str, Any]:
+    """A journal's state, of this version.
+
+    Raises:
+        JournalDamaged: Another version.
+    """
+    state: dict[str, Any] = json.loads(journal.read_text())
+    if state["version"] != VERSION:
+        raise JournalDamaged(f"{journal} is version {state['version']}, expected {VERSION}")
+    return state
 
 
 def _write_journal(journal: Path, blobs: Path, state: dict[str, Any], *, keep: set[str]) -> None:
