@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -45,6 +46,37 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def ray_head(temp: Path, env: dict[str, str], *, wait_s: float = 120.0) -> Iterator[str]:
+    """A one-node Ray cluster (`ray start --head`) on loopback, its files under ``temp`` (keep
+    it short: Ray's socket paths are), started with ``env``; yields its GCS address and kills
+    its process group after. Skips the test on a machine that cannot start Ray."""
+    import pytest
+
+    address = f"127.0.0.1:{free_port()}"
+    command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+               "--node-ip-address", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
+               "--num-cpus", "1", "--include-dashboard", "false", "--disable-usage-stats",
+               "--temp-dir", str(temp / "ray")]  # fmt: skip
+    log = temp / "ray-start.log"
+    with log.open("wb") as out:
+        head = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + wait_s
+        while "Ray runtime started." not in log.read_text(errors="replace"):
+            if head.poll() is not None:
+                pytest.skip(f"this machine cannot run `ray start --head`:\n{log.read_text()}")
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        yield address
+    finally:
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=60)
 
 
 def prepare(root: Path) -> tuple[Path, str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deployment import free_port
+from tests.deployment import ray_head
 
 pytestmark = pytest.mark.slow
 # A generous bound for a hung test, never a measured duration.
@@ -42,28 +42,10 @@ def token_cluster() -> Iterator[tuple[str, str]]:
     home.mkdir()
     token = secrets.token_hex(32)
     env = _clean_environment(home) | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
-    address = f"127.0.0.1:{free_port()}"
-    command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
-               "--node-ip-address", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
-               "--num-cpus", "1", "--include-dashboard", "false", "--disable-usage-stats",
-               "--temp-dir", str(temp / "ray")]  # fmt: skip
-    log = temp / "ray-start.log"
-    with log.open("wb") as out:
-        head = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
     try:
-        deadline = time.monotonic() + WAIT_S
-        while "Ray runtime started." not in log.read_text(errors="replace"):
-            if head.poll() is not None:
-                pytest.skip(f"this machine cannot run `ray start --head`:\n{log.read_text()}")
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        yield address, token
+        with ray_head(temp, env) as address:
+            yield address, token
     finally:
-        if head.poll() is None:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait(timeout=60)
         shutil.rmtree(temp, ignore_errors=True)
 
 

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from coordinator.ray_pool import RayJoinRefused, check_join
-from tests.deployment import free_port
+from tests.deployment import ray_head
 
 WAIT_S = 120.0  # a hang guard, never a measured duration
 
@@ -111,28 +111,10 @@ def tls_cluster() -> Iterator[tuple[str, RayTls]]:
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env |= tls.environment() | {"HOME": str(home)}
-    address = f"127.0.0.1:{free_port()}"
-    command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
-               "--node-ip-address", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
-               "--num-cpus", "1", "--include-dashboard", "false", "--disable-usage-stats",
-               "--temp-dir", str(temp / "ray")]  # fmt: skip
-    log = temp / "ray-start.log"
-    with log.open("wb") as out:
-        head = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
     try:
-        deadline = time.monotonic() + WAIT_S
-        while "Ray runtime started." not in log.read_text(errors="replace"):
-            if head.poll() is not None:
-                pytest.skip(f"this machine cannot run `ray start --head`:\n{log.read_text()}")
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        yield address, tls
+        with ray_head(temp, env) as address:
+            yield address, tls
     finally:
-        if head.poll() is None:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait(timeout=60)
         shutil.rmtree(temp, ignore_errors=True)
 
 
