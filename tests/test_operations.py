@@ -243,36 +243,8 @@ def test_a_resumed_job_only_restarts_the_iteration_clock():
 def test_sigterm_drains_hefl_coordinator_that_joined_ray(tmp_path):
     """Once joined, Ray's driver takes SIGTERM over unless told not to (it aborted the
     coordinator, exit status 134, instead of draining it)."""
-    from tests.deployment import free_port
-
-    health_port = free_port()
-    log = tmp_path / "coordinator.log"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tools.cli",
-            "coordinator",
-            "--insecure",
-            "--listen",
-            "127.0.0.1:0",
-            "--workdir",
-            str(tmp_path / "work"),
-            "--ray-num-cpus",
-            "1",
-            "--health-listen",
-            f"127.0.0.1:{health_port}",
-        ],
-        cwd=ROOT,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
+    process, health_port, log = _joined_coordinator(tmp_path)
     try:
-        deadline = time.monotonic() + 300
-        while "joined Ray" not in log.read_text():
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "the coordinator never joined Ray"
-            time.sleep(0.2)
         with grpc.insecure_channel(f"127.0.0.1:{health_port}") as channel:
             watch = health_pb2_grpc.HealthStub(channel).Watch(
                 health_pb2.HealthCheckRequest(), timeout=120
@@ -323,6 +295,37 @@ def test_health_turns_not_serving_when_the_coordinator_loses_its_ray_cluster(tmp
     """`hefl coordinator` with its own local Ray: SERVING once joined; the cluster's control
     store (GCS) killed, the Coordinator service NOT_SERVING (not ready) before Ray's driver
     gives up, while the server as a whole ("", liveness) stays SERVING."""
+    process, health_port, log = _joined_coordinator(tmp_path)
+    ray_processes: list[psutil.Process] = []
+    try:
+        # Its local Ray is in a process group of its own: these are what stopping leaves.
+        ray_processes = psutil.Process(process.pid).children(recursive=True)
+        with grpc.insecure_channel(f"127.0.0.1:{health_port}") as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=120
+            )
+            assert next(watch).status == SERVING
+            (gcs,) = [p for p in ray_processes if p.name() == "gcs_server"]
+            gcs.kill()
+            assert next(watch).status == NOT_SERVING
+            assert _check(channel, SERVICE_NAME) == NOT_SERVING
+            assert _check(channel) == SERVING
+        assert "NOT_SERVING, the Ray cluster is lost" in log.read_text()
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        for leftover in ray_processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                leftover.kill()
+
+
+def _joined_coordinator(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """`hefl coordinator --insecure` with its own local Ray and a plaintext health port, once
+    it has joined Ray: (its process, the health port, its log)."""
     from tests.deployment import free_port
 
     health_port = free_port()
@@ -347,33 +350,11 @@ def test_health_turns_not_serving_when_the_coordinator_loses_its_ray_cluster(tmp
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
     )
-    ray_processes: list[psutil.Process] = []
-    try:
-        deadline = time.monotonic() + 300
-        while "joined Ray" not in log.read_text():
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "the coordinator never joined Ray"
-            time.sleep(0.2)
-        # Its local Ray is in a process group of its own: these are what stopping leaves.
-        ray_processes = psutil.Process(process.pid).children(recursive=True)
-        with grpc.insecure_channel(f"127.0.0.1:{health_port}") as channel:
-            watch = health_pb2_grpc.HealthStub(channel).Watch(
-                health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=120
-            )
-            assert next(watch).status == SERVING
-            (gcs,) = [p for p in ray_processes if p.name() == "gcs_server"]
-            gcs.kill()
-            assert next(watch).status == NOT_SERVING
-            assert _check(channel, SERVICE_NAME) == NOT_SERVING
-            assert _check(channel) == SERVING
-        assert "NOT_SERVING, the Ray cluster is lost" in log.read_text()
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
+    deadline = time.monotonic() + 300
+    while "joined Ray" not in log.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             process.wait()
-        for leftover in ray_processes:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                leftover.kill()
+            raise AssertionError(f"the coordinator never joined Ray:\n{log.read_text()}")
+        time.sleep(0.2)
+    return process, health_port, log
