@@ -131,6 +131,8 @@ def _write_csv(path: Path, labels: list[str]) -> Path:
         ("poisson", ["1", "-2", "1"], r"row 3, column 'y': '-2' is not a count"),
         ("linear", ["1.5", "x", "2"], r"row 3, column 'y': 'x' is not a number"),
         ("multiclass", ["0", "1", "2.5"], r"row 4, column 'y': '2.5' is not a class index"),
+        ("multiclass", ["0", "1", "nan"], r"row 4, column 'y': 'nan' is not a class index"),
+        ("linear", ["1.5", "inf", "2"], r"row 3, column 'y': 'inf' is not finite"),
         ("logistic", ["0", "1", "2"], r"label column 'y' is not binary"),
     ],
 )

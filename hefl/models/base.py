@@ -28,11 +28,14 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
+
+from hefl.errors import DataError
 
 Array = NDArray[np.float64]
 
@@ -200,6 +203,33 @@ class Model(ABC):
     def parse_labels(self, raw: list[str], *, where: str, column: str) -> Array:
         """Turn a CSV's label cells into numbers, or raise :class:`hefl.errors.DataError`
         naming ``where`` (the file), the row (1-based, header is row 1) and ``column``."""
+
+    def numeric_labels(
+        self,
+        raw: list[str],
+        *,
+        where: str,
+        column: str,
+        noun: str,
+        problem: Callable[[float], str | None],
+    ) -> Array:
+        """The cells as numbers, for :meth:`parse_labels`: a cell that is not a number is "not a
+        ``noun``", and one that ``problem`` finds fault with gets its reason.
+
+        Raises:
+            DataError: Naming ``where``, the row (1-based, header is row 1), ``column`` and why.
+        """
+        values = []
+        for row, cell in enumerate(raw, start=2):
+            try:
+                value = float(cell)
+                reason = problem(value)
+            except ValueError:
+                reason = f"is not a {noun} (--model {self.name} needs {self.label_kind})"
+            if reason is not None:
+                raise DataError(f"{where}: row {row}, column {column!r}: {cell!r} {reason}")
+            values.append(value)
+        return np.asarray(values, dtype=np.float64)
 
     def check_labels(self, labels: Array, *, where: str, column: str) -> None:  # noqa: B027
         """Refuse labels this model cannot train on (the whole training set, all parties' rows

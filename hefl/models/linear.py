@@ -11,7 +11,6 @@ import math
 
 import numpy as np
 
-from hefl.errors import DataError
 from hefl.models import register
 from hefl.models.base import Array, Defaults, KernelForm, Model
 
@@ -44,19 +43,13 @@ class Linear(Model):
         }
 
     def parse_labels(self, raw: list[str], *, where: str, column: str) -> Array:
-        values = []
-        for row, cell in enumerate(raw, start=2):
-            try:
-                value = float(cell)
-            except ValueError:
-                raise DataError(
-                    f"{where}: row {row}, column {column!r}: {cell!r} is not a number "
-                    f"(--model {self.name} needs {self.label_kind})"
-                ) from None
-            if not math.isfinite(value):
-                raise DataError(f"{where}: row {row}, column {column!r}: {cell!r} is not finite")
-            values.append(value)
-        return np.asarray(values, dtype=np.float64)
+        return self.numeric_labels(
+            raw,
+            where=where,
+            column=column,
+            noun="number",
+            problem=lambda value: None if math.isfinite(value) else "is not finite",
+        )
 
     def defaults(self, *, curvature: float, rows: int) -> Defaults:
         """Step 1/curvature, the exact bound for a quadratic loss (its Hessian's largest

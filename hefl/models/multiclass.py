@@ -6,6 +6,8 @@ predicted as the class of the largest margin.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from hefl.algorithm import roc_auc
@@ -67,23 +69,21 @@ class Multiclass(Logistic):
 
     def parse_labels(self, raw: list[str], *, where: str, column: str) -> Array:
         """Integer class indices 0 .. k-1 (a party may lack some classes)."""
-        values = []
-        for row, cell in enumerate(raw, start=2):
-            try:
-                value = float(cell)
-            except ValueError:
-                raise DataError(
-                    f"{where}: row {row}, column {column!r}: {cell!r} is not a class index "
-                    f"(--model {self.name} needs {self.label_kind})"
-                ) from None
-            if value != int(value) or value < 0 or (self.classes and value >= self.classes):
-                upper = f" below {self.classes}" if self.classes else ""
-                raise DataError(
-                    f"{where}: row {row}, column {column!r}: {cell!r} is not a class index "
-                    f"(an integer from 0{upper})"
-                )
-            values.append(value)
-        return np.asarray(values, dtype=np.float64)
+        upper = f" below {self.classes}" if self.classes else ""
+
+        def problem(value: float) -> str | None:
+            if (
+                not math.isfinite(value)
+                or value != int(value)
+                or value < 0
+                or (self.classes and value >= self.classes)
+            ):
+                return f"is not a class index (an integer from 0{upper})"
+            return None
+
+        return self.numeric_labels(
+            raw, where=where, column=column, noun="class index", problem=problem
+        )
 
     def check_labels(self, labels: Array, *, where: str, column: str) -> None:
         """Every class 0 .. k-1 must have rows (one-vs-rest cannot learn an absent class)."""

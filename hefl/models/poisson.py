@@ -14,7 +14,6 @@ import math
 
 import numpy as np
 
-from hefl.errors import DataError
 from hefl.models import register
 from hefl.models.base import Array, Defaults, KernelForm, Model, iterations_for, quartic_form
 
@@ -56,19 +55,16 @@ class Poisson(Model):
         return {"deviance": mean_poisson_deviance(labels, mu)}
 
     def parse_labels(self, raw: list[str], *, where: str, column: str) -> Array:
-        values = []
-        for row, cell in enumerate(raw, start=2):
-            try:
-                value = float(cell)
-            except ValueError:
-                value = math.nan
-            if not (math.isfinite(value) and value >= 0 and value == int(value)):
-                raise DataError(
-                    f"{where}: row {row}, column {column!r}: {cell!r} is not a count "
-                    f"(--model {self.name} needs {self.label_kind})"
-                )
-            values.append(value)
-        return np.asarray(values, dtype=np.float64)
+        not_a_count = f"is not a count (--model {self.name} needs {self.label_kind})"
+        return self.numeric_labels(
+            raw,
+            where=where,
+            column=column,
+            noun="count",
+            problem=lambda value: (
+                None if math.isfinite(value) and value >= 0 and value == int(value) else not_a_count
+            ),
+        )
 
     def defaults(self, *, curvature: float, rows: int) -> Defaults:
         """Step 1/(e^(R/2) curvature): the Poisson loss's Hessian is sum mu_i x_i x_i^T / n,
