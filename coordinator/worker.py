@@ -13,7 +13,9 @@ Shards are kept as SEAL ciphertexts at the top level; the kernel
 
 Every ciphertext a worker loads, from the coordinator or in a call, passes
 :mod:`hefl.validate` against what it must be there: shards fresh with a block's slots, weights
-fresh (seeded when the key holder encrypted them), margins one rescaling down.
+fresh and possibly in SEAL's seeded form (the key holder's symmetric encryption, or a
+collective refresh, whose second polynomial is a common random one), margins one rescaling
+down.
 """
 
 from __future__ import annotations

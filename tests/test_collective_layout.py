@@ -3,6 +3,7 @@ to the TenSEAL version pyproject.toml installs: headers, bodies, and what the ke
 
 from __future__ import annotations
 
+import hashlib
 import tomllib
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import tenseal as ts
 import tenseal.sealapi as seal
 
 from hefl.params import PARAMETER_SETS
-from hefl.protocols.collective import seal_layout
+from hefl.protocols.collective import sampling, seal_layout
 from hefl.protocols.collective.ring import RnsRing, ring_for
 from hefl.protocols.collective.seal_layout import CiphertextPolys
 
@@ -82,6 +83,35 @@ def test_a_ciphertext_body_round_trips_through_seal(private_context: ts.Context)
     assert polys.polys.shape == (2, ring.top_rows, ring.n)
     assert polys.parms_id == ring.parms_id(ring.top_rows)
     assert polys.scale == 2.0**ring.params.scale_bits
+
+
+# Expands with a rejected word: the special prime's row, coefficient 2324, of n8192-depth4.
+REJECTING_SEED = hashlib.sha256(b"reject31633").digest() * 2
+
+
+@pytest.mark.parametrize(
+    "seed", [hashlib.shake_256(b"a").digest(64), REJECTING_SEED], ids=["plain", "rejection"]
+)
+def test_common_polynomials_are_what_seal_expands_from_their_seed(
+    private_context: ts.Context, seed: bytes
+) -> None:
+    """A seeded ciphertext body with the seed loads in SEAL (PublicKey at the key level) as the
+    polynomial seal_uniform makes, including SEAL's redraw of a word it rejects."""
+    ring = ring_for_context(private_context)
+    for rows, loaded in ((ring.top_rows, seal.Ciphertext()), (ring.key_rows, seal.PublicKey())):
+        mine = sampling.seal_uniform(seed, ring.primes[:rows], ring.n)
+        zero = np.zeros((2, rows, ring.n), dtype=np.uint64)
+        body = CiphertextPolys(ring.parms_id(rows), 1.0, zero, seed=seed).body()
+
+        seal_layout.load_stream(loaded, ring.seal_context, seal_layout.stream_of(body))
+
+        assert (CiphertextPolys.of(loaded).polys[1] == mine).all()
+    if seed == REJECTING_SEED and ring.n == 8192:
+        special = ring.primes[ring.key_rows - 1]
+        bound = (1 << 64) - 1 - ((1 << 64) - 1) % special - 1
+        stream = sampling.SealShake256Stream(seed).read(8 * ring.key_rows * ring.n)
+        words = np.frombuffer(stream, dtype="<u8").reshape(ring.key_rows, ring.n)
+        assert np.flatnonzero(words[-1] >= np.uint64(bound)).tolist() == [2324]
 
 
 def test_the_secret_key_is_a_ternary_plaintext_in_seals_ntt_form(

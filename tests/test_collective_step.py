@@ -12,6 +12,7 @@ import tenseal as ts
 from hefl.algorithm import l2_vector, nesterov_step
 from hefl.errors import InvalidArgument, ProtocolError
 from hefl.protocols.collective.keyswitch import ciphertext_of
+from hefl.protocols.collective.seal_layout import CiphertextPolys
 from hefl.protocols.collective.step import (
     EncToShareProtocol,
     EncToShareShare,
@@ -113,6 +114,9 @@ def test_masked_step_gives_the_plaintext_nesterov_step(keys: Collective) -> None
     for j, ct in enumerate(fresh):
         decrypted = decrypt_with(keys.ring, ct, secret)
         assert np.max(np.abs(decrypted - k * true_w[j])) < 1e-4
+        # It travels in SEAL's seeded form, and SEAL expands a_j from the seed as we do.
+        assert (CiphertextPolys.of(ct.to_seal(keys.ring)).polys == ct.polys).all()
+        assert len(ct.body()) < ct.polys.nbytes / 2 + 1024
     unmasked_v = new_v - sum(new_party[p][1] for p in PARTIES)
     assert np.max(np.abs(unmasked_v - true_v)) < 1e-5
 

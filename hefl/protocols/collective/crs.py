@@ -39,11 +39,11 @@ from dataclasses import dataclass
 
 from hefl.errors import InvalidArgument, ProtocolError
 from hefl.protocols.collective.ring import Poly, RnsRing
-from hefl.protocols.collective.sampling import xof_uniform
+from hefl.protocols.collective.sampling import SEAL_SEED_BYTES, seal_uniform
 from hefl.protocols.masks import RandomBytes
 
 SEED_BYTES = 32
-_CRS_DOMAIN = b"hefl/collective/crs/v1"
+_CRS_DOMAIN = b"hefl/collective/crs/v2"
 _COMMIT_DOMAIN = b"hefl/collective/seed-commitment/v1"
 _SEED_DOMAIN = b"hefl/collective/seed/v1"
 
@@ -89,7 +89,12 @@ class CrsLabel:
 
 @dataclass(frozen=True)
 class CommonRandomString:
-    """The job's agreed seed, expanded with SHAKE-256 per :class:`CrsLabel`."""
+    """The job's agreed seed, expanded per :class:`CrsLabel` with SHAKE-256: the label's SEAL
+    generator seed is SHAKE-256(seed, label, parameter set, rows), and the polynomial is what
+    SEAL's own SHAKE-256 generator and uniform sampler make of it
+    (:func:`~hefl.protocols.collective.sampling.seal_uniform`). So a ciphertext whose second
+    polynomial is a common one travels in SEAL's seeded form: its first polynomial and the
+    64-byte seed, half the bytes, and SEAL expands it where it is loaded."""
 
     seed: bytes
 
@@ -97,10 +102,15 @@ class CommonRandomString:
         if len(self.seed) != SEED_BYTES:
             raise InvalidArgument(f"a common random string seed has {SEED_BYTES} bytes")
 
+    def generator_seed(self, ring: RnsRing, label: CrsLabel, *, rows: int) -> bytes:
+        """The SEAL generator seed of ``label``'s polynomial on the first ``rows`` primes."""
+        key = encode_fields(self.seed, label.encode(), ring.params.name, rows)
+        return hashlib.shake_256(key).digest(SEAL_SEED_BYTES)
+
     def polynomial(self, ring: RnsRing, label: CrsLabel, *, rows: int) -> Poly:
         """The uniform polynomial of ``label`` on the first ``rows`` primes (NTT form)."""
-        key = encode_fields(self.seed, label.encode(), ring.params.name, rows)
-        return xof_uniform(key, ring.primes[:rows], ring.n)
+        seed = self.generator_seed(ring, label, rows=rows)
+        return seal_uniform(seed, ring.primes[:rows], ring.n)
 
 
 # -- the seed, by commit-then-reveal -------------------------------------------------------

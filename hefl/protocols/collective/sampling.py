@@ -3,8 +3,8 @@
 Secrets (key shares, ephemeral keys), noise and masks come from ``random_bytes``, which is
 ``os.urandom`` (the kernel's CSPRNG) everywhere but in tests; nothing here uses numpy's
 generators. Common random polynomials, which every party must derive identically, come from
-SHAKE-256 (:func:`xof_uniform`) keyed by the agreed seed and a label
-(:mod:`hefl.protocols.collective.crs`).
+SHAKE-256: SEAL's own SHAKE-256 generator and uniform sampler (:func:`seal_uniform`), seeded
+from the agreed seed and a label (:mod:`hefl.protocols.collective.crs`).
 
 Distributions, as SEAL uses them for CKKS:
 
@@ -95,25 +95,62 @@ def uniform_mask(n: int, bits: int, *, random_bytes: RandomBytes = os.urandom) -
     return words.astype(np.int64) - np.int64(1 << bits)
 
 
-def xof_uniform(key: bytes, primes: tuple[int, ...], n: int) -> Poly:
-    """A polynomial uniform modulo every prime, expanded from ``key`` with SHAKE-256.
+#: SEAL's seed of a uniform generator (``prng_seed_type``: 8 words).
+SEAL_SEED_BYTES = 64
+#: SEAL's ``UniformRandomGenerator`` refills its buffer this many bytes at a time.
+_SEAL_PRNG_BLOCK = 4096
+_MAX_WORD = (1 << 64) - 1
 
-    Row j reads 64-bit little-endian words from SHAKE-256(key || j), keeps the low
-    bit_length(q_j) bits, and accepts the word if it is below q_j (rejection sampling: exactly
-    uniform). SHAKE's output for a longer length extends the shorter one, so asking for more
-    bytes when rejections leave a row short changes nothing already accepted. Read as SEAL's NTT
-    form: a uniform polynomial is uniform in either form.
+
+class SealShake256Stream:
+    """The bytes SEAL's ``Shake256PRNG`` seeded with ``seed`` generates: block c (c = 0, 1, ...)
+    is SHAKE-256(seed || c as a little-endian word), 4096 bytes (randomgen.cpp,
+    ``Shake256PRNG::refill_buffer``)."""
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != SEAL_SEED_BYTES:
+            raise ValueError(f"a SEAL generator seed has {SEAL_SEED_BYTES} bytes")
+        self._seed = seed
+        self._blocks = 0
+        self._pending = b""
+
+    def read(self, count: int) -> bytes:
+        blocks = -(-(count - len(self._pending)) // _SEAL_PRNG_BLOCK)
+        data = self._pending + b"".join(
+            hashlib.shake_256(self._seed + (self._blocks + b).to_bytes(8, "little")).digest(
+                _SEAL_PRNG_BLOCK
+            )
+            for b in range(max(blocks, 0))
+        )
+        self._blocks += max(blocks, 0)
+        self._pending = data[count:]
+        return data[:count]
+
+
+def seal_uniform(seed: bytes, primes: tuple[int, ...], n: int) -> Poly:
+    """The polynomial SEAL expands from ``seed`` with its SHAKE-256 generator: SEAL's
+    ``sample_poly_uniform`` (util/rlwe.cpp), so a ciphertext SEAL stores in its seeded form with
+    this seed (``prng_type::shake256``) has this polynomial as its second half, and whoever
+    loads it (a Ray worker) expands it in SEAL's C++ code; ``tests/test_collective_layout.py``
+    pins the two against each other.
+
+    SEAL reads ``rows x N`` little-endian words from the stream, then walks them row by row:
+    a word at or above ``2^64 - 1 - ((2^64 - 1) mod q) - 1`` is replaced by the stream's next
+    words until one is below, and every word is reduced mod q. Near uniform (the rejection
+    leaves a statistical distance below 2^-60 per coefficient); it rejects a word with
+    probability below 2^-33 for the primes hefl uses, so the sequential path is almost never
+    taken. Read as NTT form: a uniform polynomial is uniform in either form.
     """
+    stream = SealShake256Stream(seed)
+    words = np.frombuffer(stream.read(_WORD * len(primes) * n), dtype="<u8").reshape(len(primes), n)
     rows = []
-    for j, q in enumerate(primes):
-        xof = hashlib.shake_256(key + j.to_bytes(2, "little"))
-        mask = np.uint64((1 << q.bit_length()) - 1)
-        length = n + n // 4 + 64
-        while True:
-            words = np.frombuffer(xof.digest(_WORD * length), dtype="<u8") & mask
-            accepted = words[words < np.uint64(q)]
-            if accepted.size >= n:
-                rows.append(accepted[:n].astype(np.uint64))
-                break
-            length *= 2
+    for row, q in zip(words, primes, strict=True):
+        bound = _MAX_WORD - _MAX_WORD % q - 1
+        row = row.astype(np.uint64)  # a writable copy
+        for index in np.flatnonzero(row >= np.uint64(bound)):
+            value = bound
+            while value >= bound:
+                value = int.from_bytes(stream.read(_WORD), "little")
+            row[index] = value
+        rows.append(row % np.uint64(q))
     return np.stack(rows)

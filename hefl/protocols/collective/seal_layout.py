@@ -18,7 +18,10 @@ Layout (little-endian):
 - Coefficients (``DynArray<uint64>``): an uncompressed stream whose body is ``count (u64)``
   and ``count`` words.
 - Ciphertext body: ``parms_id (4 x u64), is_ntt_form (u8), size, N, rows (3 x u64),
-  scale (f64), correction_factor (u64)``, coefficients (size x rows x N).
+  scale (f64), correction_factor (u64)``, coefficients (size x rows x N). In the seeded form
+  (2 polynomials only) the coefficients are the first polynomial's (rows x N), followed by a
+  stream whose body is the generator type (u8: 1 Blake2xb, 2 SHAKE-256) and its 64-byte seed;
+  SEAL expands the second polynomial from it when it loads the ciphertext.
 - Plaintext body (a SecretKey is one): ``parms_id (4 x u64), coeff_count (u64), scale (f64)``,
   coefficients.
 - PublicKey body: a Ciphertext body (2 polynomials at the key level, NTT form).
@@ -65,6 +68,9 @@ MAX_BODY_BYTES = 64 << 20
 # TenSEAL's defaults for a public-key context: auto relinearize, rescale and modulus switch.
 TENSEAL_AUTO_FLAGS = 7
 TENSEAL_ASYMMETRIC = 0
+# A seeded ciphertext's UniformRandomGeneratorInfo body, ahead of its 64-byte seed: the
+# generator type (randomgen.h, prng_type::shake256).
+SHAKE256_SEED_INFO = bytes([2])
 
 
 class LayoutError(ValueError):
@@ -170,23 +176,31 @@ class CiphertextPolys:
         scale: Its CKKS scale.
         polys: Shape (size, rows, N), NTT form.
         correction_factor: SEAL's BGV field (1 for CKKS), kept to write the same bytes back.
+        seed: The SEAL generator seed (SHAKE-256) the second polynomial expands from, when it
+            is a common random polynomial (:mod:`.crs`): :meth:`body` then writes SEAL's seeded
+            form, the first polynomial and the seed, and SEAL expands the second where it is
+            loaded. Polynomials are kept in full either way.
     """
 
     parms_id: tuple[int, ...]
     scale: float
     polys: Poly
     correction_factor: int = 1
+    seed: bytes | None = None
 
     @property
     def rows(self) -> int:
         return int(self.polys.shape[1])
 
     def body(self) -> bytes:
+        """SEAL's ``Ciphertext::save_members``; in the seeded form when :attr:`seed` is set."""
         size, rows, n = self.polys.shape
         meta = CIPHERTEXT_META.pack(
             *self.parms_id, 1, size, n, rows, self.scale, self.correction_factor
         )
-        return meta + _write_coefficients(self.polys)
+        if self.seed is None:
+            return meta + _write_coefficients(self.polys)
+        return meta + _write_coefficients(self.polys[0]) + stream_of(SHAKE256_SEED_INFO + self.seed)
 
     @classmethod
     def parse(cls, body: bytes, offset: int = 0) -> tuple[CiphertextPolys, int]:

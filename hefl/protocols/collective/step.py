@@ -27,7 +27,8 @@ optimizer step applied to its own masks, :mod:`parties.collective`) and sends th
 h1_ij = -a_j s_i + e'_ij + Encode(-y_ij), with a_j = CRP(job, "masked-step", column j, iteration
 t). The coordinator computes x_j = S_j + sum_i g_ij (S_j: G_j's slot sum, with its noise), its
 own output Y_j = F(x)_j, and finalizes (Encode(Y_j) + sum_i h1_ij, a_j): a fresh top-level
-ciphertext of Y_j - sum_i y_ij in every slot. With F and f_i the same linear map (T(0) = 0,
+ciphertext of Y_j - sum_i y_ij in every slot, which travels as its first polynomial and a_j's
+64-byte seed (SEAL's seeded form; the workers' SEAL expands a_j). With F and f_i the same linear map (T(0) = 0,
 additive), that is T(S); with F the optimizer step on the masked state and f_i its linear part
 on party i's masks, it is the step of the true state (:func:`hefl.algorithm.nesterov_step` is
 linear). Security per revealed slot sum as in :mod:`.refresh`: about 45 bits for the key part
@@ -207,17 +208,17 @@ class MaskedStepShare:
         return cls(tag, polys[0], np.stack(polys[1:]))
 
 
+def _step_label(job: CollectiveJob, column: int, iteration: int) -> CrsLabel:
+    return CrsLabel(job.job_id, MASKED_STEP, key=str(column), iteration=iteration)
+
+
 def step_crps(job: CollectiveJob, *, iteration: int, columns: int) -> Poly:
     """a_j = CRP(job, "masked-step", column j, iteration) for every column, at the top level:
     shape (columns, top rows, N). One label per (job, column, iteration): no CRP serves twice."""
     ring = job.ring
     return np.stack(
         [
-            job.crs.polynomial(
-                ring,
-                CrsLabel(job.job_id, MASKED_STEP, key=str(j), iteration=iteration),
-                rows=ring.top_rows,
-            )
+            job.crs.polynomial(ring, _step_label(job, j, iteration), rows=ring.top_rows)
             for j in range(columns)
         ]
     )
@@ -419,7 +420,8 @@ class MaskedStepProtocol:
         return self._slot_sums(np.array(constants, dtype=np.float64))
 
     def finalize(self, aggregate: MaskedStepShare, outputs: Array) -> list[CiphertextPolys]:
-        """Fresh top-level ciphertexts of outputs_j - sum_i y_ij, one per column.
+        """Fresh top-level ciphertexts of outputs_j - sum_i y_ij, one per column, each with the
+        seed of its a_j: they serialize in SEAL's seeded form, half the bytes.
 
         Raises:
             ProtocolError: ``aggregate`` is not of this step, or not one output per column.
@@ -433,7 +435,14 @@ class MaskedStepProtocol:
         c0 = ring.add(self._encode(values), aggregate.reencrypted)
         parms = ring.parms_id(ring.top_rows)
         return [
-            CiphertextPolys(parms, self.output_scale, np.stack([c0[j], self.crps[j]]))
+            CiphertextPolys(
+                parms,
+                self.output_scale,
+                np.stack([c0[j], self.crps[j]]),
+                seed=self.job.crs.generator_seed(
+                    ring, _step_label(self.job, j, self.iteration), rows=ring.top_rows
+                ),
+            )
             for j in range(self.columns)
         ]
 
