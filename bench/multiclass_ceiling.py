@@ -16,6 +16,9 @@ the training rows) it prints the mean test accuracy of
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
 import numpy as np
 from sklearn.datasets import load_digits, load_iris, load_wine
 from sklearn.linear_model import LogisticRegression
@@ -36,21 +39,77 @@ def one_vs_rest(model: Model, x: Array, y: Array, *, iterations: int, step: floa
     ).weights
 
 
+@dataclass(frozen=True)
+class Split:
+    """One stratified 80/20 split, features standardized on its training rows."""
+
+    model: Model
+    x: Array
+    x_test: Array
+    y: Array
+    y_test: Array
+    iterations: int
+    step: float
+
+    def accuracy(self, weights: Array) -> float:
+        return float(self.model.metrics(weights, add_bias(self.x_test), self.y_test)["accuracy"])
+
+    def sklearn_accuracy(self) -> float:
+        fitted = LogisticRegression(max_iter=5000).fit(self.x, self.y)
+        return float(fitted.score(self.x_test, self.y_test))
+
+
+def splits(load: Callable[..., tuple[Array, Array]]) -> Iterator[Split]:
+    """The table's splits of one dataset (seeds 0-4), with hefl's default iterations and step."""
+    x_all, y_all = load(return_X_y=True)
+    model = get_model("multiclass", classes=len(np.unique(y_all)))
+    for seed in SEEDS:
+        x, x_test, y, y_test = train_test_split(
+            x_all, y_all, test_size=0.2, stratify=y_all, random_state=seed
+        )
+        mean, std = x.mean(axis=0), x.std(axis=0)
+        std[std == 0] = 1.0
+        x, x_test = (x - mean) / std, (x_test - mean) / std
+        with np.errstate(invalid="ignore"):  # constant columns (digits' corner pixels)
+            correlation = np.nan_to_num(np.corrcoef(x.T))
+        curvature = float(np.max(np.linalg.eigvalsh(correlation)))
+        defaults = model.defaults(curvature=curvature, rows=len(x))
+        yield Split(
+            model=model,
+            x=x,
+            x_test=x_test,
+            y=y.astype(np.float64),
+            y_test=y_test.astype(np.float64),
+            iterations=defaults.iterations,
+            step=defaults.learning_rate,
+        )
+
+
+def softmax(z: Array) -> Array:
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    return p / p.sum(axis=1, keepdims=True)
+
+
 def train(
-    model: Model, x: Array, y: Array, *, iterations: int, step: float, gradient: str
+    model: Model,
+    x: Array,
+    y: Array,
+    *,
+    iterations: int,
+    step: float,
+    mean: Callable[[Array], Array] | None,
 ) -> Array:
-    """hefl's Nesterov steps on ``gradient``: "centred" one-vs-rest sums or "softmax"."""
+    """hefl's Nesterov steps on ``sum_i (mean(z_i) - y_i) x_i`` (``mean`` maps a (rows, k)
+    array of margins to class means: softmax or a polynomial), or, with ``mean=None``, on the
+    one-vs-rest gradient sums centred across classes."""
     xb = add_bias(x)
     k, columns = model.outputs, xb.shape[1]
     targets = model.targets(y)
     centre = np.eye(k) - np.full((k, k), 1.0 / k)
     weights, velocity = np.zeros(k * columns), np.zeros(k * columns)
     for t in range(iterations):
-        if gradient == "softmax":
-            z = model.margins(weights, xb)
-            p = np.exp(z - z.max(axis=1, keepdims=True))
-            p /= p.sum(axis=1, keepdims=True)
-            sums = ((p - targets).T @ xb).ravel()
+        if mean is not None:
+            sums = ((mean(model.margins(weights, xb)) - targets).T @ xb).ravel()
         else:
             sums = model.gradient_sums(weights, xb) + model.label_term(xb, y)
             sums = (centre @ sums.reshape(k, columns)).ravel()
@@ -70,31 +129,17 @@ def train(
 def main() -> None:
     print(f"{'dataset':8} {'sklearn':>8} {'one-vs-rest':>12} {'centred':>8} {'softmax':>8}")
     for name, load in DATASETS.items():
-        x_all, y_all = load(return_X_y=True)
-        classes = len(np.unique(y_all))
-        model = get_model("multiclass", classes=classes)
         scores: dict[str, list[float]] = {}
-        for seed in SEEDS:
-            x, x_test, y, y_test = train_test_split(
-                x_all, y_all, test_size=0.2, stratify=y_all, random_state=seed
-            )
-            mean, std = x.mean(axis=0), x.std(axis=0)
-            std[std == 0] = 1.0
-            x, x_test = (x - mean) / std, (x_test - mean) / std
-            y, y_test = y.astype(np.float64), y_test.astype(np.float64)
-            curvature = float(np.max(np.linalg.eigvalsh(np.nan_to_num(np.corrcoef(x.T)))))
-            defaults = model.defaults(curvature=curvature, rows=len(x))
-            iterations, step = defaults.iterations, defaults.learning_rate
-            sk = LogisticRegression(max_iter=5000).fit(x, y).score(x_test, y_test)
+        for s in splits(load):
+            n, step = s.iterations, s.step
             weights = {
-                "one-vs-rest": one_vs_rest(model, x, y, iterations=iterations, step=step),
-                "centred": train(model, x, y, iterations=iterations, step=step, gradient="centred"),
-                "softmax": train(model, x, y, iterations=iterations, step=step, gradient="softmax"),
+                "one-vs-rest": one_vs_rest(s.model, s.x, s.y, iterations=n, step=step),
+                "centred": train(s.model, s.x, s.y, iterations=n, step=step, mean=None),
+                "softmax": train(s.model, s.x, s.y, iterations=n, step=step, mean=softmax),
             }
-            scores.setdefault("sklearn", []).append(sk)
+            scores.setdefault("sklearn", []).append(s.sklearn_accuracy())
             for label, w in weights.items():
-                accuracy = model.metrics(w, add_bias(x_test), y_test)["accuracy"]
-                scores.setdefault(label, []).append(accuracy)
+                scores.setdefault(label, []).append(s.accuracy(w))
         means = {label: float(np.mean(v)) for label, v in scores.items()}
         print(
             f"{name:8} {means['sklearn']:8.4f} {means['one-vs-rest']:12.4f} "
