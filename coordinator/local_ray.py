@@ -1,6 +1,7 @@
 """A private single-node Ray cluster for a coordinator that was not given ``--ray-address``.
 
-It runs as ``ray start --head --block`` in its own process group, started before anything else
+It runs as ``ray start --head --block`` (through :mod:`coordinator.ray_head`, which leaves
+out Ray Client's server) in its own process group, started before anything else
 so that it comes up (4-5 s) while parties register, encrypt and upload; the coordinator then
 joins it like any cluster. It listens on 127.0.0.1 only, requires a random token that only this
 coordinator knows, and dies with the coordinator (the whole process group is killed).
@@ -49,7 +50,7 @@ class LocalRayCluster:
         command = [
             sys.executable,
             "-m",
-            "ray.scripts.scripts",
+            "coordinator.ray_head",  # `ray start` without Ray Client's server
             "start",
             "--head",
             "--block",
