@@ -21,6 +21,11 @@ data before it looks at it (a few KB can ask for gigabytes). So before TenSEAL s
    as its content size, and its blocks, walked without decompressing, must bound what they can
    produce (raw and RLE blocks exactly, compressed blocks at the format's 128 KiB maximum) to
    at most twice that; a single frame that ends where the data ends.
+   The payload nests SEAL streams of its own (the coefficient array, a seeded ciphertext's
+   generator seed), which the gate does not parse: the SEAL that TenSEAL 0.3.18 bundles
+   inflates a nested compressed stream on demand, only as far as it reads, which is the words a
+   ciphertext of the checked shape has (a nested frame declaring gigabytes more loads in a few
+   MB: ``tests/test_validate.py``), and callers keep the re-serialized form.
 
 Only then TenSEAL loads it (SEAL checks every coefficient against its prime), and the loaded
 ciphertext must have 2 polynomials, the expected level's parms_id and number of primes, N, NTT

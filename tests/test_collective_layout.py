@@ -85,20 +85,25 @@ def test_a_ciphertext_body_round_trips_through_seal(private_context: ts.Context)
     assert polys.scale == 2.0**ring.params.scale_bits
 
 
-# Expands with a rejected word: the special prime's row, coefficient 2324, of n8192-depth4.
-REJECTING_SEED = hashlib.sha256(b"reject31633").digest() * 2
+# Per parameter set, a seed whose expansion rejects a word: (seed, level, row, coefficient).
+REJECTIONS = {
+    "n8192-depth4": (hashlib.sha256(b"reject31633").digest() * 2, "key", 5, 2324),
+    "n16384-depth4": (hashlib.shake_256(b"top1426").digest(64), "top", 3, 13353),
+}
 
 
-@pytest.mark.parametrize(
-    "seed", [hashlib.shake_256(b"a").digest(64), REJECTING_SEED], ids=["plain", "rejection"]
-)
+@pytest.mark.parametrize("kind", ["plain", "rejection"])
 def test_common_polynomials_are_what_seal_expands_from_their_seed(
-    private_context: ts.Context, seed: bytes
+    private_context: ts.Context, kind: str
 ) -> None:
     """A seeded ciphertext body with the seed loads in SEAL (PublicKey at the key level) as the
     polynomial seal_uniform makes, including SEAL's redraw of a word it rejects."""
     ring = ring_for_context(private_context)
-    for rows, loaded in ((ring.top_rows, seal.Ciphertext()), (ring.key_rows, seal.PublicKey())):
+    seed, level, row, coefficient = REJECTIONS[ring.params.name]
+    if kind == "plain":
+        seed = hashlib.shake_256(b"a").digest(64)
+    levels = {"top": ring.top_rows, "key": ring.key_rows}
+    for rows, loaded in ((levels["top"], seal.Ciphertext()), (levels["key"], seal.PublicKey())):
         mine = sampling.seal_uniform(seed, ring.primes[:rows], ring.n)
         zero = np.zeros((2, rows, ring.n), dtype=np.uint64)
         body = CiphertextPolys(ring.parms_id(rows), 1.0, zero, seed=seed).body()
@@ -106,12 +111,21 @@ def test_common_polynomials_are_what_seal_expands_from_their_seed(
         seal_layout.load_stream(loaded, ring.seal_context, seal_layout.stream_of(body))
 
         assert (CiphertextPolys.of(loaded).polys[1] == mine).all()
-    if seed == REJECTING_SEED and ring.n == 8192:
-        special = ring.primes[ring.key_rows - 1]
-        bound = (1 << 64) - 1 - ((1 << 64) - 1) % special - 1
-        stream = sampling.SealShake256Stream(seed).read(8 * ring.key_rows * ring.n)
-        words = np.frombuffer(stream, dtype="<u8").reshape(ring.key_rows, ring.n)
-        assert np.flatnonzero(words[-1] >= np.uint64(bound)).tolist() == [2324]
+    if kind == "rejection":  # the redraw path was taken
+        rows = levels[level]
+        stream = sampling.SealShake256Stream(seed).read(8 * rows * ring.n)
+        words = np.frombuffer(stream, dtype="<u8").reshape(rows, ring.n)
+        q = ring.primes[row]
+        bound = (1 << 64) - 1 - ((1 << 64) - 1) % q - 1
+        assert coefficient in np.flatnonzero(words[row] >= np.uint64(bound)).tolist()
+
+
+def test_a_seeded_ciphertext_has_two_polynomials_and_a_64_byte_seed() -> None:
+    polys = np.zeros((2, 1, 8), dtype=np.uint64)
+    with pytest.raises(seal_layout.LayoutError, match="2 polynomials and a 64-byte seed"):
+        CiphertextPolys((0, 0, 0, 0), 1.0, polys, seed=b"short")
+    with pytest.raises(seal_layout.LayoutError, match="not 3 and 64 bytes"):
+        CiphertextPolys((0, 0, 0, 0), 1.0, np.zeros((3, 1, 8), np.uint64), seed=bytes(64))
 
 
 def test_the_secret_key_is_a_ternary_plaintext_in_seals_ntt_form(

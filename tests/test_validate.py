@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import random
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,6 +42,7 @@ from tests.ciphertexts import (
 )
 
 FRESH = Expected(values=4096)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", params=sorted(PARAMETER_SETS))
@@ -352,3 +356,76 @@ def test_a_mutated_ciphertext_loads_as_what_was_expected_or_is_refused(
         assert vector.size() == 4096 and ciphertext.size() == 2
         assert ciphertext.coeff_modulus_size() == 1 and ciphertext.scale == rules.scale
     assert refused > 150
+
+
+NESTED_ZSTD_BOMB = """
+import resource, struct, sys
+
+import tenseal as ts
+import zstandard
+
+from hefl import sealio
+from hefl.params import PARAMETER_SETS
+from hefl.protocols.collective import seal_layout
+from hefl.protocols.collective.keyswitch import ciphertext_of
+from hefl.validate import CiphertextRules, Expected
+
+context = PARAMETER_SETS["n8192-depth4"].make_context()
+honest = ciphertext_of(ts.ckks_vector(context, [0.5] * 4096))
+size, rows, n = honest.polys.shape
+meta = seal_layout.CIPHERTEXT_META.pack(*honest.parms_id, 1, size, n, rows, honest.scale, 1)
+coefficients = seal_layout._write_coefficients(honest.polys)  # header, count, words
+# The coefficient array as a nested zstd stream of the same length: its words compressed,
+# then RLE blocks of 128 KiB each (4 bytes apiece) to the end, declaring gigabytes more.
+frame = bytearray(
+    zstandard.ZstdCompressor(level=19, write_content_size=False, write_checksum=False).compress(
+        coefficients[16:]
+    )
+)
+at = 6  # magic, descriptor, window: no content size, not single-segment
+while True:
+    header = int.from_bytes(frame[at : at + 3], "little")
+    kind, length = (header >> 1) & 3, header >> 3
+    if header & 1:
+        frame[at : at + 3] = (header & ~1).to_bytes(3, "little")
+        break
+    at += 3 + (1 if kind == 1 else length)
+blocks = (len(coefficients) - 16 - len(frame)) // 4
+for i in range(blocks):
+    frame += ((i == blocks - 1) | (1 << 1) | (128 * 1024 << 3)).to_bytes(3, "little") + b"\\0"
+frame += bytes(len(coefficients) - 16 - len(frame))  # past the last block: never read
+nested = struct.pack("<HBBBBHQ", 0xA15E, 16, 4, 3, 2, 0, 16 + len(frame)) + bytes(frame)
+stream = seal_layout.stream_of(meta + nested)
+size_field = sealio.varint(4096)
+data = (
+    b"\\x0a" + sealio.varint(len(size_field)) + size_field
+    + b"\\x12" + sealio.varint(len(stream)) + stream
+    + b"\\x19" + struct.pack("<d", honest.scale)
+)
+rules = CiphertextRules(context)
+honest_bytes = seal_layout.vector_bytes_of(honest, size=4096)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+kept = rules.canonical(data, Expected(values=4096), what="column")
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+same = kept == rules.canonical(honest_bytes, Expected(values=4096), what="column")
+print(blocks * 128 * 1024 // 2**30, round(grown), same)
+"""
+
+
+def test_a_nested_zstd_stream_is_inflated_only_as_far_as_seal_reads_it() -> None:
+    """SEAL streams nest (a ciphertext's coefficient array is one): the gate checks the outer
+    stream's inflated size, and the SEAL that TenSEAL bundles inflates nested zstd on demand,
+    reading only the words a ciphertext has. So a nested frame declaring gigabytes more loads
+    as the honest ciphertext within a few MB (kept re-serialized), in a fresh process."""
+    done = subprocess.run(
+        [sys.executable, "-c", NESTED_ZSTD_BOMB],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    declared_gb, grown_mb, same = done.stdout.split()
+    assert int(declared_gb) >= 4
+    assert int(grown_mb) < 64
+    assert same == "True"

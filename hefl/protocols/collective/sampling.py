@@ -137,9 +137,11 @@ def seal_uniform(seed: bytes, primes: tuple[int, ...], n: int) -> Poly:
     SEAL reads ``rows x N`` little-endian words from the stream, then walks them row by row:
     a word at or above ``2^64 - 1 - ((2^64 - 1) mod q) - 1`` is replaced by the stream's next
     words until one is below, and every word is reduced mod q. Near uniform (the rejection
-    leaves a statistical distance below 2^-60 per coefficient); it rejects a word with
-    probability below 2^-33 for the primes hefl uses, so the sequential path is almost never
-    taken. Read as NTT form: a uniform polynomial is uniform in either form.
+    leaves a statistical distance of about 2^-64 per coefficient). A word is rejected with
+    probability up to 2^-26 (n8192-depth4's special prime) and 2^-25 (n16384-depth4's data
+    primes), so a long job does take the sequential path now and then; the layout test pins a
+    rejection of each set against SEAL. Read as NTT form: a uniform polynomial is uniform in
+    either form.
     """
     stream = SealShake256Stream(seed)
     words = np.frombuffer(stream.read(_WORD * len(primes) * n), dtype="<u8").reshape(len(primes), n)

@@ -50,6 +50,7 @@ import numpy as np
 
 from hefl.codec import Array
 from hefl.protocols.collective.ring import Poly, RnsRing
+from hefl.protocols.collective.sampling import SEAL_SEED_BYTES as SEED_BYTES
 
 if TYPE_CHECKING:
     import tenseal as ts
@@ -179,7 +180,8 @@ class CiphertextPolys:
         seed: The SEAL generator seed (SHAKE-256) the second polynomial expands from, when it
             is a common random polynomial (:mod:`.crs`): :meth:`body` then writes SEAL's seeded
             form, the first polynomial and the seed, and SEAL expands the second where it is
-            loaded. Polynomials are kept in full either way.
+            loaded. Polynomials are kept in full either way; whoever sets a seed sets the
+            second polynomial from the same label (checking it here would expand it again).
     """
 
     parms_id: tuple[int, ...]
@@ -187,6 +189,13 @@ class CiphertextPolys:
     polys: Poly
     correction_factor: int = 1
     seed: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if self.seed is not None and (self.polys.shape[0] != 2 or len(self.seed) != SEED_BYTES):
+            raise LayoutError(
+                f"a seeded ciphertext has 2 polynomials and a {SEED_BYTES}-byte seed, not "
+                f"{self.polys.shape[0]} and {len(self.seed)} bytes"
+            )
 
     @property
     def rows(self) -> int:
