@@ -405,10 +405,12 @@ def train(
         in_flight = steps.in_flight("refresh", iteration)
         if in_flight is not None:  # sent before the restart: the same gradients again
             serialized = [item.data for item in in_flight.inputs]
+        elif iteration == 0:
+            # From zero weights every model's data gradient is exactly zero (each kernel form
+            # has a factor of the margin): the first step computes and decrypts nothing.
+            serialized = []
         else:
-            if fresh is None:  # only the first iteration starts from weights of its own
-                assert iteration == 0
-                fresh = sealio.encrypt_replicated(context, [0.0] * columns, slots)
+            assert fresh is not None  # the previous iteration's answer
             partials = pool.gradient(fresh, unmask, form=form)
             report.worker_bytes_per_iteration = sum(map(len, fresh)) * pool.size + sum(
                 len(g) for worker in partials for g in worker
@@ -425,6 +427,7 @@ def train(
             step_id=identity,
             output_scale_bits=inputs.params.scale_bits,
             crps=crps.result(timeout=relay.timeout_s),
+            zero_columns=0 if serialized else columns,
         )
         if iteration + 1 < hyper.iterations:
             crps = relay.pool.submit(step_crps, job, iteration=iteration + 1, columns=columns)

@@ -26,6 +26,10 @@ the last level so that the refresh never sees which model it is:
 A model with k outputs (multiclass) has k margins per block from the same shards, its weights
 and sums output-major.
 
+Every shape has a factor of s, so at zero weights every G_j is exactly zero: collective
+training's first step relies on it and computes no gradient (:mod:`coordinator.collective`);
+a new shape must keep that factor.
+
 The kernel works on TenSEAL's SEAL objects directly (``tenseal.sealapi``) because TenSEAL's
 vector API decides relinearization, rescaling and modulus switching per operation, and those
 decisions are most of the cost. Measured at N=8192 (one core): relinearization 6.9 ms at

@@ -52,6 +52,10 @@ nor, since a party signs one message per step, show two parties different ones.
    that re-encryption which needs no gradient and no mask (-a_j s_i + e'_ij: the CRPs, the
    products by its key share, the noises' transforms) it makes in the background after the
    setup and after each refresh, for the next iteration only, and uses it for that one share.
+   Iteration 0 starts from zero weights, where every model's data gradient is exactly zero: it
+   carries no gradients (any input is refused), and the party decrypts nothing for it, only
+   re-encrypts its step taken at a gradient share of 0 (the zero step of
+   :class:`MaskedStepProtocol`).
 14. ``model``: after the last iteration, given the masked model v + sum B_i (``columns`` finite
    values), it answers its mask B_i sealed to every other roster party, signed, with the digest
    of the masked model it received (so every party sees whether all got the same one).
@@ -904,9 +908,13 @@ class CollectiveMember:
             raise ProtocolError(
                 f"refresh of iteration {iteration} refused: the next iteration is {self._refreshed}"
             )
-        if len(gradients) != setup.columns or len(task.inputs) != setup.columns:
+        # Iteration 0 starts from zero weights, where every model's data gradient is exactly
+        # zero: it carries no gradients, and this party decrypts nothing for it.
+        expected = setup.columns if iteration else 0
+        if len(gradients) != expected or len(task.inputs) != expected:
             raise ProtocolError(
-                f"refresh {iteration}: {len(task.inputs)} inputs for {setup.columns} column gradients"
+                f"refresh {iteration}: {len(task.inputs)} inputs for {expected} column gradients"
+                + ("" if iteration else " (the first step, from zero weights, has none)")
             )
         last = Expected(values=None, rescales=rules.top - 1)
         for j, gradient in enumerate(gradients):  # the gate, before a byte is used
@@ -919,6 +927,7 @@ class CollectiveMember:
             iteration=iteration,
             step_id=step_id(setup),
             output_scale_bits=self.params.scale_bits,
+            zero_columns=0 if iteration else setup.columns,
         )
         weights_mask, velocity_mask, label_mask = self._masks
         stepped: list[tuple[Array, Array]] = []

@@ -121,6 +121,46 @@ def test_masked_step_gives_the_plaintext_nesterov_step(keys: Collective) -> None
     assert np.max(np.abs(unmasked_v - true_v)) < 1e-5
 
 
+def test_the_zero_step_decrypts_nothing_and_gives_the_plaintext_step(keys: Collective) -> None:
+    """Training's first step (zero weights, so zero data gradients): the shares carry no
+    decryption part, the coordinator's slot sums are 0, and the finalized ciphertexts decrypt
+    to k x the step of a zero gradient."""
+    rows, lr, k, l2 = 1000, 0.9, 0.25, l2_vector(COLUMNS, 0.01)
+    rng = np.random.default_rng(1)
+    label_term = rng.uniform(-50, 50, COLUMNS)
+    label_masks = {p: rng.uniform(-1e6, 1e6, COLUMNS) for p in PARTIES}
+    zeros = np.zeros(COLUMNS)
+
+    def step(c, g):
+        return nesterov_step(
+            weights=zeros, velocity=zeros, gradient_sums=g, label_term=c, rows=rows,
+            learning_rate=lr, l2=l2, iteration=0,
+        )  # fmt: skip
+
+    protocol = MaskedStepProtocol(
+        keys.job, [], iteration=0, step_id="t", output_scale_bits=30, zero_columns=COLUMNS
+    )
+    shares = {
+        p: protocol.gen_share(s, output=lambda g, p=p: k * step(label_masks[p], g)[0])
+        for p, s in keys.shares.items()
+    }
+    for share in shares.values():
+        assert share.masked.shape == (0, COLUMNS)
+        again = MaskedStepShare.from_bytes(share.to_bytes(), keys.job, rows=0, columns=COLUMNS)
+        assert again.to_bytes() == share.to_bytes()
+    aggregate = protocol.aggregate_shares(shares)
+    sums = protocol.masked_slot_sums(aggregate)
+    assert sums.tolist() == [0.0] * COLUMNS
+    masked_c = label_term + sum(label_masks.values())
+    fresh = protocol.finalize(aggregate, k * step(masked_c, sums)[0])
+    secret = joint_secret(keys.ring, keys.shares)
+    true_w = step(label_term, zeros)[0]
+    for j, ct in enumerate(fresh):
+        assert np.max(np.abs(decrypt_with(keys.ring, ct, secret) - k * true_w[j])) < 1e-4
+    with pytest.raises(InvalidArgument, match="gradients or a count of zero columns"):
+        MaskedStepProtocol(keys.job, [], iteration=0, step_id="t", output_scale_bits=30)
+
+
 def test_masked_step_refuses_missing_and_foreign_shares(keys: Collective) -> None:
     cts, _ = _gradients(keys, 20)
     protocol = MaskedStepProtocol(keys.job, cts, iteration=0, step_id="t", output_scale_bits=30)

@@ -208,10 +208,11 @@ def test_a_label_term_other_than_the_signed_one_gets_no_share(project, tmp_path)
     assert shares == []
 
 
-@pytest.mark.parametrize("attack", ["repeat", "extra", "level"])
+@pytest.mark.parametrize("attack", ["repeat", "extra", "level", "first"])
 def test_a_refresh_outside_the_agreed_steps_is_refused(project, tmp_path, attack):
     """A repeated iteration (a second share for one iteration), an iteration beyond the agreed
-    count, or a ciphertext at another level than the gradient's."""
+    count, a ciphertext at another level than the gradient's, or a ciphertext to decrypt in
+    the first step (from zero weights, which has no gradient)."""
     seen: dict[str, pb.KeyHolderTask] = {}
     fresh = ts.ckks_vector(collective(DEFAULT_PARAMETER_SET).context, [1.0] * 8)
 
@@ -231,6 +232,11 @@ def test_a_refresh_outside_the_agreed_steps_is_refused(project, tmp_path, attack
             extra.CopyFrom(seen[party])
             extra.collective.iteration = 2
             return extra
+        if attack == "first" and step == "refresh" and task.collective.iteration == 0:
+            changed = pb.KeyHolderTask()
+            changed.CopyFrom(task)
+            changed.collective.inputs.add(name="gradient", data=fresh.serialize())
+            return changed
         if attack == "level" and step == "refresh" and task.collective.iteration == 1:
             changed = pb.KeyHolderTask()
             changed.CopyFrom(task)
@@ -246,6 +252,10 @@ def test_a_refresh_outside_the_agreed_steps_is_refused(project, tmp_path, attack
         ),
         "extra": "refresh of iteration 2 refused: the job's 2 iterations are done",
         "level": "gradient of column 0 (iteration 1)",
+        "first": (
+            "refresh 0: 1 inputs for 0 column gradients (the first step, from zero weights, "
+            "has none)"
+        ),
     }[attack]
     _refused_by_all(outcome, expected)
 

@@ -34,6 +34,11 @@ on party i's masks, it is the step of the true state (:func:`hefl.algorithm.nest
 linear). Security per revealed slot sum as in :mod:`.refresh`: about 45 bits for the key part
 of the noise, 27 bits for the data (slot means below 1 at scale 2^30), with b = 56.
 
+Training's first step starts from zero weights, where every model's data gradient is exactly
+zero (each kernel form has a factor of the margin): its :class:`MaskedStepProtocol` takes
+``zero_columns`` instead of ciphertexts, decrypts nothing (no h0, the parties' shares g_i are 0)
+and only re-encrypts.
+
 The re-encryption part -a_j s_i + e'_ij needs neither the gradient nor the masks, so a party can
 make it before the gradients exist (:func:`prepare_reencryption`, while the workers compute
 them); made once per iteration and used for one share, it changes nothing of the above.
@@ -282,6 +287,10 @@ class MaskedStepProtocol:
         step_id: Names the step (e.g. a hash of the optimizer constants); shares are bound to it.
         output_scale_bits: log2 of the outputs' scale.
         crps: The CRPs of this iteration (:func:`step_crps`), if expanded ahead of time.
+        zero_columns: Instead of ``ciphertexts``: the zero step of that many columns, whose slot
+            sums are known to be 0 (training's first step, from zero weights: every model's
+            kernel form has a factor of the margin). Nothing is decrypted; each party's output
+            is taken at a share of 0 and only re-encrypted.
     """
 
     PROTOCOL = MASKED_STEP
@@ -295,39 +304,47 @@ class MaskedStepProtocol:
         step_id: str,
         output_scale_bits: int,
         crps: Poly | None = None,
+        zero_columns: int = 0,
     ) -> None:
         ring = job.ring
-        if not ciphertexts:
-            raise InvalidArgument("a masked step of no columns")
-        if crps is not None and crps.shape != (len(ciphertexts), ring.top_rows, ring.n):
-            raise InvalidArgument(f"CRPs of shape {crps.shape} for {len(ciphertexts)} columns")
-        first = ciphertexts[0]
+        if bool(ciphertexts) == bool(zero_columns):
+            raise InvalidArgument("a masked step takes gradients or a count of zero columns")
+        columns = len(ciphertexts) or zero_columns
+        if crps is not None and crps.shape != (columns, ring.top_rows, ring.n):
+            raise InvalidArgument(f"CRPs of shape {crps.shape} for {columns} columns")
         for ciphertext in ciphertexts:
             if ciphertext.polys.shape[0] != 2 or ciphertext.rows >= ring.top_rows:
                 raise InvalidArgument(
                     "a masked step takes relinearized ciphertexts below the top level"
                 )
+            first = ciphertexts[0]  # every column at the first one's level and scale
             if ciphertext.parms_id != first.parms_id or ciphertext.scale != first.scale:
                 raise InvalidArgument("a masked step takes columns of one level and scale")
         self.job = job
         self.ciphertexts = tuple(ciphertexts)
+        self._columns = columns
         self._crps = crps
         self.iteration = iteration
-        self.rows = first.rows
-        self.scale = first.scale
+        # The zero step decrypts nothing: no rows, no scale, no masks.
+        self.rows = ciphertexts[0].rows if ciphertexts else 0
+        self.scale = ciphertexts[0].scale if ciphertexts else 0.0
         self.output_scale = 2.0**output_scale_bits
-        self.mask_bits = step_mask_bits(ring, rows=self.rows, parties=job.size)
+        self.mask_bits = step_mask_bits(ring, rows=self.rows, parties=job.size) if self.rows else 0
         self.tag = job.tag(
             self.PROTOCOL,
             iteration,
             step_id,
             output_scale_bits,
-            *(ciphertext_digest(c) for c in self.ciphertexts),
+            *(
+                [ciphertext_digest(c) for c in self.ciphertexts]
+                if ciphertexts
+                else [f"zero gradients of {zero_columns} columns"]
+            ),
         )
 
     @property
     def columns(self) -> int:
-        return len(self.ciphertexts)
+        return self._columns
 
     @cached_property
     def crps(self) -> Poly:
@@ -382,14 +399,20 @@ class MaskedStepProtocol:
                 f"a re-encryption prepared for iteration {prepared.iteration} and "
                 f"{prepared.columns} columns, not {self.iteration} and {self.columns}"
             )
-        masks = uniform_mask(self.columns, self.mask_bits, random_bytes=random_bytes)
-        noise = centered_binomial(self.columns, random_bytes=random_bytes)
-        constants = constant_terms(ring, np.stack([c.polys[1] for c in self.ciphertexts]), secret)
-        q = np.array(ring.primes[: self.rows], dtype=object)[:, None]
-        masked = ((constants.astype(object) + (noise - masks).astype(object)[None, :]) % q).astype(
-            np.uint64
-        )
-        values = np.asarray(output(-self._slot_sums(masks.astype(np.float64))), dtype=np.float64)
+        if self.ciphertexts:
+            masks = uniform_mask(self.columns, self.mask_bits, random_bytes=random_bytes)
+            noise = centered_binomial(self.columns, random_bytes=random_bytes)
+            c1 = np.stack([c.polys[1] for c in self.ciphertexts])
+            constants = constant_terms(ring, c1, secret)
+            q = np.array(ring.primes[: self.rows], dtype=object)[:, None]
+            masked = (
+                (constants.astype(object) + (noise - masks).astype(object)[None, :]) % q
+            ).astype(np.uint64)
+            shares_of_sums = -self._slot_sums(masks.astype(np.float64))
+        else:  # the zero step: nothing to decrypt, the party's share of the sums is 0
+            masked = np.zeros((0, self.columns), dtype=np.uint64)
+            shares_of_sums = np.zeros(self.columns)
+        values = np.asarray(output(shares_of_sums), dtype=np.float64)
         if values.shape != (self.columns,):
             raise InvalidArgument(f"step output of shape {values.shape} for {self.columns} columns")
         reencrypted = ring.add(prepared.polys, self._encode(-values))
@@ -413,6 +436,8 @@ class MaskedStepProtocol:
         """
         if aggregate.tag != self.tag:
             raise ProtocolError("masked-step aggregate of another iteration, step or ciphertext")
+        if not self.ciphertexts:
+            return np.zeros(self.columns)
         ring = self.job.ring
         c0 = ring.constant_coefficients(np.stack([c.polys[0] for c in self.ciphertexts]))
         total = _sum_mod(ring, [c0, aggregate.masked])
