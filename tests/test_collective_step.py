@@ -5,6 +5,8 @@ the label term; the vectorised coefficient 0 against the schoolbook product."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import tenseal as ts
@@ -140,10 +142,11 @@ def test_the_zero_step_decrypts_nothing_and_gives_the_plaintext_step(keys: Colle
     protocol = MaskedStepProtocol(
         keys.job, [], iteration=0, step_id="t", output_scale_bits=30, zero_columns=COLUMNS
     )
-    shares = {
-        p: protocol.gen_share(s, output=lambda g, p=p: k * step(label_masks[p], g)[0])
-        for p, s in keys.shares.items()
-    }
+
+    def party_output(party: str) -> Callable[[np.ndarray], np.ndarray]:
+        return lambda g: k * step(label_masks[party], g)[0]
+
+    shares = {p: protocol.gen_share(s, output=party_output(p)) for p, s in keys.shares.items()}
     for share in shares.values():
         assert share.masked.shape == (0, COLUMNS)
         again = MaskedStepShare.from_bytes(share.to_bytes(), keys.job, rows=0, columns=COLUMNS)
