@@ -63,6 +63,7 @@ from hefl.protocols.collective.keyswitch import ciphertext_of
 from hefl.protocols.collective.seal_layout import polys_of_vector_bytes, vector_bytes_of
 from hefl.protocols.collective.shares import CollectiveJob
 from hefl.protocols.collective.step import (
+    LABEL_TERM_SCALE_BITS,
     EncToShareProtocol,
     EncToShareShare,
     MaskedStepProtocol,
@@ -71,6 +72,7 @@ from hefl.protocols.collective.step import (
     step_id,
 )
 from hefl.v1 import hefl_pb2 as pb
+from hefl.validate import Expected
 
 log = logging.getLogger("hefl.collective")
 
@@ -366,7 +368,10 @@ def train(
     else:
         # The label term C, summed here as every party sums it, to shares: C + sum c_i.
         label_total = sealio.add_vectors(
-            context, (inputs.label_terms[p] for p in relay.parties), what="label term"
+            context,
+            (inputs.label_terms[p] for p in relay.parties),
+            what="label term",
+            expected=Expected(values=None, scale=2.0**LABEL_TERM_SCALE_BITS),
         )
         enc_to_share = EncToShareProtocol(job, ciphertext_of(label_total), purpose="label-term")
         setup_task = pb.CollectiveTask(

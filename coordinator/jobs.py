@@ -51,6 +51,7 @@ from hefl.identity import same_bytes, verify_signature
 from hefl.models import get_model
 from hefl.params import CkksParameters, check_public_context
 from hefl.protocols.collective.keyswitch import REVEAL_SCALE_BITS
+from hefl.protocols.collective.step import LABEL_TERM_SCALE_BITS
 from hefl.v1 import hefl_pb2 as pb
 
 if TYPE_CHECKING:
@@ -169,6 +170,7 @@ class Job:
             features=len(self.features),
             outputs=self.outputs,
             stats_scale=2.0**REVEAL_SCALE_BITS if self.collective else None,
+            label_scale=2.0**LABEL_TERM_SCALE_BITS if self.collective else None,
         )
         self.context_bytes = context_bytes
 

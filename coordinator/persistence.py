@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import tenseal as ts
@@ -45,7 +46,9 @@ from hefl.params import (
     check_public_context,
     get_parameter_set,
 )
+from hefl.protocols.collective.step import LABEL_TERM_SCALE_BITS
 from hefl.v1 import hefl_pb2 as pb
+from hefl.validate import ANY
 
 log = logging.getLogger("hefl.persistence")
 
@@ -284,15 +287,20 @@ class _Restoring:
         except OSError as err:
             raise Unrestorable(f"{name} cannot be read: {err}") from err
 
-    def _ciphertext(self, job: Job, path: Path, *, size: int) -> bytes:
+    def _ciphertext(
+        self, job: Job, path: Path, *, size: int, scale_bits: int | None = None
+    ) -> bytes:
         """Check one stored ciphertext: within the size a fresh ciphertext can take, one CKKS
         ciphertext of two polynomials at the top level of the job's parameters, ``size``
-        values."""
+        values, at scale 2^``scale_bits`` (default: the job's)."""
         params = job.params
         name = self.store.relative(path)
+        scale = 2.0 ** (params.scale_bits if scale_bits is None else scale_bits)
         data = self._read(path, cap=ciphertext_bytes_cap(params))
         try:
-            vector = sealio.deserialize(job.context, data, what=name)
+            vector = sealio.deserialize(
+                job.context, data, what=name, expected=replace(ANY, scale=scale)
+            )
         except HeflError as err:
             raise Unrestorable(f"{name} does not load: {err}") from err
         parts = vector.ciphertext()
@@ -302,7 +310,7 @@ class _Restoring:
             or parts[0].size() != 2
             or parts[0].poly_modulus_degree() != params.poly_modulus_degree
             or parts[0].coeff_modulus_size() != top_level
-            or parts[0].scale != 2.0**params.scale_bits
+            or parts[0].scale != scale
             or vector.size() != size
         ):
             raise Unrestorable(
@@ -367,7 +375,11 @@ class _Restoring:
                     party.upload_bytes += len(data)
         path = job.store.label_term_path(party.name)
         if path.is_file() or party.upload_complete:
-            party.upload_bytes += len(self._ciphertext(job, path, size=job.outputs * job.columns))
+            scale_bits = LABEL_TERM_SCALE_BITS if job.collective else None
+            stored = self._ciphertext(
+                job, path, size=job.outputs * job.columns, scale_bits=scale_bits
+            )
+            party.upload_bytes += len(stored)
             party.label_term = True
 
     def _check_finished(self, job: Job) -> None:

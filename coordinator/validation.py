@@ -40,6 +40,7 @@ class JobInputs:
         features: Feature columns (the model has one more, the bias).
         outputs: The model's outputs; its label term has one value per (output, column).
         stats_scale: The statistics' scale; None: the context's.
+        label_scale: The label terms' scale; None: the context's.
     """
 
     def __init__(
@@ -51,14 +52,16 @@ class JobInputs:
         features: int,
         outputs: int = 1,
         stats_scale: float | None = None,
+        label_scale: float | None = None,
     ) -> None:
         self.job_id = job_id
         self.rules = CiphertextRules(context)
         self.columns = features + 1
-        # Collective jobs encrypt statistics at the reveal scale (a smudged decryption).
+        # Collective jobs encrypt statistics at the reveal scale (a smudged decryption) and
+        # label terms at a smaller one (what EncToShare's masks hide).
         self.stats = StatsProtocol(features=features, slots=params.slots, scale=stats_scale)
         self._column = Expected(values=params.slots)
-        self._label_term = Expected(values=outputs * self.columns)
+        self._label_term = Expected(values=outputs * self.columns, scale=label_scale)
 
     def upload(self, chunk: pb.UploadChunk, *, blocks: range) -> list[Accepted]:
         """Every ciphertext of ``chunk``, checked one after the other and re-serialized.

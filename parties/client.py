@@ -34,14 +34,14 @@ from typing import Any
 import grpc
 import tenseal as ts
 
-from hefl import chunks, sealio, signed
+from hefl import chunks, signed
 from hefl.algorithm import add_bias, standardize
 from hefl.codec import AggregateStats
 from hefl.errors import DataError, HeflError, InvalidArgument
 from hefl.identity import channel_credentials
 from hefl.models import Model, get_model
 from hefl.params import DEFAULT_PARAMETER_SET, check_public_context, get_parameter_set
-from hefl.protocols.collective.step import stats_protocol
+from hefl.protocols.collective.step import label_term_bytes, stats_protocol
 from hefl.protocols.stats import StatsProtocol
 from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
@@ -544,9 +544,7 @@ class Party:
     def _label_term(self, context: ts.Context, summary: AggregateStats) -> bytes:
         """Collective mode: this party's label term, standardized by the decrypted summary."""
         columns = add_bias(standardize(self.dataset.features, summary.mean, summary.std))
-        return sealio.serialize(
-            ts.ckks_vector(context, self.model.label_term(columns, self.dataset.labels))
-        )
+        return label_term_bytes(context, self.model.label_term(columns, self.dataset.labels))
 
     def _upload(
         self,

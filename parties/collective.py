@@ -150,6 +150,7 @@ from hefl.protocols.collective.seal_layout import polys_of_vector_bytes
 from hefl.protocols.collective.secret import RelinKeyEphemeral, SecretKeyShare
 from hefl.protocols.collective.shares import CollectiveJob
 from hefl.protocols.collective.step import (
+    LABEL_TERM_SCALE_BITS,
     EncToShareProtocol,
     MaskedStepProtocol,
     PreparedReencryption,
@@ -882,7 +883,7 @@ class CollectiveMember:
             self.context,
             (terms[p] for p in self.roster.names),
             what="label term",
-            expected=Expected(values=columns),
+            expected=Expected(values=columns, scale=2.0**LABEL_TERM_SCALE_BITS),
         )
         return EncToShareProtocol(self.job, ciphertext_of(total), purpose="label-term")
 

@@ -38,7 +38,7 @@ from hefl.protocols.collective.keygen import (
 from hefl.protocols.collective.keyswitch import ciphertext_of
 from hefl.protocols.collective.seal_layout import CiphertextPolys, vector_of
 from hefl.protocols.collective.secret import SecretKeyShare
-from hefl.protocols.collective.step import stats_protocol
+from hefl.protocols.collective.step import label_term_bytes, stats_protocol
 from hefl.protocols.stats import StatsShare
 from hefl.v1 import hefl_pb2 as pb
 from parties.collective import STEPS, CollectiveMember, Roster, box_bytes
@@ -89,9 +89,7 @@ class Trial:
 
         def make_label_term(context: ts.Context, summary: Any) -> bytes:
             columns = add_bias(standardize(self.data[name], summary.mean, summary.std))
-            return sealio.serialize(
-                ts.ckks_vector(context, label_term(columns, self.labels[name]).tolist())
-            )
+            return label_term_bytes(context, label_term(columns, self.labels[name]))
 
         member.make_stats = make_stats
         member.make_label_term = make_label_term

@@ -30,7 +30,7 @@ from hefl.models import Model, get_model
 from hefl.models.base import KernelForm
 from hefl.models.replica import train_model_replica
 from hefl.params import get_parameter_set
-from hefl.protocols.collective.step import stats_protocol
+from hefl.protocols.collective.step import label_term_bytes, stats_protocol
 from hefl.v1 import hefl_pb2 as pb
 from parties.collective import CollectiveMember, Roster
 from parties.identity import SigningKey
@@ -142,13 +142,9 @@ def prepare_job(x: np.ndarray, y: np.ndarray, model: Model, options: pb.Training
     protocol = stats_protocol(len(features), PARAMS)
     for p, rows in zip(PARTIES, parts, strict=True):
         members[p].make_stats = lambda context, rows=rows: protocol.gen_share(context, x[rows])
-        members[p].make_label_term = lambda context, summary, rows=rows: sealio.serialize(
-            ts.ckks_vector(
-                context,
-                model.label_term(
-                    add_bias(standardize(x[rows], summary.mean, summary.std)), y[rows]
-                ).tolist(),
-            )
+        members[p].make_label_term = lambda context, summary, rows=rows: label_term_bytes(
+            context,
+            model.label_term(add_bias(standardize(x[rows], summary.mean, summary.std)), y[rows]),
         )
     links = {p: AnswererLink(TaskAnswerer(m)) for p, m in members.items()}
     relay = Relay(links)

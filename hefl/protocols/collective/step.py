@@ -14,9 +14,11 @@ c0 + sum h_i = m + e + sum e_i - sum M_i and decodes it, learning C - sum_i deco
 the encryption's and the shares' noise); each party keeps -decode(M_i), its share of the mask.
 The masks being uniform 2^b wide on every coefficient, with n - 1 parties colluding the honest
 party's M_i alone hides every coefficient: per coefficient b + 1 - log2 |m_k + e_k| bits (the
-key part: |e_k| < 2^12, 44 bits at b = 56; the data part: |m_k| <= scale x max|slot| x a few,
-about 2^(30 + 10) for a label term of 10^3, 16 bits. A weaker bound than the slot sums', stated
-in the README).
+key part: |e_k| < 2^12, 44 bits at b = 56; the data part: |m_k| <= scale x max|slot| x a few).
+That is why parties encrypt their label terms at :data:`LABEL_TERM_SCALE_BITS` (2^20), not at
+the context's 2^30: a label term of 10^3 then puts coefficients near 2^30, 27 bits, as the slot
+sums get (at 2^30 it was 16 bits); the encryption's noise costs ~1e-3 per value there, against
+label-term values in the hundreds (:func:`label_term_bytes`).
 
 :class:`MaskedStepProtocol` (every iteration, every column j of the gradient G_j at the last
 level): only coefficient 0 is masked-decrypted, since the sum of a ciphertext's slots is
@@ -62,7 +64,9 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
+import tenseal as ts
 
+from hefl import sealio
 from hefl.codec import Array
 from hefl.errors import InvalidArgument, ProtocolError
 from hefl.params import CkksParameters
@@ -83,6 +87,15 @@ StepOutput = Callable[[Array], Array]
 
 #: The widest masks whose decoded values float64 still adds up exactly enough (module docstring).
 MAX_MASK_BITS = 56
+#: log2 of the scale of a collective job's label terms (module docstring: what EncToShare hides).
+LABEL_TERM_SCALE_BITS = 20
+
+
+def label_term_bytes(context: ts.Context, values: Array) -> bytes:
+    """A party's label term as it uploads it in collective mode: at 2^LABEL_TERM_SCALE_BITS."""
+    vector = ts.ckks_vector(context, [float(v) for v in values], scale=2.0**LABEL_TERM_SCALE_BITS)
+    return sealio.serialize(vector)
+
 
 MASKED_STEP = "masked-step"
 
