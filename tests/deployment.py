@@ -26,13 +26,21 @@ import grpc
 import numpy as np
 import psutil
 
+from hefl.algorithm import add_bias, choose_hyperparameters, standardize, train_replica
+from hefl.codec import AggregateStats
 from hefl.identity import TlsFiles, channel_credentials
 from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
 from parties.client import CHANNEL_OPTIONS
 from parties.reconnect import Reconnect, watch
 from tools.provision import provision
-from tools.simulate import PartyFiles, SimulationConfig, write_party_data
+from tools.simulate import (
+    PartyFiles,
+    SimulationConfig,
+    load_dataset,
+    partition,
+    write_party_data,
+)
 
 ROSTER = ("hospital-0", "hospital-1", "hospital-2")
 KEY_HOLDER = ROSTER[0]
@@ -77,6 +85,52 @@ def ray_head(temp: Path, env: dict[str, str], *, wait_s: float = 120.0) -> Itera
         if head.poll() is None:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait(timeout=60)
+
+
+def replica_weights(iterations: int) -> np.ndarray:
+    """The float64 replica's weights for the job these deployments run (the simulation's
+    breast-cancer split of :data:`ROSTER`, seed 0), at ``iterations``."""
+    config = SimulationConfig(parties=len(ROSTER), seed=0)
+    train = partition(load_dataset(config), config).train_union
+    stats = AggregateStats.of_rows(train.features)
+    hyper = choose_hyperparameters(curvature=stats.curvature, iterations=iterations)
+    features = add_bias(standardize(train.features, stats.mean, stats.std))
+    return train_replica(features, train.labels, hyper).weights
+
+
+def ray_joining_coordinator(
+    tmp_path: Path, address: str, env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """``hefl coordinator --insecure`` (no parties: only its Ray join matters) told to join the
+    Ray cluster at ``address``, started with ``env``; (its process, its log)."""
+    log = tmp_path / "coordinator.log"
+    command = [sys.executable, "-m", "tools.cli", "coordinator", "--insecure",
+               "--listen", "127.0.0.1:0", "--workdir", str(tmp_path / "work"),
+               "--ray-address", address]  # fmt: skip
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    return process, log
+
+
+def stopped_once_joined(
+    process: subprocess.Popen[bytes], log: Path, *, wait_s: float = 120.0
+) -> str:
+    """Wait until the coordinator logs that it joined Ray (failing if it exits first or takes
+    over ``wait_s``), stop it with SIGTERM, and return its log."""
+    try:
+        deadline = time.monotonic() + wait_s
+        while "joined Ray in" not in (output := log.read_text(errors="replace")):
+            assert process.poll() is None, output
+            assert time.monotonic() < deadline, output
+            time.sleep(0.1)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=60)
+    return log.read_text(errors="replace")
 
 
 def prepare(root: Path) -> tuple[Path, str]:

@@ -15,11 +15,8 @@ import numpy as np
 import psutil
 import pytest
 
-from hefl.algorithm import add_bias, choose_hyperparameters, standardize, train_replica
-from hefl.codec import AggregateStats
 from hefl.v1 import hefl_pb2 as pb
-from tests.deployment import KEY_HOLDER, ROSTER, WAIT_S, Deployment, prepare
-from tools.simulate import SimulationConfig, load_dataset, partition
+from tests.deployment import KEY_HOLDER, ROSTER, WAIT_S, Deployment, prepare, replica_weights
 
 pytestmark = pytest.mark.slow
 ITERATIONS = 15
@@ -71,14 +68,7 @@ def fault_free(prepared: Prepared, tmp_path_factory: pytest.TempPathFactory) -> 
     weights = deployment.weights(KEY_HOLDER)
     for name in OTHERS:
         np.testing.assert_array_equal(deployment.weights(name), weights)
-    config = SimulationConfig(parties=len(ROSTER), seed=0)
-    train = partition(load_dataset(config), config).train_union
-    stats = AggregateStats.of_rows(train.features)
-    hyper = choose_hyperparameters(curvature=stats.curvature, iterations=ITERATIONS)
-    features = add_bias(standardize(train.features, stats.mean, stats.std))
-    np.testing.assert_allclose(
-        weights, train_replica(features, train.labels, hyper).weights, atol=BOUND
-    )
+    np.testing.assert_allclose(weights, replica_weights(ITERATIONS), atol=BOUND)
     return weights
 
 

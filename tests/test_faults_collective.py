@@ -20,13 +20,10 @@ import pytest
 
 from coordinator.limits import Limits
 from coordinator.persistence import restore_job
-from hefl.algorithm import add_bias, choose_hyperparameters, standardize, train_replica
-from hefl.codec import AggregateStats
 from hefl.params import DEFAULT_PARAMETER_SET, get_parameter_set
 from hefl.v1 import hefl_pb2 as pb
 from parties.collective import STEPS
-from tests.deployment import JOB, ROSTER, WAIT_S, Deployment, prepare
-from tools.simulate import SimulationConfig, load_dataset, partition
+from tests.deployment import JOB, ROSTER, WAIT_S, Deployment, prepare, replica_weights
 
 pytestmark = pytest.mark.slow
 ITERATIONS = 8
@@ -80,7 +77,7 @@ def test_the_coordinator_killed_mid_training_resumes_the_collective_job(killed):
     )
     assert resumed in deployment.coordinator_log.read_text()
     weights = deployment.weights(ROSTER[0])
-    np.testing.assert_allclose(weights, _replica(), atol=BOUND)
+    np.testing.assert_allclose(weights, replica_weights(ITERATIONS), atol=BOUND)
     for name in ROSTER:
         np.testing.assert_array_equal(deployment.weights(name), weights, err_msg=name)
         result = deployment.result(name)
@@ -137,12 +134,3 @@ def test_the_job_directory_restores_only_with_the_context_every_party_signed(
 
 def _refresh_in_flight(journal: dict | None) -> bool:
     return journal is not None and journal["step"] == "refresh" and journal["done"] >= KILL_AFTER
-
-
-def _replica() -> np.ndarray:
-    config = SimulationConfig(parties=len(ROSTER), seed=0)
-    train = partition(load_dataset(config), config).train_union
-    stats = AggregateStats.of_rows(train.features)
-    hyper = choose_hyperparameters(curvature=stats.curvature, iterations=ITERATIONS)
-    features = add_bias(standardize(train.features, stats.mean, stats.std))
-    return train_replica(features, train.labels, hyper).weights

@@ -26,12 +26,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hefl.algorithm import add_bias, choose_hyperparameters, standardize, train_replica
-from hefl.codec import AggregateStats
 from hefl.v1 import hefl_pb2 as pb
-from tests.deployment import JOB, ROSTER, Deployment, free_port, prepare
+from tests.deployment import JOB, ROSTER, Deployment, free_port, prepare, replica_weights
 from tests.namespaces import PrivateNetwork, RayHead, RayNode, namespaces_refused
-from tools.simulate import SimulationConfig, load_dataset, partition
 
 pytestmark = pytest.mark.slow
 ITERATIONS = 15
@@ -139,15 +136,6 @@ def _sees(pid: int, *command: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _replica() -> np.ndarray:
-    config = SimulationConfig(parties=len(ROSTER), seed=0)
-    train = partition(load_dataset(config), config).train_union
-    stats = AggregateStats.of_rows(train.features)
-    hyper = choose_hyperparameters(curvature=stats.curvature, iterations=ITERATIONS)
-    features = add_bias(standardize(train.features, stats.mean, stats.std))
-    return train_replica(features, train.labels, hyper).weights
-
-
 def test_workers_on_other_hosts_train_without_the_job_directory_and_survive_a_lost_node(
     cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -196,6 +184,6 @@ def test_workers_on_other_hosts_train_without_the_job_directory_and_survive_a_lo
     assert sorted(w["ip"] for w in after) == sorted(spare | (set(placed) - {victim["ip"]}))
     assert max(w["restarts"] for w in after) == 1
     assert "restarted by Ray hold no shards" in deployment.log_tail(400)
-    replica = _replica()
+    replica = replica_weights(ITERATIONS)
     for name in ROSTER:
         np.testing.assert_allclose(deployment.weights(name), replica, atol=BOUND, err_msg=name)

@@ -7,9 +7,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -17,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deployment import ray_head
+from tests.deployment import ray_head, ray_joining_coordinator, stopped_once_joined
 
 pytestmark = pytest.mark.slow
 # A generous bound for a hung test, never a measured duration.
@@ -28,6 +25,7 @@ REFUSE_WITHIN_S = 30.0
 
 def _clean_environment(home: Path) -> dict[str, str]:
     """This test's environment without any Ray token or mode, and a home without a token."""
+    home.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env["HOME"] = str(home)
     return env
@@ -39,7 +37,6 @@ def token_cluster() -> Iterator[tuple[str, str]]:
     address and token."""
     temp = Path(tempfile.mkdtemp(prefix="hefl-rj-", dir="/tmp"))  # Ray's socket paths are short
     home = temp / "home"
-    home.mkdir()
     token = secrets.token_hex(32)
     env = _clean_environment(home) | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     try:
@@ -47,25 +44,6 @@ def token_cluster() -> Iterator[tuple[str, str]]:
             yield address, token
     finally:
         shutil.rmtree(temp, ignore_errors=True)
-
-
-def _coordinator(
-    tmp_path: Path, address: str, extra_env: dict[str, str]
-) -> tuple[subprocess.Popen[bytes], Path]:
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
-    log = tmp_path / "coordinator.log"
-    command = [sys.executable, "-m", "tools.cli", "coordinator", "--insecure",
-               "--listen", "127.0.0.1:0", "--workdir", str(tmp_path / "work"),
-               "--ray-address", address]  # fmt: skip
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=_clean_environment(home) | extra_env,
-        )
-    return process, log
 
 
 @pytest.mark.parametrize(
@@ -91,7 +69,9 @@ def test_a_coordinator_the_cluster_refuses_exits_at_once_with_rays_reason(
 ) -> None:
     address, _ = token_cluster
     started = time.monotonic()
-    process, log = _coordinator(tmp_path, address, extra_env)
+    process, log = ray_joining_coordinator(
+        tmp_path, address, _clean_environment(tmp_path / "home") | extra_env
+    )
     try:
         code = process.wait(timeout=WAIT_S)
     finally:
@@ -111,20 +91,10 @@ def test_a_coordinator_with_the_clusters_token_joins_it(
     token_cluster: tuple[str, str], tmp_path: Path
 ) -> None:
     address, token = token_cluster
-    process, log = _coordinator(
-        tmp_path, address, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    process, log = ray_joining_coordinator(
+        tmp_path,
+        address,
+        _clean_environment(tmp_path / "home") | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token},
     )
-    try:
-        deadline = time.monotonic() + WAIT_S
-        while "joined Ray in" not in (output := log.read_text(errors="replace")):
-            assert process.poll() is None, output
-            assert time.monotonic() < deadline, output
-            time.sleep(0.1)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=60)
+    output = stopped_once_joined(process, log, wait_s=WAIT_S)
     assert "InvalidAuthToken" not in output

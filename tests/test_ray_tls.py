@@ -10,11 +10,7 @@ import datetime
 import ipaddress
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
@@ -28,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from coordinator.ray_pool import RayJoinRefused, check_join
-from tests.deployment import ray_head
+from tests.deployment import ray_head, ray_joining_coordinator, stopped_once_joined
 
 WAIT_S = 120.0  # a hang guard, never a measured duration
 
@@ -189,23 +185,6 @@ def test_hefl_coordinator_joins_a_tls_cluster_with_rays_certificate_variables(
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_TLS_"))}
     env |= tls.environment() | {"HOME": str(home)}
-    log = tmp_path / "coordinator.log"
-    command = [sys.executable, "-m", "tools.cli", "coordinator", "--insecure",
-               "--listen", "127.0.0.1:0", "--workdir", str(tmp_path / "work"),
-               "--ray-address", address]  # fmt: skip
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + WAIT_S
-        while "joined Ray in" not in (output := log.read_text(errors="replace")):
-            assert process.poll() is None, output
-            assert time.monotonic() < deadline, output
-            time.sleep(0.1)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=60)
+    process, log = ray_joining_coordinator(tmp_path, address, env)
+    stopped_once_joined(process, log, wait_s=WAIT_S)
     assert process.returncode == 0, log.read_text(errors="replace")
