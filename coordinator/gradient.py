@@ -50,7 +50,7 @@ wraps a ciphertext into TenSEAL's serialized vector format.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeAlias
 
 import tenseal as ts
@@ -128,21 +128,22 @@ class GradientKernel:
             for o in range(outputs)
         ]
 
-    def _factor(self, s: Ciphertext, form: KernelForm) -> tuple[Ciphertext, int]:
-        """The part of p(s) / s that multiplies every column, and its level (s is at 1)."""
+    def _factor(self, s: Ciphertext, form: KernelForm) -> Ciphertext:
+        """The part of p(s) that multiplies every column (``odd5``: without s), at level 3
+        (s is at 1)."""
         if form.shape == "odd5":
             a, b = form.constants
             inner = self._settle(self._product(s, s))
             self.add_constant(inner, a)
             inner = self._settle(self._product(inner, inner))
             self.add_constant(inner, b)
-            return inner, 3
+            return inner
         a, b, c = form.constants  # quartic: s (s + c) ((s + a)^2 + b)
         left = self._settle(self._product(s, self._plus(s, c)))
         square = self._plus(s, a)
         square = self._settle(self._product(square, square))
         self.add_constant(square, b)
-        return self._settle(self._product(left, square)), 3
+        return self._settle(self._product(left, square))
 
     def _plus(self, ciphertext: Ciphertext, value: float) -> Ciphertext:
         """``ciphertext + value`` in every slot, as a new ciphertext."""
@@ -161,33 +162,52 @@ class GradientKernel:
     ) -> list[Ciphertext]:
         """Add G_j of one block (given its full margins, one per output) to the running sums
         ``totals`` (None for the first block), output-major; returns the sums (unrescaled, one
-        level above the last)."""
-        gradients = []
-        for s in margins:
-            if form.shape == "linear":
-                # Nothing to evaluate: the products are formed where they are cheapest, one
-                # level above the last (modulus switching drops primes, not precision).
-                low = len(self._levels) - 2
-                s_low = self._at_level(s, low)
-                gradients += [
-                    self._product(s_low, self._at_level(column, low)) for column in columns
-                ]
-            elif form.shape == "odd5":
-                inner, _ = self._factor(s, form)
-                s2 = self._at_level(s, 2)
-                for column in columns:
-                    scaled = self._settle(self._product(s2, self._at_level(column, 2)))
-                    gradients.append(self._product(scaled, inner))
-            else:
-                factor, level = self._factor(s, form)
-                gradients += [
-                    self._product(factor, self._at_level(column, level)) for column in columns
-                ]
-        if totals is None:
-            return gradients
-        for total, gradient in zip(totals, gradients, strict=True):
-            self._evaluator.add_inplace(total, gradient)
-        return totals
+        level above the last).
+
+        Each product goes into its running sum as soon as it is formed, so a block holds one
+        product at a time rather than all outputs x columns of them (310 ciphertexts, 120 MB,
+        for 10 classes of 30 features), and each column is switched down once per block
+        rather than once per output.
+        """
+        width = len(columns)
+        if totals is not None and len(totals) != len(margins) * width:
+            raise ValueError(f"{len(totals)} running sums for {len(margins)} x {width} columns")
+        if form.shape == "linear":
+            # Nothing to evaluate: the products are formed where they are cheapest, one
+            # level above the last (modulus switching drops primes, not precision).
+            level = len(self._levels) - 2
+        elif form.shape == "odd5":
+            level = 2  # s * X_j is formed at 2 and settled to 3, where ``inner`` is
+        else:
+            level = 3  # the quartic's factor
+        lowered = [self._at_level(column, level) for column in columns]
+        out: list[Ciphertext] = [] if totals is None else totals
+        for o, s in enumerate(margins):
+            for j, gradient in enumerate(self._block_gradients(s, lowered, form, level)):
+                if totals is None:
+                    out.append(gradient)
+                else:
+                    self._evaluator.add_inplace(out[o * width + j], gradient)
+        return out
+
+    def _block_gradients(
+        self, s: Ciphertext, lowered: Sequence[Ciphertext], form: KernelForm, level: int
+    ) -> Iterator[Ciphertext]:
+        """G_j of one output for every column, one at a time; ``lowered`` are the block's
+        columns at ``level``."""
+        if form.shape == "linear":
+            s_low = self._at_level(s, level)
+            for column in lowered:
+                yield self._product(s_low, column)
+        elif form.shape == "odd5":
+            inner = self._factor(s, form)
+            s2 = self._at_level(s, level)
+            for column in lowered:
+                yield self._product(self._settle(self._product(s2, column)), inner)
+        else:
+            factor = self._factor(s, form)
+            for column in lowered:
+                yield self._product(factor, column)
 
     def finish(self, totals: Iterable[Ciphertext]) -> list[Ciphertext]:
         """Relinearize and rescale the summed G_j, once per column and not per block, and bring
