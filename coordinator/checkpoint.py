@@ -25,6 +25,10 @@ Collective jobs keep theirs the same way under ``<workdir>/jobs/<job_id>/collect
     journal.json          the commit point: the step in flight, the masked state it was made
                           from, the SHA-256 of each party's task blob
     blobs/<sha256>.bin    each party's task of the step in flight, as sent
+    setup/journal.json    until uploads open: every setup step sent (keys, statistics, label
+                          terms), the SHA-256 of each party's task and, once all are in, of
+                          each party's answer (:class:`SetupFileJournal`)
+    setup/blobs/          those tasks and answers
 
 Neither holds a key share or a party's mask: only what the parties sent or were sent, and the
 coordinator's masked state (w + A, v + B, C + sum c_i).
@@ -34,10 +38,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from coordinator.collective import STEP_ORDER, CollectiveCheckpoint, KeyGeneration
+from coordinator.collective import STEP_ORDER, CollectiveCheckpoint, KeyGeneration, SetupStep
 from coordinator.store import atomic_write
 from coordinator.training import Checkpoint, PendingTask
 from hefl.errors import FailedPrecondition, HeflError
@@ -153,6 +158,14 @@ class CollectiveFileJournal:
         self._keys = root / "keys.json"
         self._blobs = root / "blobs"
 
+    def has_keys(self) -> bool:
+        """Whether the roster's keys were made (and :meth:`save_keys` kept them)."""
+        return self._keys.is_file()
+
+    def setup(self) -> SetupFileJournal:
+        """The setup's journal, under ``setup/``."""
+        return SetupFileJournal(self.root / "setup")
+
     def save_keys(self, keys: KeyGeneration) -> None:
         """Keep what a restarted coordinator needs of the collective setup (all public)."""
         state = {
@@ -236,6 +249,57 @@ class CollectiveFileJournal:
 
     def remove(self) -> None:
         """Forget the journal (the job is over); the keys' record stays with the job."""
+        _remove_journal(self._journal, self._blobs)
+
+
+class SetupFileJournal:
+    """A :class:`coordinator.collective.SetupJournal` in one job directory.
+
+    Args:
+        root: Its directory (``<job>/collective/setup``).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._journal = root / "journal.json"
+        self._blobs = root / "blobs"
+
+    def load(self) -> list[SetupStep]:
+        """Raises: JournalDamaged: unreadable journal, or a blob missing or not its hash."""
+        if not self._journal.is_file():
+            return []
+        try:
+            state = _read_journal(self._journal)
+            return [
+                SetupStep(
+                    step=str(entry["step"]),
+                    tasks={str(p): _blob(self._blobs, d) for p, d in entry["tasks"].items()},
+                    answers=None
+                    if entry["answers"] is None
+                    else {str(p): _blob(self._blobs, d) for p, d in entry["answers"].items()},
+                )
+                for entry in state["steps"]
+            ]
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise JournalDamaged(f"{self._journal} cannot be read back ({err!r})") from err
+
+    def save(self, steps: Sequence[SetupStep]) -> None:
+        entries: list[dict[str, Any]] = []
+        keep: set[str] = set()
+        for step in steps:
+            tasks = {p: _put(self._blobs, d) for p, d in step.tasks.items()}
+            answers = (
+                None
+                if step.answers is None
+                else {p: _put(self._blobs, d) for p, d in step.answers.items()}
+            )
+            keep |= set(tasks.values()) | set((answers or {}).values())
+            entries.append({"step": step.step, "tasks": tasks, "answers": answers})
+        state = {"version": VERSION, "steps": entries}
+        _write_journal(self._journal, self._blobs, state, keep=keep)
+
+    def remove(self) -> None:
+        """Forget the setup (uploads are open: a restart resumes from the keys' record)."""
         _remove_journal(self._journal, self._blobs)
 
 

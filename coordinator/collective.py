@@ -25,8 +25,9 @@ answered it already answers the repeat of its latest task from its session's cac
 (:class:`parties.session.TaskAnswerer`), one that did not answers it now, and no party is asked
 for a second share of a step it took (it would refuse: :mod:`parties.collective`). Training
 resumes from the parties' key shares and masks, in their processes, and the coordinator's
-public state on disk (:mod:`coordinator.checkpoint`); the setup before training (keys,
-statistics, label terms) does not resume (:mod:`coordinator.persistence`).
+public state on disk (:mod:`coordinator.checkpoint`). The setup before training (keys,
+statistics, label terms) runs over a :class:`JournaledRelay`, which writes every step ahead and
+every step's answers once all are in, and resumes the same way.
 
 No secret key exists in this process; the protocol types' coordinator halves take none.
 """
@@ -38,7 +39,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -103,16 +104,28 @@ class Relay:
             KeyHolderTimeout: A party did not answer in time.
             ProtocolError: A party refused the step (the message names it and why).
         """
+        return self.send(step, self.tasks(step, make))
 
-        def one(party: str) -> pb.KeyHolderResult:
+    def tasks(
+        self, step: str, make: Callable[[str], pb.CollectiveTask] | pb.CollectiveTask
+    ) -> dict[str, pb.KeyHolderTask]:
+        """Every party's task of ``step``."""
+        tasks = {}
+        for party in self.parties:
             task = make(party) if callable(make) else make
             if not task.step:
                 task.step = step
-            return self.links[party].call(
-                pb.KeyHolderTask(collective=task), timeout_s=self.timeout_s
-            )
+            tasks[party] = pb.KeyHolderTask(collective=task)
+        return tasks
 
-        futures = {party: self.pool.submit(one, party) for party in self.parties}
+    def send(
+        self, step: str, tasks: Mapping[str, pb.KeyHolderTask]
+    ) -> dict[str, pb.KeyHolderResult]:
+        """Send every party its task at once; every answer (as :meth:`ask`)."""
+        futures = {
+            party: self.pool.submit(self.links[party].call, tasks[party], timeout_s=self.timeout_s)
+            for party in self.parties
+        }
         results, errors = {}, []
         for party, future in futures.items():
             try:
@@ -136,6 +149,99 @@ class Relay:
                 )
             out[party] = {o.name: o.data for o in result.collective.outputs}
         return out
+
+
+@dataclass(frozen=True)
+class SetupStep:
+    """One step of the collective setup: each party's task as sent and, once every party
+    answered, the answers. Only what the coordinator sends and receives anyway (commitments,
+    public-key shares, signatures, sealed boxes): no party's secret.
+
+    Attributes:
+        step: Its name (``seed-commit``, ``keys``, ``stats-open``...).
+        tasks: Each roster party's task, a serialized :class:`pb.KeyHolderTask` exactly as sent.
+        answers: Each party's serialized :class:`pb.KeyHolderResult`; None while in flight.
+    """
+
+    step: str
+    tasks: Mapping[str, bytes]
+    answers: Mapping[str, bytes] | None = None
+
+
+class SetupJournal(Protocol):
+    """Where a :class:`JournaledRelay` keeps the setup's steps; every save replaces the
+    previous record at once (a crash leaves either)."""
+
+    def load(self) -> list[SetupStep]:
+        """The steps saved, in order; empty if the setup never sent one.
+
+        Raises:
+            HeflError: A journal exists but cannot be read back whole.
+        """
+        ...
+
+    def save(self, steps: Sequence[SetupStep]) -> None: ...
+
+
+@dataclass
+class JournaledRelay(Relay):
+    """A relay for the collective setup (keys, statistics, label terms) that writes every step
+    ahead of sending it and every step's answers once all are in.
+
+    A coordinator restarted during the setup runs the same setup functions over the same
+    journal: a step whose answers are recorded returns them without being sent again, the step
+    in flight is sent again byte for byte (a party that answered it answers the repeat of its
+    latest task from its session's cache; one that did not answers it now), and the setup goes
+    on from there. The functions are deterministic in the answers, so each step's tasks come
+    out as they were; a step other than the recorded one fails the setup.
+    """
+
+    journal: SetupJournal | None = None
+    _steps: list[SetupStep] = field(default_factory=list, init=False)
+    _position: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        if self.journal is not None:
+            self._steps = self.journal.load()
+
+    @property
+    def resuming(self) -> bool:
+        """Whether steps recorded before a restart are still to be replayed."""
+        return self._position < len(self._steps)
+
+    def ask(
+        self, step: str, make: Callable[[str], pb.CollectiveTask] | pb.CollectiveTask
+    ) -> dict[str, pb.KeyHolderResult]:
+        position = self._position
+        self._position += 1
+        if position < len(self._steps):
+            recorded = self._steps[position]
+            if recorded.step != step or set(recorded.tasks) != set(self.parties):
+                raise ProtocolError(
+                    f"the setup journal's step {position} is {recorded.step!r} to "
+                    f"{sorted(recorded.tasks)}, not {step!r} to {list(self.parties)}"
+                )
+            if recorded.answers is not None:
+                return {p: pb.KeyHolderResult.FromString(d) for p, d in recorded.answers.items()}
+            log.info(
+                "sending the collective setup's step %r again (in flight at the restart)", step
+            )
+            tasks = {p: pb.KeyHolderTask.FromString(d) for p, d in recorded.tasks.items()}
+        else:
+            tasks = self.tasks(step, make)
+            recorded = SetupStep(step, {p: t.SerializeToString() for p, t in tasks.items()})
+            self._steps.append(recorded)
+            self._save()
+        results = self.send(step, tasks)
+        self._steps[position] = replace(
+            recorded, answers={p: r.SerializeToString() for p, r in results.items()}
+        )
+        self._save()
+        return results
+
+    def _save(self) -> None:
+        if self.journal is not None:
+            self.journal.save(self._steps)
 
 
 def _inputs(kind: str, by_party: Mapping[str, bytes]) -> list[pb.NamedBytes]:

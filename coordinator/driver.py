@@ -36,6 +36,7 @@ import tenseal as ts
 from coordinator.checkpoint import CollectiveFileJournal, FileJournal
 from coordinator.collective import (
     CollectiveInputs,
+    JournaledRelay,
     KeyGeneration,
     Relay,
     commit_label_terms,
@@ -241,11 +242,22 @@ class JobDriver:
         job = self._job
         job.wait_for(lambda: len(job.parties) == job.expected_parties, stop)
         self._wait_for_task_streams(stop)
+        # Every step written ahead: a coordinator restarted during the setup replays the
+        # steps answered and sends the one in flight again (JournaledRelay).
+        setup = journal.setup()
+        relay = JournaledRelay(
+            relay.links, timeout_s=relay.timeout_s, pool=relay.pool, journal=setup
+        )
+        if relay.resuming:
+            log.info("job %s: resuming the collective setup after a restart", job.job_id)
         keys = generate_keys(
             relay, job_id=job.job_id, params=job.params, on_context=job.set_context
         )
-        journal.save_keys(keys)
-        job.collective_keys = keys
+        if job.collective_keys is None:
+            journal.save_keys(keys)
+            job.collective_keys = keys
+        else:  # restored with the keys made: keep their record (cost, signatures)
+            keys = job.collective_keys
         commit_statistics(relay, keys)
         job.wait_for(job.all_stats_in, stop)
         protocol = stats_protocol(len(job.features), job.params)
@@ -281,6 +293,7 @@ class JobDriver:
             options=messages.training_options(hyper, reveal_intermediate=False),
             layout=layout,
         )
+        setup.remove()  # uploads are open: a restart from here resumes without the setup
         return keys, curvature
 
     def _wait_for_task_streams(self, stop: threading.Event) -> None:

@@ -176,12 +176,16 @@ class Job:
 
     def set_context(self, context_bytes: bytes) -> None:
         """Collective mode: the context the parties' keys make, checked public, then stored.
+        The same context again changes nothing (a setup resumed after a restart makes it
+        again from the recorded shares).
 
         Raises:
-            FailedPrecondition: The job has a context already.
+            FailedPrecondition: The job has another context already.
         """
         with self._cond:
             if self._context is not None:
+                if same_bytes(context_bytes, self.context_bytes):
+                    return
                 raise FailedPrecondition(f"job {self.job_id} has its context already")
             self._load_context(context_bytes)
             atomic_write(self.store.context_path(), context_bytes)

@@ -11,9 +11,10 @@ as ``collective/keys.json`` records); every statistics piece, column and label t
 counts as received has a plausible size and loads as one fresh ciphertext of the job's
 parameters and shape; a finished job's sealed models and report parse.
 
-A collective job resumes once its setup (keys, statistics, label terms) is complete, that is
-from UPLOADING or TRAINING; one restarted earlier is restored FAILED with that reason (each
-party's setup state lives in its process only, and the setup is not written ahead).
+A collective job restarted during its setup (keys, statistics, label terms) resumes it from
+the setup's journal (:class:`coordinator.checkpoint.SetupFileJournal`): until the roster's keys
+are recorded (``collective/keys.json``) it is restored without a context, which the replayed
+setup makes again; from then on with the context, checked as the roster signed it.
 
 A job whose directory fails any check is restored FAILED with the reason naming the file, and
 holds nothing; its files are left as found (an operator can repair them and restart). It never
@@ -91,14 +92,14 @@ class _Restoring:
         self.spec = self._read_charter(record)
         over = record.phase in TERMINAL
         collective = self.spec is not None and self.spec.charter.trust == pb.COLLECTIVE
-        if not over and collective and record.phase not in (pb.UPLOADING, pb.TRAINING):
-            raise Unrestorable(
-                f"the coordinator restarted during the collective setup (phase "
-                f"{pb.Phase.Name(record.phase)}: keys, statistics or label terms), which does "
-                f"not resume (each party's setup state lives in its own process): start the "
-                f"job again"
-            )
-        context_bytes = None if over else self._read_context(params)
+        # A collective job whose roster has not made its keys yet has no context to check: the
+        # resumed setup makes it (coordinator.collective.JournaledRelay).
+        keyless = (
+            collective
+            and record.phase in (pb.WAITING_FOR_PARTIES, pb.COLLECTING_STATS)
+            and not CollectiveFileJournal(self.store.collective_path()).has_keys()
+        )
+        context_bytes = None if over or keyless else self._read_context(params)
         job = Job(
             job_id=record.job_id,
             store=self.store,
@@ -137,6 +138,11 @@ class _Restoring:
             return job
         self._check_rows(job)
         for party in job.parties.values():
+            if party.stats and keyless:
+                raise Unrestorable(
+                    f"job.json: {party.name!r} sent statistics, but collective/keys.json "
+                    f"records no keys"
+                )
             if party.stats:
                 self._check_stats(job, party)
         uploading = record.phase in (pb.UPLOADING, pb.TRAINING)

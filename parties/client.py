@@ -26,7 +26,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -447,9 +447,9 @@ class Party:
             if member.keygen_started is not None:
                 self.result.clock["keygen"] = member.keygen_started
             assert member.context is not None and member.stats_share is not None
-            self.stub.SubmitStats(
-                member.stats_share.to_chunks(job_id=info.job_id, party=self.name),
-                timeout=CALL_TIMEOUT_S,
+            share = member.stats_share
+            self._send_stats(
+                info.job_id, lambda: share.to_chunks(job_id=info.job_id, party=self.name)
             )
             status = self._wait(info.job_id, {pb.UPLOADING})
             self._wait_until(info.job_id, member.label_released)
@@ -515,9 +515,32 @@ class Party:
                 signed.stats_parts(info.job_id, self.name, share.rows, share.pieces),
             ),
         )
-        self.stub.SubmitStats(
-            share.to_chunks(job_id=info.job_id, party=self.name), timeout=CALL_TIMEOUT_S
-        )
+        self._send_stats(info.job_id, lambda: share.to_chunks(job_id=info.job_id, party=self.name))
+
+    def _send_stats(
+        self, job_id: str, chunks: Callable[[], Iterator[pb.SubmitStatsRequest]]
+    ) -> None:
+        """Send this party's statistics, again while the coordinator is away (restarting).
+
+        The coordinator keeps a share once all of it is in: ALREADY_EXISTS after a failed
+        attempt means that attempt got in before the connection broke.
+
+        Raises:
+            CoordinatorLost: The coordinator stayed away longer than ``reconnect_s``.
+        """
+        outage = Outage(self.reconnect, f"sending the statistics of job {job_id}")
+        while True:
+            try:
+                self.stub.SubmitStats(chunks(), timeout=CALL_TIMEOUT_S)
+                break
+            except grpc.RpcError as err:
+                code = err.code()  # type: ignore[attr-defined]
+                if outage.count and code == grpc.StatusCode.ALREADY_EXISTS:
+                    break
+                if not is_transient(err):
+                    raise
+                outage.failed(code.name)
+        self.result.reconnects += outage.count
 
     def _wait(self, job_id: str, phases: set[int]) -> pb.JobStatus:
         """Watch the job (across coordinator restarts) until it reaches one of ``phases``.

@@ -78,9 +78,9 @@ log2(q0 / 2^(b+1)) + log2 n bits of its key share per column per iteration (READ
 Coordinator restarts. The key share s_i and the masks (A_i, B_i, c_i) live in this object only
 (nothing is written to disk), and the party's session keeps the task stream open across a
 coordinator restart (:class:`parties.session.KeyHolderSession`), so a restarted coordinator
-talks to the same state machine. It resumes a training from its journal
-(:func:`coordinator.collective.train`) by sending the step in flight again, byte for byte. What
-this party answers then:
+talks to the same state machine. It resumes a setup or a training from its journal
+(:class:`coordinator.collective.JournaledRelay`, :func:`coordinator.collective.train`) by
+sending the step in flight again, byte for byte. What this party answers then:
 
 - the byte-identical repeat of its latest task: the answer it gave, from the session's cache
   (:class:`parties.session.TaskAnswerer`), not computed again. The coordinator learns nothing

@@ -20,12 +20,12 @@ from hefl.errors import ProtocolError
 from hefl.models import get_model
 from hefl.v1 import hefl_pb2 as pb
 from parties.collective import STEPS
+from tests.test_collective_job import COLLECTIVE_BOUND as BOUND
 from tests.test_collective_job import PARTIES, AnswererLink, _data, prepare_job
 
 ITERATIONS = 6
 CRASH_AT = 3  # the refresh in flight when the coordinator stops
 ANSWERED = PARTIES[:2]  # answered it before the coordinator stopped
-BOUND = 5e-3  # the collective bound on 240 rows (tests/test_collective_job.py)
 
 
 class CoordinatorStopped(Exception):

@@ -274,12 +274,13 @@ def test_n_minus_1_key_shares_do_not_decrypt_an_upload():
         assert abs(np.corrcoef(guess, rows)[0, 1]) < 0.1
 
 
-def test_a_coordinator_restarted_during_the_collective_setup_fails_the_job_with_the_reason(
+def test_a_coordinator_restarted_before_the_collective_keys_restores_the_job_waiting(
     project, tmp_path
 ):
     """Only the initiator has joined (the job waits for the others) when the coordinator stops;
-    restarted on the same directory, it restores the job FAILED, saying why: the setup does not
-    resume (training does: tests/test_collective_resume.py, tests/test_faults_collective.py)."""
+    restarted on the same directory, it restores the job still waiting for its parties, the
+    initiator a member, and no context yet: the roster makes it once all have joined (the setup
+    resumes from its journal: tests/test_collective_setup_resume.py)."""
     workdir = tmp_path / "work"
     registry = Registry(workdir, in_process_pool_factory(workers=1))
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=chunks.CHANNEL_OPTIONS)
@@ -327,11 +328,8 @@ def test_a_coordinator_restarted_during_the_collective_setup_fails_the_job_with_
 
     restarted = Registry(workdir, in_process_pool_factory(workers=1))
     try:
-        (status,) = [job.status() for job in restarted.jobs()]
-        assert status.phase == pb.FAILED
-        assert (
-            "the coordinator restarted during the collective setup (phase WAITING_FOR_PARTIES: "
-            "keys, statistics or label terms), which does not resume"
-        ) in status.message
+        (restored,) = restarted.jobs()
+        assert restored.status().phase == pb.WAITING_FOR_PARTIES, restored.status().message
+        assert restored.is_member("ha") and not restored.context_bytes
     finally:
         restarted.shutdown()

@@ -5,11 +5,13 @@ network (the real one is exercised in tests/test_faults.py); the logic under tes
 from __future__ import annotations
 
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import grpc
 import pytest
 
 from hefl.v1 import hefl_pb2 as pb
+from parties.client import Party
 from parties.reconnect import CoordinatorLost, Outage, Reconnect, is_transient, watch
 
 NO_PAUSE = Reconnect(give_up_s=60.0, first_s=0.0, max_s=0.0)
@@ -126,3 +128,53 @@ def test_an_answer_starts_the_bound_again():
 )
 def test_only_connection_failures_are_transient(code, transient):
     assert is_transient(Status(code)) is transient
+
+
+class StatsCoordinator:
+    """A SubmitStats that fails as scripted (None: it takes the share)."""
+
+    def __init__(self, script: list[grpc.StatusCode | None]) -> None:
+        self._script = list(script)
+        self.calls = 0
+
+    def SubmitStats(self, chunks: Iterator[pb.SubmitStatsRequest], timeout: float) -> None:
+        self.calls += 1
+        list(chunks)
+        code = self._script.pop(0)
+        if code is not None:
+            raise Status(code)
+
+
+def _send_stats(coordinator: StatsCoordinator) -> SimpleNamespace:
+    party = SimpleNamespace(
+        stub=coordinator, reconnect=NO_PAUSE, result=SimpleNamespace(reconnects=0)
+    )
+    Party._send_stats(party, "job", lambda: iter([pb.SubmitStatsRequest()]))  # type: ignore[arg-type]
+    return party
+
+
+def test_statistics_are_sent_again_across_a_restart():
+    coordinator = StatsCoordinator([grpc.StatusCode.UNAVAILABLE, None])
+
+    party = _send_stats(coordinator)
+
+    assert coordinator.calls == 2 and party.result.reconnects == 1
+
+
+def test_statistics_that_got_in_before_the_connection_broke_count_as_sent():
+    """ALREADY_EXISTS after a broken attempt: the coordinator kept that attempt's share."""
+    coordinator = StatsCoordinator([grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ALREADY_EXISTS])
+
+    _send_stats(coordinator)
+
+    assert coordinator.calls == 2
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.INVALID_ARGUMENT])
+def test_a_refusal_of_the_statistics_is_not_retried(code):
+    coordinator = StatsCoordinator([code])
+
+    with pytest.raises(grpc.RpcError) as refused:
+        _send_stats(coordinator)
+
+    assert refused.value.code() == code and coordinator.calls == 1

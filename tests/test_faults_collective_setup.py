@@ -1,0 +1,76 @@
+"""The coordinator killed during a collective job's setup, on real processes: ``hefl
+coordinator`` (its own local Ray) and three ``hefl party`` processes over mutual TLS on
+loopback, training breast cancer. The coordinator is killed (SIGKILL) with a setup step in
+flight (the roster's key shares, before the keys are made; or the statistics' decryption, after
+the keys and the statistics) and restarted on the same work directory and address: it restores
+the job (without a context before the keys, with the context the roster signed after), replays
+the steps the parties answered from its setup journal, sends the one in flight again, and every
+party ends with the float64 replica's model, each setup step taken once."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from parties.collective import STEPS
+from tests.deployment import JOB, ROSTER, WAIT_S, Deployment, prepare, replica_weights
+
+pytestmark = pytest.mark.slow
+ITERATIONS = 3
+BOUND = 5e-3  # the collective model against its float64 replica (tests/test_collective_job.py)
+
+
+@pytest.mark.parametrize(
+    ("kill_at", "keys_made"),
+    [(4, False), (10, True)],  # keys-reveal; stats-open (after context, stats commit and stats)
+    ids=["keys", "statistics"],
+)
+def test_the_coordinator_killed_during_the_collective_setup_resumes_it(
+    tmp_path, kill_at: int, keys_made: bool
+):
+    project, label = prepare(tmp_path)
+    deployment = Deployment(tmp_path, project, label)
+    journal = deployment.workdir / "jobs" / JOB / "collective" / "setup" / "journal.json"
+    try:
+        deployment.start_parties(iterations=ITERATIONS, trust="collective")
+        deadline = time.monotonic() + WAIT_S
+        while not _in_flight(journal, kill_at):
+            assert time.monotonic() < deadline, f"never saw setup step {kill_at} in flight"
+            time.sleep(0.005)
+        deployment.kill_coordinator()
+        steps = json.loads(journal.read_text())["steps"]
+        had_keys = (journal.parent.parent / "keys.json").is_file()
+        deployment.start_coordinator()
+        codes = deployment.wait_for_parties()
+
+        assert codes == dict.fromkeys(ROSTER, 0), deployment.log_tail()
+        in_flight = steps[-1]["step"]
+        assert steps[-1]["answers"] is None and had_keys == keys_made, steps
+        log = deployment.coordinator_log.read_text()
+        assert "resuming the collective setup after a restart" in log
+        assert f"sending the collective setup's step {in_flight!r} again" in log
+        weights = deployment.weights(ROSTER[0])
+        np.testing.assert_allclose(weights, replica_weights(ITERATIONS), atol=BOUND)
+        for name in ROSTER:
+            np.testing.assert_array_equal(deployment.weights(name), weights, err_msg=name)
+            result = deployment.result(name)
+            assert result["reconnects"] >= 1, name
+            # Every step taken once: the one in flight, if this party had answered it, came
+            # again from its cache; nothing was refused.
+            assert result["key_holder_tasks"] == {**dict.fromkeys(STEPS, 1), "refresh": ITERATIONS}
+            assert result["key_holder_repeats"] <= 1, name
+        assert not journal.exists()  # uploads opened: the setup journal is gone
+    finally:
+        deployment.stop()
+
+
+def _in_flight(journal, count: int) -> bool:
+    """Whether the setup journal has ``count`` steps or more and its last is unanswered."""
+    try:
+        steps = json.loads(journal.read_text())["steps"]
+    except (OSError, ValueError):  # not written yet
+        return False
+    return len(steps) >= count and steps[-1]["answers"] is None
