@@ -32,6 +32,7 @@ from hefl.identity import TlsFiles, channel_credentials
 from hefl.v1 import hefl_pb2 as pb
 from hefl.v1 import hefl_pb2_grpc as pb_grpc
 from parties.client import CHANNEL_OPTIONS
+from parties.collective import STEPS
 from parties.reconnect import Reconnect, watch
 from tools.provision import provision
 from tools.simulate import (
@@ -96,6 +97,21 @@ def replica_weights(iterations: int) -> np.ndarray:
     hyper = choose_hyperparameters(curvature=stats.curvature, iterations=iterations)
     features = add_bias(standardize(train.features, stats.mean, stats.std))
     return train_replica(features, train.labels, hyper).weights
+
+
+def assert_the_roster_resumed(deployment: Deployment, iterations: int, bound: float) -> None:
+    """After a coordinator restart in a collective job: every roster party holds the float64
+    replica's model (within ``bound``, all the same), rode the restart out, and took every step
+    once (the step in flight, if it had answered it, came again from its cache; nothing was
+    refused)."""
+    weights = deployment.weights(ROSTER[0])
+    np.testing.assert_allclose(weights, replica_weights(iterations), atol=bound)
+    for name in ROSTER:
+        np.testing.assert_array_equal(deployment.weights(name), weights, err_msg=name)
+        result = deployment.result(name)
+        assert result["reconnects"] >= 1, name
+        assert result["key_holder_tasks"] == {**dict.fromkeys(STEPS, 1), "refresh": iterations}
+        assert result["key_holder_repeats"] <= 1, name
 
 
 def ray_joining_coordinator(

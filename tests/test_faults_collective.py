@@ -15,15 +15,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from coordinator.limits import Limits
 from coordinator.persistence import restore_job
 from hefl.params import DEFAULT_PARAMETER_SET, get_parameter_set
 from hefl.v1 import hefl_pb2 as pb
-from parties.collective import STEPS
-from tests.deployment import JOB, ROSTER, WAIT_S, Deployment, prepare, replica_weights
+from tests.deployment import (
+    JOB,
+    ROSTER,
+    WAIT_S,
+    Deployment,
+    assert_the_roster_resumed,
+    prepare,
+)
 
 pytestmark = pytest.mark.slow
 ITERATIONS = 8
@@ -76,16 +81,7 @@ def test_the_coordinator_killed_mid_training_resumes_the_collective_job(killed):
         f"(refresh {journal['done']} in flight)"
     )
     assert resumed in deployment.coordinator_log.read_text()
-    weights = deployment.weights(ROSTER[0])
-    np.testing.assert_allclose(weights, replica_weights(ITERATIONS), atol=BOUND)
-    for name in ROSTER:
-        np.testing.assert_array_equal(deployment.weights(name), weights, err_msg=name)
-        result = deployment.result(name)
-        assert result["reconnects"] >= 1, name
-        # Every step taken once, one share per iteration: the refresh in flight, if this party
-        # had answered it, came again from its cache; nothing was refused.
-        assert result["key_holder_tasks"] == {**dict.fromkeys(STEPS, 1), "refresh": ITERATIONS}
-        assert result["key_holder_repeats"] <= 1, name
+    assert_the_roster_resumed(deployment, ITERATIONS, BOUND)
 
 
 def _swap_signatures(root: Path) -> None:

@@ -12,11 +12,16 @@ from __future__ import annotations
 import json
 import time
 
-import numpy as np
 import pytest
 
-from parties.collective import STEPS
-from tests.deployment import JOB, ROSTER, WAIT_S, Deployment, prepare, replica_weights
+from tests.deployment import (
+    JOB,
+    ROSTER,
+    WAIT_S,
+    Deployment,
+    assert_the_roster_resumed,
+    prepare,
+)
 
 pytestmark = pytest.mark.slow
 ITERATIONS = 3
@@ -52,16 +57,7 @@ def test_the_coordinator_killed_during_the_collective_setup_resumes_it(
         log = deployment.coordinator_log.read_text()
         assert "resuming the collective setup after a restart" in log
         assert f"sending the collective setup's step {in_flight!r} again" in log
-        weights = deployment.weights(ROSTER[0])
-        np.testing.assert_allclose(weights, replica_weights(ITERATIONS), atol=BOUND)
-        for name in ROSTER:
-            np.testing.assert_array_equal(deployment.weights(name), weights, err_msg=name)
-            result = deployment.result(name)
-            assert result["reconnects"] >= 1, name
-            # Every step taken once: the one in flight, if this party had answered it, came
-            # again from its cache; nothing was refused.
-            assert result["key_holder_tasks"] == {**dict.fromkeys(STEPS, 1), "refresh": ITERATIONS}
-            assert result["key_holder_repeats"] <= 1, name
+        assert_the_roster_resumed(deployment, ITERATIONS, BOUND)
         assert not journal.exists()  # uploads opened: the setup journal is gone
     finally:
         deployment.stop()
