@@ -301,6 +301,9 @@ class SetupFileJournal:
     def remove(self) -> None:
         """Forget the setup (uploads are open: a restart resumes from the keys' record)."""
         _remove_journal(self._journal, self._blobs)
+        for folder in (self._blobs, self.root):
+            if folder.is_dir():
+                folder.rmdir()
 
 
 def _read_journal(journal: Path) -> dict[str, Any]:

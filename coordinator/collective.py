@@ -192,8 +192,9 @@ class JournaledRelay(Relay):
     journal: a step whose answers are recorded returns them without being sent again, the step
     in flight is sent again byte for byte (a party that answered it answers the repeat of its
     latest task from its session's cache; one that did not answers it now), and the setup goes
-    on from there. The functions are deterministic in the answers, so each step's tasks come
-    out as they were; a step other than the recorded one fails the setup.
+    on from there. The functions are deterministic in the answers: every replayed step's tasks
+    are made again and must equal the recorded ones, or the setup fails (another step, another
+    roster, or a coordinator that builds its tasks differently).
     """
 
     journal: SetupJournal | None = None
@@ -214,6 +215,8 @@ class JournaledRelay(Relay):
     ) -> dict[str, pb.KeyHolderResult]:
         position = self._position
         self._position += 1
+        tasks = self.tasks(step, make)
+        sent = {p: t.SerializeToString() for p, t in tasks.items()}
         if position < len(self._steps):
             recorded = self._steps[position]
             if recorded.step != step or set(recorded.tasks) != set(self.parties):
@@ -221,15 +224,19 @@ class JournaledRelay(Relay):
                     f"the setup journal's step {position} is {recorded.step!r} to "
                     f"{sorted(recorded.tasks)}, not {step!r} to {list(self.parties)}"
                 )
+            differ = sorted(p for p in self.parties if sent[p] != recorded.tasks[p])
+            if differ:
+                raise ProtocolError(
+                    f"the setup's step {step!r} to {differ} differs from the one sent before "
+                    "the restart"
+                )
             if recorded.answers is not None:
                 return {p: pb.KeyHolderResult.FromString(d) for p, d in recorded.answers.items()}
             log.info(
                 "sending the collective setup's step %r again (in flight at the restart)", step
             )
-            tasks = {p: pb.KeyHolderTask.FromString(d) for p, d in recorded.tasks.items()}
         else:
-            tasks = self.tasks(step, make)
-            recorded = SetupStep(step, {p: t.SerializeToString() for p, t in tasks.items()})
+            recorded = SetupStep(step, sent)
             self._steps.append(recorded)
             self._save()
         results = self.send(step, tasks)

@@ -160,9 +160,9 @@ class JobDriver:
 
     def _run_collective(self, stop: threading.Event, pools: list[GradientPool]) -> None:
         """Keys among the roster, statistics toward the parties, uploads, training; the pool it
-        starts goes to ``pools``, for the caller to release. A restored job (its setup done)
-        waits for its uploads and every roster party's task stream, then trains, resuming from
-        the collective journal."""
+        starts goes to ``pools``, for the caller to release. A job restored during its setup
+        resumes the setup from its journal; one restored after it waits for its uploads and
+        every roster party's task stream, then trains, resuming from the collective journal."""
         job = self._job
         deadline = self._deadlines.key_holder_s
         relay = Relay(job.links, timeout_s=deadline)
@@ -172,6 +172,7 @@ class JobDriver:
         else:  # restored: the setup was done before the restart
             assert job.collective_keys is not None and job.standardization is not None
             keys, curvature = job.collective_keys, job.standardization.curvature
+            journal.setup().remove()  # left if the restart came right after the setup
         if self._restored:
             checkpoint = journal.load()
             if checkpoint is not None:

@@ -40,6 +40,7 @@ from hefl import sealio, signed
 from hefl.codec import PackingLayout
 from hefl.errors import (
     AlreadyExists,
+    Busy,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
@@ -186,7 +187,9 @@ class Job:
             if self._context is not None:
                 if same_bytes(context_bytes, self.context_bytes):
                     return
-                raise FailedPrecondition(f"job {self.job_id} has its context already")
+                raise FailedPrecondition(
+                    f"job {self.job_id} has its context already, and this one differs from it"
+                )
             self._load_context(context_bytes)
             atomic_write(self.store.context_path(), context_bytes)
             self._changed()
@@ -450,7 +453,8 @@ class Job:
                 there, or too few or too many pieces.
             PermissionDenied: With a charter: the party's signature does not verify.
             FailedPrecondition, AlreadyExists: Past collecting statistics; the party already
-                sent them, or is sending them on another stream.
+                sent them.
+            Busy: The party is sending them on another stream (UNAVAILABLE: a party retries).
         """
         with self._cond:
             state = self._party(party)
@@ -458,9 +462,14 @@ class Job:
                 raise FailedPrecondition(
                     f"job {self.job_id} is past collecting statistics ({pb.Phase.Name(self.phase)})"
                 )
-            if state.stats or state.stats_arriving:
+            if state.stats:
                 raise AlreadyExists(
                     f"party {party!r} already submitted statistics to {self.job_id}"
+                )
+            if state.stats_arriving:  # e.g. a retry after a broken connection: it may not get in
+                raise Busy(
+                    f"party {party!r} is still sending statistics to {self.job_id} on another "
+                    "stream; retry once it ends"
                 )
             self._admit_rows(party, rows)
             state.stats_arriving = True

@@ -33,6 +33,10 @@ class DeadlineExceeded(HeflError):
     """Something the job waited for did not happen in time; the message says what."""
 
 
+class Busy(HeflError):
+    """The caller's earlier request for the same thing is still being handled: retry shortly."""
+
+
 class PermissionDenied(HeflError):
     """The caller sent something its role must not send (e.g. a secret key to the server)."""
 

@@ -517,25 +517,32 @@ class Party:
         )
         self._send_stats(info.job_id, lambda: share.to_chunks(job_id=info.job_id, party=self.name))
 
-    def _send_stats(
-        self, job_id: str, chunks: Callable[[], Iterator[pb.SubmitStatsRequest]]
-    ) -> None:
-        """Send this party's statistics, again while the coordinator is away (restarting).
+    def _send_stats(self, job_id: str, chunks: Callable[[], Iterator[pb.StatsChunk]]) -> None:
+        """Send this party's statistics, again while the coordinator is away (restarting) or
+        still reading a broken attempt (UNAVAILABLE).
 
-        The coordinator keeps a share once all of it is in: ALREADY_EXISTS after a failed
-        attempt means that attempt got in before the connection broke.
+        After a broken attempt, ALREADY_EXISTS means that attempt got in (the coordinator keeps
+        a share once all of it is in), and FAILED_PRECONDITION that the job is past collecting
+        statistics, which it leaves only with every party's or FAILED: the watch that follows
+        tells which.
 
         Raises:
             CoordinatorLost: The coordinator stayed away longer than ``reconnect_s``.
         """
         outage = Outage(self.reconnect, f"sending the statistics of job {job_id}")
+        landed = {grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION}
         while True:
             try:
                 self.stub.SubmitStats(chunks(), timeout=CALL_TIMEOUT_S)
                 break
             except grpc.RpcError as err:
                 code = err.code()  # type: ignore[attr-defined]
-                if outage.count and code == grpc.StatusCode.ALREADY_EXISTS:
+                if outage.count and code in landed:
+                    log.info(
+                        "job %s: the statistics sent before the outage are in (%s)",
+                        job_id,
+                        code.name,
+                    )
                     break
                 if not is_transient(err):
                     raise

@@ -120,6 +120,31 @@ def test_a_journal_naming_another_step_is_refused(tmp_path: Path) -> None:
     assert all(not parties["links"][p].tasks for p in PARTIES)  # nothing was sent
 
 
+def test_a_journal_whose_step_differs_from_the_one_made_again_is_refused(tmp_path: Path) -> None:
+    x, y = _data()
+    model, options = get_model("logistic"), pb.TrainingOptions(iterations=ITERATIONS)
+    parties = roster_parties(x, y, model, options)
+    journal = SetupFileJournal(tmp_path / "setup")
+    task = pb.KeyHolderTask(collective=pb.CollectiveTask(step="seed-commit")).SerializeToString()
+    journal.save([SetupStep("seed-commit", {**dict.fromkeys(PARTIES, task), PARTIES[1]: b""})])
+
+    with pytest.raises(ProtocolError) as refused:
+        prepare_job(
+            x,
+            y,
+            model,
+            options,
+            parties=parties,
+            setup_relay=JournaledRelay(parties["links"], journal=journal),
+        )
+
+    assert str(refused.value) == (
+        f"the setup's step 'seed-commit' to {[PARTIES[1]]} differs from the one sent before the "
+        "restart"
+    )
+    assert all(not parties["links"][p].tasks for p in PARTIES)
+
+
 def test_a_damaged_journal_is_named(tmp_path: Path) -> None:
     journal = SetupFileJournal(tmp_path / "setup")
     journal.save([SetupStep("seed-commit", {"a": b"task"}, {"a": b"answer"})])

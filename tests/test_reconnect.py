@@ -137,7 +137,7 @@ class StatsCoordinator:
         self._script = list(script)
         self.calls = 0
 
-    def SubmitStats(self, chunks: Iterator[pb.SubmitStatsRequest], timeout: float) -> None:
+    def SubmitStats(self, chunks: Iterator[pb.StatsChunk], timeout: float) -> None:
         self.calls += 1
         list(chunks)
         code = self._script.pop(0)
@@ -149,7 +149,7 @@ def _send_stats(coordinator: StatsCoordinator) -> SimpleNamespace:
     party = SimpleNamespace(
         stub=coordinator, reconnect=NO_PAUSE, result=SimpleNamespace(reconnects=0)
     )
-    Party._send_stats(party, "job", lambda: iter([pb.SubmitStatsRequest()]))  # type: ignore[arg-type]
+    Party._send_stats(party, "job", lambda: iter([pb.StatsChunk()]))  # type: ignore[arg-type]
     return party
 
 
@@ -161,16 +161,38 @@ def test_statistics_are_sent_again_across_a_restart():
     assert coordinator.calls == 2 and party.result.reconnects == 1
 
 
-def test_statistics_that_got_in_before_the_connection_broke_count_as_sent():
-    """ALREADY_EXISTS after a broken attempt: the coordinator kept that attempt's share."""
-    coordinator = StatsCoordinator([grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ALREADY_EXISTS])
+@pytest.mark.parametrize(
+    "landed", [grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION]
+)
+def test_statistics_that_got_in_before_the_connection_broke_count_as_sent(landed):
+    """After a broken attempt: ALREADY_EXISTS (the coordinator kept that attempt's share) or
+    FAILED_PRECONDITION (the job is past statistics: every party's are in, or it failed)."""
+    coordinator = StatsCoordinator([grpc.StatusCode.UNAVAILABLE, landed])
 
     _send_stats(coordinator)
 
     assert coordinator.calls == 2
 
 
-@pytest.mark.parametrize("code", [grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.INVALID_ARGUMENT])
+def test_statistics_still_being_read_from_a_broken_attempt_are_sent_again_later():
+    """UNAVAILABLE while the coordinator still reads the broken stream (it may not get in)."""
+    coordinator = StatsCoordinator(
+        [grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE, None]
+    )
+
+    _send_stats(coordinator)
+
+    assert coordinator.calls == 3
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ],
+)
 def test_a_refusal_of_the_statistics_is_not_retried(code):
     coordinator = StatsCoordinator([code])
 
