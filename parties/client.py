@@ -598,11 +598,42 @@ class Party:
             label_term=label_term,
         )
         tick = time.perf_counter()
-        summary = self.stub.Upload(upload.chunks())
+        summary = self._send_upload(job_id, upload)
         total = time.perf_counter() - tick
         self.result.timings_s["encrypt"] = upload.encrypt_s
         self.result.timings_s["upload"] = total - upload.encrypt_s
         self.result.bytes["upload"] = summary.bytes_accepted
+
+    def _send_upload(self, job_id: str, upload: Upload) -> pb.UploadSummary:
+        """Upload, and upload again from the start while the coordinator is away (restarting):
+        what a broken stream left is replaced ciphertext by ciphertext (the label term is the
+        same bytes as committed; the columns are encrypted afresh).
+
+        After a broken attempt, FAILED_PRECONDITION means the upload got in whole (the job has
+        it complete, or is past uploads, which it leaves only with every party's or FAILED: the
+        watch that follows tells which).
+
+        Raises:
+            CoordinatorLost: The coordinator stayed away longer than ``reconnect_s``.
+        """
+        outage = Outage(self.reconnect, f"uploading to job {job_id}")
+        try:
+            while True:
+                try:
+                    summary: pb.UploadSummary = self.stub.Upload(upload.chunks())
+                    return summary
+                except grpc.RpcError as err:
+                    code = err.code()  # type: ignore[attr-defined]
+                    if outage.count and code == grpc.StatusCode.FAILED_PRECONDITION:
+                        log.info(
+                            "job %s: the upload before the outage is in (%s)", job_id, code.name
+                        )
+                        return pb.UploadSummary(complete=True)
+                    if not is_transient(err):
+                        raise
+                    outage.failed(code.name)
+        finally:
+            self.result.reconnects += outage.count
 
     def _receive_model(self, job_id: str) -> None:
         model = open_model(

@@ -375,6 +375,25 @@ def test_interrupted_writes_are_cleared_and_the_job_restores_whole(workdir: Path
     )
 
 
+def test_a_party_uploading_again_after_a_restart_replaces_what_its_broken_stream_left(
+    workdir: Path, public_context: ts.Context
+) -> None:
+    """h2's first upload broke after two columns; restarted, the coordinator takes its whole
+    upload again, each ciphertext replacing the stored one, and counts each once."""
+    running = RunningCoordinator(workdir, in_process_pool_factory(workers=1))
+    try:
+        summary = running.stub.Upload(whole_upload(public_context, "h2", "job-1"))
+        job = running.registry.get("job-1")
+        stored = job.parties["h2"].upload_bytes
+    finally:
+        running.stop()
+
+    root = workdir / "jobs" / "job-1"
+    files = [*(root / "columns" / "h2").glob("*.bin"), root / "label_terms" / "h2.bin"]
+    assert summary.complete and job.parties["h2"].upload_complete
+    assert stored == sum(f.stat().st_size for f in files) == summary.bytes_accepted
+
+
 def test_a_done_job_is_restored_without_its_context(workdir: Path) -> None:
     job = restore_job(workdir / "jobs" / "job-3", limits=Limits())
 

@@ -200,3 +200,57 @@ def test_a_refusal_of_the_statistics_is_not_retried(code):
         _send_stats(coordinator)
 
     assert refused.value.code() == code and coordinator.calls == 1
+
+
+class UploadCoordinator:
+    """An Upload that fails as scripted (None: it takes the upload)."""
+
+    def __init__(self, script: list[grpc.StatusCode | None]) -> None:
+        self._script = list(script)
+        self.calls = 0
+
+    def Upload(self, chunks: Iterator[pb.UploadChunk]) -> pb.UploadSummary:
+        self.calls += 1
+        sent = list(chunks)
+        code = self._script.pop(0)
+        if code is not None:
+            raise Status(code)
+        return pb.UploadSummary(bytes_accepted=len(sent), complete=True)
+
+
+def _send_upload(coordinator: UploadCoordinator) -> pb.UploadSummary:
+    party = SimpleNamespace(
+        stub=coordinator, reconnect=NO_PAUSE, result=SimpleNamespace(reconnects=0)
+    )
+    upload = SimpleNamespace(chunks=lambda: iter([pb.UploadChunk(), pb.UploadChunk(last=True)]))
+    return Party._send_upload(party, "job", upload)  # type: ignore[arg-type]
+
+
+def test_an_upload_broken_by_a_restart_is_sent_again_whole():
+    coordinator = UploadCoordinator([grpc.StatusCode.UNAVAILABLE, None])
+
+    summary = _send_upload(coordinator)
+
+    assert coordinator.calls == 2 and summary.bytes_accepted == 2 and summary.complete
+
+
+def test_an_upload_that_got_in_before_the_connection_broke_counts_as_sent():
+    """FAILED_PRECONDITION after a broken attempt: the job has the upload complete, or is past
+    uploads (the watch that follows tells whether it failed)."""
+    coordinator = UploadCoordinator(
+        [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION]
+    )
+
+    assert _send_upload(coordinator).complete and coordinator.calls == 2
+
+
+@pytest.mark.parametrize(
+    "code", [grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED]
+)
+def test_a_refusal_of_the_upload_is_not_retried(code):
+    coordinator = UploadCoordinator([code])
+
+    with pytest.raises(grpc.RpcError) as refused:
+        _send_upload(coordinator)
+
+    assert refused.value.code() == code and coordinator.calls == 1
