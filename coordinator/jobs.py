@@ -427,6 +427,10 @@ class Job:
             )
         with self._cond:
             if name in self.parties:
+                if self.parties[name].hello == hello:
+                    # The same join again: a party retrying after a broken connection (its
+                    # first call got in), across a coordinator restart too. Nothing changes.
+                    return
                 raise AlreadyExists(f"party name {name!r} is already taken in job {self.job_id}")
             if self.phase != pb.WAITING_FOR_PARTIES:
                 raise FailedPrecondition(

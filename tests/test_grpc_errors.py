@@ -131,6 +131,18 @@ def test_duplicate_party_name(job: RunningCoordinator) -> None:
     assert "'kh'" in details and "job-1" in details
 
 
+def test_the_same_join_again_is_taken_as_it_was(job: RunningCoordinator) -> None:
+    """A party whose join got in but whose answer was lost (a broken connection, a coordinator
+    restart) joins again with the same hello: the coordinator answers as the first time."""
+    request = pb.JoinJobRequest(job_id="job-1", party=hello("h2"))
+    first = job.stub.JoinJob(request)
+
+    again = job.stub.JoinJob(request)
+
+    assert again == first
+    assert list(job.registry.get("job-1").parties) == ["kh", "h2"]
+
+
 def test_party_with_other_columns(job: RunningCoordinator) -> None:
     request = pb.JoinJobRequest(job_id="job-1", party=hello("h2", ["a", "b", "zz"]))
     code, details = _code(lambda: job.stub.JoinJob(request))
