@@ -96,12 +96,35 @@ def test_the_setup_resumes_from_the_step_in_flight_and_the_job_trains(
     assert all(s.answers is not None for s in journal.load())
 
 
-def test_a_journal_naming_another_step_is_refused(tmp_path: Path) -> None:
+_SEED_COMMIT = pb.KeyHolderTask(
+    collective=pb.CollectiveTask(step="seed-commit")
+).SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("recorded", "refusal"),
+    [
+        (
+            SetupStep("keys", dict.fromkeys(PARTIES, b"")),
+            f"the setup journal's step 0 is 'keys' to {sorted(PARTIES)}, not 'seed-commit' to "
+            f"{list(PARTIES)}",
+        ),
+        (
+            SetupStep("seed-commit", {**dict.fromkeys(PARTIES, _SEED_COMMIT), PARTIES[1]: b""}),
+            f"the setup's step 'seed-commit' to {[PARTIES[1]]} differs from the one sent before "
+            "the restart",
+        ),
+    ],
+    ids=["another-step", "other-tasks"],
+)
+def test_a_journal_other_than_the_setup_made_again_is_refused(
+    tmp_path: Path, recorded: SetupStep, refusal: str
+) -> None:
     x, y = _data()
     model, options = get_model("logistic"), pb.TrainingOptions(iterations=ITERATIONS)
     parties = roster_parties(x, y, model, options)
     journal = SetupFileJournal(tmp_path / "setup")
-    journal.save([SetupStep("keys", {p: b"" for p in PARTIES})])
+    journal.save([recorded])
 
     with pytest.raises(ProtocolError) as refused:
         prepare_job(
@@ -113,36 +136,8 @@ def test_a_journal_naming_another_step_is_refused(tmp_path: Path) -> None:
             setup_relay=JournaledRelay(parties["links"], journal=journal),
         )
 
-    assert str(refused.value) == (
-        f"the setup journal's step 0 is 'keys' to {sorted(PARTIES)}, not 'seed-commit' to "
-        f"{list(PARTIES)}"
-    )
+    assert str(refused.value) == refusal
     assert all(not parties["links"][p].tasks for p in PARTIES)  # nothing was sent
-
-
-def test_a_journal_whose_step_differs_from_the_one_made_again_is_refused(tmp_path: Path) -> None:
-    x, y = _data()
-    model, options = get_model("logistic"), pb.TrainingOptions(iterations=ITERATIONS)
-    parties = roster_parties(x, y, model, options)
-    journal = SetupFileJournal(tmp_path / "setup")
-    task = pb.KeyHolderTask(collective=pb.CollectiveTask(step="seed-commit")).SerializeToString()
-    journal.save([SetupStep("seed-commit", {**dict.fromkeys(PARTIES, task), PARTIES[1]: b""})])
-
-    with pytest.raises(ProtocolError) as refused:
-        prepare_job(
-            x,
-            y,
-            model,
-            options,
-            parties=parties,
-            setup_relay=JournaledRelay(parties["links"], journal=journal),
-        )
-
-    assert str(refused.value) == (
-        f"the setup's step 'seed-commit' to {[PARTIES[1]]} differs from the one sent before the "
-        "restart"
-    )
-    assert all(not parties["links"][p].tasks for p in PARTIES)
 
 
 def test_a_damaged_journal_is_named(tmp_path: Path) -> None:
