@@ -541,14 +541,15 @@ class Job:
                 self.store.label_term_signature_path(chunk.party), chunk.label_term_signature
             )
         # Only a fully valid chunk is written: a rejected chunk leaves no trace. A ciphertext
-        # sent again (a party uploading again after a broken stream) replaces the stored one.
-        accepted = replaced = 0
+        # sent again (a party uploading again after a broken stream) replaces the stored one,
+        # and counts against the job's bytes again: the budget bounds what a party may send,
+        # so that the same column sent again and again cannot go on forever.
+        accepted = 0
         for item in checked:
             if item.key == LABEL_TERM:
                 path = self.store.label_term_path(chunk.party)
             else:
                 path = self.store.column_path(chunk.party, *item.key)
-            replaced += path.stat().st_size if path.is_file() else 0
             atomic_write(path, item.data)
             accepted += len(item.data)
         with self._cond:
@@ -557,7 +558,7 @@ class Job:
                     state.label_term = True
                 else:
                     state.received.add(item.key)
-            state.upload_bytes += accepted - replaced
+            state.upload_bytes += accepted
             if chunk.last:
                 missing = self._missing(state)
                 if missing:

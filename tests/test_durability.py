@@ -25,6 +25,7 @@ from hefl.params import PARAMETER_SETS
 from hefl.v1 import hefl_pb2 as pb
 from tests.conftest import RunningCoordinator
 from tests.helpers import (
+    FEATURES,
     column,
     create_job,
     key_holder,
@@ -379,19 +380,24 @@ def test_a_party_uploading_again_after_a_restart_replaces_what_its_broken_stream
     workdir: Path, public_context: ts.Context
 ) -> None:
     """h2's first upload broke after two columns; restarted, the coordinator takes its whole
-    upload again, each ciphertext replacing the stored one, and counts each once."""
+    upload again, each ciphertext replacing the stored one. Against the job's byte budget the
+    second upload counts whole (the budget bounds what a party sends: tests/test_limits.py)."""
+    root = workdir / "jobs" / "job-1"
+    left = {f.name: f.read_bytes() for f in (root / "columns" / "h2").glob("*.bin")}
     running = RunningCoordinator(workdir, in_process_pool_factory(workers=1))
     try:
+        restored = running.registry.get("job-1").parties["h2"].upload_bytes
         summary = running.stub.Upload(whole_upload(public_context, "h2", "job-1"))
-        job = running.registry.get("job-1")
-        stored = job.parties["h2"].upload_bytes
+        party = running.registry.get("job-1").parties["h2"]
     finally:
         running.stop()
 
-    root = workdir / "jobs" / "job-1"
-    files = [*(root / "columns" / "h2").glob("*.bin"), root / "label_terms" / "h2.bin"]
-    assert summary.complete and job.parties["h2"].upload_complete
-    assert stored == sum(f.stat().st_size for f in files) == summary.bytes_accepted
+    stored = {f.name: f.read_bytes() for f in (root / "columns" / "h2").glob("*.bin")}
+    assert summary.complete and party.upload_complete
+    assert sorted(left) == ["0-0.bin", "0-1.bin"] and len(stored) == len(FEATURES) + 1
+    assert all(stored[name] != data for name, data in left.items())  # replaced
+    assert restored == sum(map(len, left.values()))
+    assert party.upload_bytes == restored + summary.bytes_accepted
 
 
 def test_a_done_job_is_restored_without_its_context(workdir: Path) -> None:
