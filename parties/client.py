@@ -529,25 +529,13 @@ class Party:
         Raises:
             CoordinatorLost: The coordinator stayed away longer than ``reconnect_s``.
         """
-        outage = Outage(self.reconnect, f"sending the statistics of job {job_id}")
-        landed = {grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION}
-        while True:
-            try:
-                self.stub.SubmitStats(chunks(), timeout=CALL_TIMEOUT_S)
-                break
-            except grpc.RpcError as err:
-                code = err.code()  # type: ignore[attr-defined]
-                if outage.count and code in landed:
-                    log.info(
-                        "job %s: the statistics sent before the outage are in (%s)",
-                        job_id,
-                        code.name,
-                    )
-                    break
-                if not is_transient(err):
-                    raise
-                outage.failed(code.name)
-        self.result.reconnects += outage.count
+        _, outages = until_in(
+            self.reconnect,
+            f"sending the statistics of job {job_id}",
+            lambda: self.stub.SubmitStats(chunks(), timeout=CALL_TIMEOUT_S),
+            landed={grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION},
+        )
+        self.result.reconnects += outages
 
     def _wait(self, job_id: str, phases: set[int]) -> pb.JobStatus:
         """Watch the job (across coordinator restarts) until it reaches one of ``phases``.
@@ -616,24 +604,14 @@ class Party:
         Raises:
             CoordinatorLost: The coordinator stayed away longer than ``reconnect_s``.
         """
-        outage = Outage(self.reconnect, f"uploading to job {job_id}")
-        try:
-            while True:
-                try:
-                    summary: pb.UploadSummary = self.stub.Upload(upload.chunks())
-                    return summary
-                except grpc.RpcError as err:
-                    code = err.code()  # type: ignore[attr-defined]
-                    if outage.count and code == grpc.StatusCode.FAILED_PRECONDITION:
-                        log.info(
-                            "job %s: the upload before the outage is in (%s)", job_id, code.name
-                        )
-                        return pb.UploadSummary(complete=True)
-                    if not is_transient(err):
-                        raise
-                    outage.failed(code.name)
-        finally:
-            self.result.reconnects += outage.count
+        summary, outages = until_in(
+            self.reconnect,
+            f"uploading to job {job_id}",
+            lambda: self.stub.Upload(upload.chunks()),
+            landed={grpc.StatusCode.FAILED_PRECONDITION},
+        )
+        self.result.reconnects += outages
+        return summary or pb.UploadSummary(complete=True)
 
     def _receive_model(self, job_id: str) -> None:
         model = open_model(
@@ -675,6 +653,30 @@ class Party:
                 if not is_transient(err):
                     raise
                 outage.failed(err.code().name)  # type: ignore[attr-defined]
+
+
+def until_in(
+    reconnect: Reconnect, what: str, call: Callable[[], Any], *, landed: set[grpc.StatusCode]
+) -> tuple[Any, int]:
+    """(``call()``'s answer, outages), calling again while the coordinator is away; the answer
+    is None when, after a broken attempt, the coordinator answers one of ``landed``: that
+    attempt got in.
+
+    Raises:
+        CoordinatorLost: The coordinator stayed away longer than ``reconnect.give_up_s``.
+    """
+    outage = Outage(reconnect, what)
+    while True:
+        try:
+            return call(), outage.count
+        except grpc.RpcError as err:
+            code = err.code()  # type: ignore[attr-defined]
+            if outage.count and code in landed:
+                log.info("%s: what was sent before the outage is in (%s)", what, code.name)
+                return None, outage.count
+            if not is_transient(err):
+                raise
+            outage.failed(code.name)
 
 
 def chosen_model(config: PartyConfig, dataset: Dataset, test: Dataset | None = None) -> Model:
