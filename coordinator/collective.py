@@ -73,7 +73,7 @@ from hefl.protocols.collective.step import (
     step_id,
 )
 from hefl.v1 import hefl_pb2 as pb
-from hefl.validate import Expected
+from hefl.validate import CiphertextRules, Expected
 
 log = logging.getLogger("hefl.collective")
 
@@ -533,7 +533,12 @@ def train(
             report.worker_bytes_per_iteration = sum(map(len, fresh)) * pool.size + sum(
                 len(g) for worker in partials for g in worker
             )
-            gradients = sealio.add_up(context, partials, what="worker gradient")
+            gradients = sealio.add_up(
+                context,
+                partials,
+                what="worker gradient",
+                expected=CiphertextRules(context).gradient(form),
+            )
             serialized = [sealio.serialize(g) for g in gradients]
         report.gradient_s += time.perf_counter() - gradient_started
         refresh_started = time.perf_counter()

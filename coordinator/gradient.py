@@ -43,9 +43,14 @@ level 0, 3.8 at 1, 2.2 at 2; a product 0.2-0.8 ms; a rescale 0.5-2.3 ms. So the 
 - leaves the final products unrelinearized and unrescaled: they are only summed over blocks,
   and :meth:`GradientKernel.finish` relinearizes and rescales each column's sum once.
 
-Scales follow TenSEAL's convention (a rescaled ciphertext is labelled with the context's
-global scale), so results are interchangeable with TenSEAL vectors; :func:`hefl.sealio.vector_bytes`
-wraps a ciphertext into TenSEAL's serialized vector format.
+Scales are SEAL's true ones: a rescale divides the scale by the prime it drops, and constants
+are encoded at the scale of what they are added to. TenSEAL's convention, which labels every
+rescaled ciphertext with the global scale, is off by the primes' distance from 2^30 (up to
+3e-4 each on the default chain) and put every gradient sum 7e-4 off, relatively, in both trust
+modes. Every margin and gradient of a form has one exact scale
+(:meth:`hefl.models.base.KernelForm.scales`), which whoever receives it checks
+(:meth:`hefl.validate.CiphertextRules.gradient`); :func:`hefl.sealio.vector_bytes` wraps a
+ciphertext into TenSEAL's serialized vector format with it.
 """
 
 from __future__ import annotations
@@ -70,7 +75,6 @@ class GradientKernel:
         self._evaluator = seal.Evaluator(seal_context)
         self._encoder = seal.CKKSEncoder(seal_context)
         self._relin_keys = context.relin_keys().data
-        self.scale = context.global_scale
         # parms_id of every level, top (all primes) first.
         self._levels = []
         data = seal_context.first_context_data()
@@ -88,10 +92,9 @@ class GradientKernel:
         return out
 
     def _settle(self, ciphertext: Ciphertext) -> Ciphertext:
-        """Relinearize and rescale in place; label with the global scale like TenSEAL."""
+        """Relinearize and rescale in place (SEAL divides the scale by the dropped prime)."""
         self._evaluator.relinearize_inplace(ciphertext, self._relin_keys)
         self._evaluator.rescale_to_next_inplace(ciphertext)
-        ciphertext.scale = self.scale
         return ciphertext
 
     def _at_level(self, ciphertext: Ciphertext, level: int) -> Ciphertext:

@@ -42,6 +42,7 @@ from hefl import sealio
 from hefl.codec import PackingLayout
 from hefl.errors import HeflError
 from hefl.models.base import KernelForm
+from hefl.validate import CiphertextRules
 
 log = logging.getLogger("hefl.ray")
 
@@ -339,6 +340,7 @@ class WorkerPool:
         import tenseal as ts
 
         self._context = ts.context_from(context_bytes)
+        self._rules = CiphertextRules(self._context)
         self._store = JobStore(Path(job_root))
         self._columns = columns
         remote = ray.remote(ShardWorker).options(  # type: ignore[attr-defined]
@@ -487,7 +489,9 @@ class WorkerPool:
             "the margins",
             lambda actor, i: actor.margins.remote(weights_ref, unmask, ranges[i], form.outputs),
         )
-        margins = sealio.add_up(self._context, partial, what="margin")
+        margins = sealio.add_up(
+            self._context, partial, what="margin", expected=self._rules.margin(form)
+        )
         margins_ref = ray.put([sealio.serialize(m) for m in margins])
         parts = self._call(
             "the gradient",

@@ -48,6 +48,7 @@ from hefl.protocols.refresh import (
     RefreshResponse,
 )
 from hefl.v1 import hefl_pb2 as pb
+from hefl.validate import CiphertextRules
 
 log = logging.getLogger("hefl.training")
 
@@ -322,7 +323,9 @@ def _gradients(
     report.worker_bytes_per_iteration = sum(map(len, weights.ciphertexts)) * pool.size + sum(
         len(g) for worker in partials for g in worker
     )
-    return sealio.add_up(context, partials, what="worker gradient")
+    return sealio.add_up(
+        context, partials, what="worker gradient", expected=CiphertextRules(context).gradient(form)
+    )
 
 
 def _answered(

@@ -87,7 +87,6 @@ class ShardWorker:
         self._rules = CiphertextRules(self._context)
         self._shard = Expected(values=self._slots)
         self._weight = Expected(values=self._slots, seeded=True)
-        self._margin = Expected(values=self._slots, rescales=1)
         self._sources = {source.block: source for source in blocks}
         self._order = [source.block for source in blocks]
         self._columns = columns
@@ -206,9 +205,10 @@ class ShardWorker:
         lo, hi = columns
         outputs = form.outputs
         totals = None
+        margin = self._rules.margin(form)
         for index, block in enumerate(self._blocks):
             s = [
-                self._kernel.open(self._rules.load(data, self._margin, what="margin"))
+                self._kernel.open(self._rules.load(data, margin, what="margin"))
                 for data in margins[index * outputs : (index + 1) * outputs]
             ]
             totals = self._kernel.accumulate(totals, s, block[lo:hi], form)

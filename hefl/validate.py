@@ -49,6 +49,8 @@ from hefl.errors import InvalidArgument
 if TYPE_CHECKING:
     import tenseal as ts
 
+    from hefl.models.base import KernelForm
+
 SEAL_MAGIC = 0xA15E
 SEAL_HEADER = struct.Struct("<HBBBBHQ")  # magic, header size, major, minor, compression, 0, size
 SEAL_MAJOR_VERSION = 4
@@ -188,6 +190,27 @@ class CiphertextRules:
             self._levels[level.chain_index() + 1] = list(level.parms_id())
             level = level.next_context_data()
         self.top = max(self._levels)
+        # The data primes, q0 first: the kernel's scales (:meth:`margin`, :meth:`gradient`).
+        # tenseal.sealapi registers seal::Modulus, which coeff_modulus() returns.
+        import tenseal.sealapi  # noqa: F401
+
+        self._primes = tuple(m.value() for m in data.first_context_data().parms().coeff_modulus())
+
+    # ----- what the gradient kernel sends --------------------------------------------------------
+
+    def margin(self, form: KernelForm) -> Expected:
+        """A margin (or a worker's partial one): every slot, one rescale down, its exact scale."""
+        return Expected(
+            values=self.slots, rescales=1, scale=form.scales(self.scale, self._primes).margin
+        )
+
+    def gradient(self, form: KernelForm) -> Expected:
+        """A gradient sum of ``form``: every slot, at the last level, its exact scale."""
+        return Expected(
+            values=self.slots,
+            rescales=self.top - 1,
+            scale=form.scales(self.scale, self._primes).gradient,
+        )
 
     # ----- sizes -----------------------------------------------------------------------------
 

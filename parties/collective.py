@@ -917,9 +917,12 @@ class CollectiveMember:
                 f"refresh {iteration}: {len(task.inputs)} inputs for {expected} column gradients"
                 + ("" if iteration else " (the first step, from zero weights, has none)")
             )
-        last = Expected(values=None, rescales=rules.top - 1)
+        assert self.hyper is not None
+        kernel_output = rules.gradient(self.hyper.kernel)  # every slot, last level, exact scale
         for j, gradient in enumerate(gradients):  # the gate, before a byte is used
-            rules.load(gradient, last, what=f"gradient of column {j} (iteration {iteration})")
+            rules.load(
+                gradient, kernel_output, what=f"gradient of column {j} (iteration {iteration})"
+            )
         ciphertexts = [polys_of_vector_bytes(g) for g in gradients]
 
         protocol = MaskedStepProtocol(

@@ -59,7 +59,7 @@ from hefl.protocols.refresh import (
 )
 from hefl.protocols.stats import StatsProtocol, StatsRequest, StatsShare, summary_to_proto
 from hefl.v1 import hefl_pb2 as pb
-from hefl.validate import ANY, CiphertextRules
+from hefl.validate import ANY, CiphertextRules, Expected
 from parties.identity import SigningKey
 from parties.sealing import seal
 
@@ -92,8 +92,8 @@ class SecretKey:
         self._scale = context.global_scale
         self.slots: int = self._encoder.slot_count()
 
-    def decrypt(self, ciphertext: bytes, *, what: str) -> Array:
-        vector = self._ciphertexts.load(ciphertext, ANY, what=what)
+    def decrypt(self, ciphertext: bytes, *, what: str, expected: Expected = ANY) -> Array:
+        vector = self._ciphertexts.load(ciphertext, expected, what=what)
         return np.asarray(vector.decrypt(), dtype=np.float64)
 
     def encrypt_replicated(self, values: Sequence[float]) -> list[bytes]:
@@ -173,7 +173,12 @@ class KeyHolder:
             summary = self._summarize(StatsRequest.from_proto(task.decrypt_stats))
             return pb.KeyHolderResult(values=summary_to_proto(summary))
         if kind == "setup":
-            self._refresh = RefreshKeyHolder(self._checked_setup(task.setup), keys=self._key)
+            assert self._hyper is not None  # the statistics came first
+            self._refresh = RefreshKeyHolder(
+                self._checked_setup(task.setup),
+                keys=self._key,
+                gradient=CiphertextRules(self._context).gradient(self._hyper.kernel),
+            )
             self._stage = "training"
             return pb.KeyHolderResult(values=pb.Values())
         assert self._refresh is not None

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tenseal as ts
 
+from coordinator.gradient import GradientKernel
 from hefl import sealio, signed
 from hefl.algorithm import choose_hyperparameters
 from hefl.codec import AggregateStats
@@ -83,14 +84,20 @@ def _label(public_context) -> ts.CKKSVector:
 
 
 def _gradients(public_context) -> list[ts.CKKSVector]:
-    """Stand-ins for the workers' gradient sums, at the level the real ones arrive."""
-    vectors = []
-    for j in range(4):
-        vector = ts.ckks_vector(public_context, np.full(PARAMS.slots, 1e-3 * (j + 1)))
-        for _ in range(PARAMS.depth):
-            vector = vector * 1.0
-        vectors.append(vector)
-    return vectors
+    """Gradient sums as the workers send them: the kernel's, at the last level and its scale."""
+    kernel = GradientKernel(public_context)
+    columns = [
+        GradientKernel.open(ts.ckks_vector(public_context, np.full(PARAMS.slots, 0.1 * (j + 1))))
+        for j in range(4)
+    ]
+    weights = [GradientKernel.open(ts.ckks_vector(public_context, [1e-3] * PARAMS.slots))] * 4
+    sums = kernel.gradient_sums(weights, [columns], choose_hyperparameters(curvature=1.0).kernel)
+    return [
+        ts.ckks_vector_from(
+            public_context, sealio.vector_bytes(g, size=PARAMS.slots, scale=g.scale)
+        )
+        for g in sums
+    ]
 
 
 def _recipient(name: str, keys: dict[str, SigningKey], seal_key: bytes | None = None) -> Recipient:

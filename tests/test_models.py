@@ -40,7 +40,12 @@ from parties.data import infer_model, load_csv, load_csv_raw
 from parties.identity import SigningKey
 from parties.keyholder import KeyHolder, associated_data
 from parties.sealing import SealedBox, SealingKey
-from tests.test_gradient_and_refresh import InProcessLink, InProcessPool
+from tests.test_gradient_and_refresh import (
+    InProcessLink,
+    InProcessPool,
+    decrypted_sums,
+    kernel_tolerance,
+)
 from tools.simulate import SimulationConfig, load_dataset, partition
 
 PARAMS = PARAMETER_SETS[DEFAULT_PARAMETER_SET]
@@ -211,24 +216,9 @@ def test_encrypted_kernel_equals_the_models_gradient_sums(name, private_context)
         for w in weights
     ]
     sums = kernel.gradient_sums(scaled, _blocks(private_context, data), form)
-    last = private_context.seal_context().data.last_parms_id()
-    assert all(s.parms_id() == last for s in sums)
-    got = np.array(
-        [
-            np.sum(
-                sealio.deserialize(
-                    private_context,
-                    sealio.vector_bytes(s, size=PARAMS.slots, scale=s.scale),
-                    what="gradient",
-                ).decrypt()
-            )
-            for s in sums
-        ]
-    )
+    got = decrypted_sums(private_context, sums, form)
     expected = model.gradient_sums(weights, data)
-    np.testing.assert_allclose(
-        got, expected, atol=0.05 * np.sqrt(rows / 455) + 1e-3 * np.abs(expected).max()
-    )
+    np.testing.assert_allclose(got, expected, rtol=0, atol=kernel_tolerance(expected))
 
 
 def _labels_for(name: str, raw: np.ndarray, rng: np.random.Generator) -> np.ndarray:

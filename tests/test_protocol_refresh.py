@@ -23,6 +23,7 @@ from hefl.protocols.refresh import (
     RevealRequest,
 )
 from hefl.v1 import hefl_pb2 as pb
+from hefl.validate import Expected
 from parties.identity import SigningKey
 from parties.keyholder import KeyHolder, SecretKey
 
@@ -39,6 +40,11 @@ def parameter_set(request, private_context, public_context):
     return params, private, ts.context_from(private.serialize(save_secret_key=False))
 
 
+#: These tests refresh fresh vectors, not the kernel's gradients (one level per rescale, each
+#: with its exact scale: ``tests/test_gradient_and_refresh.py``); the key holder is told so.
+FRESH = Expected(values=None, rescales=0)
+
+
 def _halves(params, private, public, *, columns, iterations, label, seed=2):
     """Both halves, the setup crossing protobuf as it does on the wire."""
     hyper = Hyperparameters(
@@ -53,7 +59,9 @@ def _halves(params, private, public, *, columns, iterations, label, seed=2):
         random_bytes=random.Random(seed).randbytes,
     )
     setup = coordinator.setup(ts.ckks_vector(public, label))
-    keyholder = RefreshKeyHolder(RefreshSetup.from_proto(setup.to_proto()), keys=SecretKey(private))
+    keyholder = RefreshKeyHolder(
+        RefreshSetup.from_proto(setup.to_proto()), keys=SecretKey(private), gradient=FRESH
+    )
     return hyper, coordinator, keyholder
 
 

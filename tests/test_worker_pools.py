@@ -21,6 +21,8 @@ from hefl import sealio
 from hefl.codec import PackingLayout
 from hefl.models import get_model
 from hefl.params import DEFAULT_PARAMETER_SET, PARAMETER_SETS
+from hefl.validate import CiphertextRules
+from tests.test_gradient_and_refresh import kernel_tolerance
 
 PARAMS = PARAMETER_SETS[DEFAULT_PARAMETER_SET]
 
@@ -88,14 +90,15 @@ def _assert_plaintext_gradient(
 
     partials = pool.gradient(masked, (k * mask).tolist(), form=form)
 
-    sums = sealio.add_up(private_context, partials, what="worker gradient")
+    sums = sealio.add_up(
+        private_context,
+        partials,
+        what="worker gradient",
+        expected=CiphertextRules(private_context).gradient(form),
+    )
     got = np.array([np.sum(vector.decrypt()) for vector in sums])
     expected = family.gradient_sums(weights, job.data)
-    # CKKS noise: about 1e-3 per slot at the 30-bit scale, summed over the job's slots.
-    rows = len(job.data)
-    np.testing.assert_allclose(
-        got, expected, atol=0.05 * np.sqrt(rows / 455) + 1e-3 * np.abs(expected).max()
-    )
+    np.testing.assert_allclose(got, expected, rtol=0, atol=kernel_tolerance(expected))
 
 
 @pytest.mark.parametrize(("workers", "size"), [(1, 1), (2, 2), (3, 2)])

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -45,6 +45,19 @@ Array = NDArray[np.float64]
 #: ``odd5``     p(s) = s ((s^2 + a)^2 + b)                     depth 4 (the logistic sigmoid);
 #: ``quartic``  p(s) = s (s + c) ((s + a)^2 + b)              depth 4 (any degree-4 p, p(0)=0).
 SHAPES = ("linear", "odd5", "quartic")
+
+
+@dataclass(frozen=True)
+class KernelScales:
+    """The scales of what the kernel sends (:meth:`KernelForm.scales`).
+
+    Attributes:
+        margin: A margin s, one rescale below the top (column sharding sends partial ones).
+        gradient: A gradient sum at the last level.
+    """
+
+    margin: float
+    gradient: float
 
 
 @dataclass(frozen=True)
@@ -75,6 +88,38 @@ class KernelForm:
             raise ValueError(f"kernel shape {self.shape!r} takes {arity[self.shape]} constants")
         if not (self.weight_scale > 0 and self.outputs >= 1):
             raise ValueError("kernel weight scale must be positive and outputs at least 1")
+
+    def scales(self, scale: float, primes: Sequence[int]) -> KernelScales:
+        """The exact CKKS scales of the kernel's margins and gradients.
+
+        The kernel keeps SEAL's true scales: a product's scale is the product of its factors',
+        a rescale divides it by the prime it drops, and constants are encoded at the scale of
+        what they are added to. (TenSEAL instead labels every rescaled ciphertext with the
+        global scale; on the default chain, whose 30-bit primes sit up to 3e-4 below 2^30,
+        that put every gradient sum 7e-4 off, relatively, and shifted the polynomial's
+        constants.) These are the same double operations in the same order, so the result is
+        bit-identical to what SEAL computes, and every process that checks a margin or a
+        gradient expects exactly this scale.
+
+        Args:
+            scale: The fresh weights' and columns' scale (the context's global scale).
+            primes: The data primes of the chain, q0 first; a rescale from the top level drops
+                the last one.
+        """
+        if len(primes) != 5:
+            raise ValueError(f"the kernel needs a chain of depth 4, not {len(primes) - 1}")
+        # Rescaling from level l (l primes dropped) divides by primes[4 - l].
+        margin = scale * scale / primes[4]  # level 1
+        if self.shape == "linear":
+            product = margin * scale  # s times X_j, both switched down to level 3
+        elif self.shape == "odd5":
+            square = margin * margin / primes[3]  # s^2 (+ a), level 2
+            inner = square * square / primes[2]  # (s^2 + a)^2 (+ b), level 3
+            product = (margin * scale / primes[2]) * inner  # (s X_j) from level 2, times inner
+        else:
+            pair = margin * margin / primes[3]  # s (s + c) and (s + a)^2 (+ b), level 2
+            product = (pair * pair / primes[2]) * scale  # their product times X_j, level 3
+        return KernelScales(margin=margin, gradient=product / primes[1])  # finish: level 4
 
     def evaluate(self, s: Array) -> Array:
         """p(s) in float64, in the kernel's own form (what every slot holds, up to CKKS noise)."""

@@ -13,17 +13,20 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from hefl.validate import ANY, Expected
+
 Array = NDArray[np.float64]
 
 
 class Decryptor(Protocol):
     """Decrypts a serialized CKKS vector of the job's context."""
 
-    def decrypt(self, ciphertext: bytes, *, what: str) -> Array:
+    def decrypt(self, ciphertext: bytes, *, what: str, expected: Expected = ANY) -> Array:
         """Every slot in use of ``ciphertext`` (``what`` names it in errors).
 
         Raises:
-            InvalidArgument: ``ciphertext`` is not a CKKS vector of the job's parameters.
+            InvalidArgument: ``ciphertext`` is not a CKKS vector of the job's parameters, or
+                not as ``expected`` (by default: any level, the context's scale).
         """
         ...
 

@@ -72,6 +72,7 @@ from hefl.params import CkksParameters
 from hefl.protocols.keys import KeyHolderKeys
 from hefl.protocols.masks import RandomBytes, uniform_masks
 from hefl.v1 import hefl_pb2 as pb
+from hefl.validate import Expected
 
 if TYPE_CHECKING:
     import tenseal as ts
@@ -461,16 +462,18 @@ class RefreshKeyHolder:
     the finalization after the last iteration, and no refresh after that. It refuses everything
     else with a :class:`~hefl.errors.ProtocolError` that names the iteration asked for and the
     one it expects. It uses the secret key only through ``keys`` (implemented in
-    :mod:`parties`).
+    :mod:`parties`), and decrypts a masked gradient only if it is what the job's kernel sends
+    (``gradient``: :meth:`hefl.validate.CiphertextRules.gradient` of the job's model).
 
     Raises:
         ProtocolError: The masked label term does not have one value per column.
         InvalidArgument: It does not decrypt under the key holder's context.
     """
 
-    def __init__(self, setup: RefreshSetup, *, keys: KeyHolderKeys) -> None:
+    def __init__(self, setup: RefreshSetup, *, keys: KeyHolderKeys, gradient: Expected) -> None:
         self._setup = setup
         self._keys = keys
+        self._gradient = gradient
         self._l2 = np.asarray(setup.l2)
         label = keys.decrypt(setup.masked_label_term, what="masked label term")
         if len(label) != setup.columns:
@@ -520,7 +523,7 @@ class RefreshKeyHolder:
             )
         sums = np.array(
             [
-                self._keys.decrypt(data, what="masked gradient").sum()
+                self._keys.decrypt(data, what="masked gradient", expected=self._gradient).sum()
                 for data in request.masked_gradients
             ]
         )
