@@ -36,16 +36,11 @@ from parties.collective import CollectiveMember, Roster
 from parties.identity import SigningKey
 from parties.sealing import SealingKey
 from parties.session import TaskAnswerer
+from tests.helpers import COLLECTIVE_BOUND
 
 PARTIES = ("a-hospital", "b-hospital", "c-hospital")
 PARAMS = get_parameter_set("n8192-depth4")
 JOB = "job-collective"
-#: The in-process collective models against their float64 replica. The collective
-#: relinearization key's noise biases the products in the slots the rows occupy (the first
-#: ones): the bias weight is off by +0.0043 to +0.0052 on these 240 rows, as much on the same
-#: data with 960, the other weights within 2e-3 (16 runs, 2026-11-28); key-holder mode stays
-#: within 2e-3.
-COLLECTIVE_BOUND = 7e-3
 
 
 class AnswererLink:
@@ -259,8 +254,7 @@ def prepare_job(
 
 
 def test_every_party_gets_the_replica_model(run: dict) -> None:
-    """Within :data:`COLLECTIVE_BOUND`: the collective relinearization key's noise biases the
-    first slots' products (hefl.protocols.collective.keygen)."""
+    """Within :data:`tests.helpers.COLLECTIVE_BOUND`."""
     replica = train_replica(run["xs"], run["y"], run["hyper"])
     for member in run["members"].values():
         weights = np.asarray(member.model["weights"])

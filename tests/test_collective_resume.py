@@ -20,7 +20,7 @@ from hefl.errors import ProtocolError
 from hefl.models import get_model
 from hefl.v1 import hefl_pb2 as pb
 from parties.collective import STEPS
-from tests.test_collective_job import COLLECTIVE_BOUND as BOUND
+from tests.helpers import COLLECTIVE_BOUND as BOUND
 from tests.test_collective_job import PARTIES, AnswererLink, _data, prepare_job
 
 ITERATIONS = 6

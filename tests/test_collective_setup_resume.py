@@ -20,7 +20,7 @@ from hefl.algorithm import train_replica
 from hefl.errors import ProtocolError
 from hefl.models import get_model
 from hefl.v1 import hefl_pb2 as pb
-from tests.test_collective_job import COLLECTIVE_BOUND as BOUND
+from tests.helpers import COLLECTIVE_BOUND as BOUND
 from tests.test_collective_job import PARTIES, AnswererLink, _data, prepare_job, roster_parties
 
 ITERATIONS = 4

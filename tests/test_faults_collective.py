@@ -29,11 +29,11 @@ from tests.deployment import (
     assert_the_roster_resumed,
     prepare,
 )
+from tests.helpers import COLLECTIVE_BOUND as BOUND
 
 pytestmark = pytest.mark.slow
 ITERATIONS = 8
 KILL_AFTER = 3  # iterations done when the coordinator is killed, at least
-BOUND = 5e-3  # the collective model against its float64 replica (tests/test_collective_job.py)
 
 
 @dataclass(frozen=True)

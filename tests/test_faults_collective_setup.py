@@ -24,10 +24,10 @@ from tests.deployment import (
     assert_the_roster_resumed,
     prepare,
 )
+from tests.helpers import COLLECTIVE_BOUND as BOUND
 
 pytestmark = pytest.mark.slow
 ITERATIONS = 3
-BOUND = 5e-3  # the collective model against its float64 replica (tests/test_collective_job.py)
 
 
 @pytest.mark.parametrize(

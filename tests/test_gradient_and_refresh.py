@@ -36,6 +36,7 @@ from hefl.validate import CiphertextRules
 from parties.identity import SigningKey
 from parties.keyholder import KeyHolder, SecretKey, associated_data
 from parties.sealing import SealedBox, SealingKey
+from tests.helpers import KEY_HOLDER_BOUND
 
 
 def _blocks(context, data, slots):
@@ -249,9 +250,9 @@ def test_training_loop_delivers_the_float64_replica(
     for t, model in enumerate(delivered["intermediate"], start=1):
         replica = train_replica(columns, labels, replace(hyper, iterations=t))
         # CKKS noise in the gradients and the refresh grows with the iterations (6e-4 at 6).
-        np.testing.assert_allclose(model, replica.weights, atol=2e-3)
+        np.testing.assert_allclose(model, replica.weights, atol=KEY_HOLDER_BOUND)
     np.testing.assert_allclose(
-        delivered["weights"], train_replica(columns, labels, hyper).weights, atol=2e-3
+        delivered["weights"], train_replica(columns, labels, hyper).weights, atol=KEY_HOLDER_BOUND
     )
     assert keyholder.model is not None
     np.testing.assert_allclose(delivered["weights"], keyholder.model)

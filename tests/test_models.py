@@ -40,6 +40,7 @@ from parties.data import infer_model, load_csv, load_csv_raw
 from parties.identity import SigningKey
 from parties.keyholder import KeyHolder, associated_data
 from parties.sealing import SealedBox, SealingKey
+from tests.helpers import COLLECTIVE_BOUND, KEY_HOLDER_BOUND
 from tests.test_gradient_and_refresh import (
     InProcessLink,
     InProcessPool,
@@ -352,7 +353,7 @@ def test_encrypted_training_equals_the_float64_replica(
     )
     assert len(delivered["weights"]) == model.outputs * 5
     # Linear weights are on the label's scale (bias ~3): a relative bound there.
-    tolerance = 2e-3 * max(1.0, float(np.abs(replica.weights).max()))
+    tolerance = KEY_HOLDER_BOUND * max(1.0, float(np.abs(replica.weights).max()))
     np.testing.assert_allclose(delivered["weights"], replica.weights, atol=tolerance)
     # And the replica does what the model is for (not a vacuous equality of two wrong models).
     metrics = hyper.family.metrics(replica.weights, x, labels)
@@ -410,7 +411,7 @@ def test_hefl_simulate_delivers_each_models_replica(tmp_path, args, model, headl
     replica = train_model_replica(
         hyper.family, x, train.labels, iterations=5, learning_rate=hyper.learning_rate, l2=hyper.l2
     )
-    tolerance = 5e-3 * max(1.0, float(np.abs(replica.weights).max()))
+    tolerance = COLLECTIVE_BOUND * max(1.0, float(np.abs(replica.weights).max()))
     np.testing.assert_allclose(encrypted["weights"], replica.weights, atol=tolerance)
     assert np.isfinite(encrypted["metrics"][headline])
     assert np.isfinite(report["plaintext"]["metrics"][headline])

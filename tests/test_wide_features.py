@@ -15,6 +15,7 @@ import pytest
 
 from hefl.algorithm import add_bias, choose_hyperparameters, standardize, train_replica
 from hefl.codec import AggregateStats, piece_sizes, stats_length
+from tests.helpers import COLLECTIVE_BOUND
 from tools.simulate import SimulationConfig, load_dataset, partition
 
 pytestmark = pytest.mark.slow
@@ -41,4 +42,6 @@ def test_300_features_train_to_the_float64_replica(tmp_path: Path) -> None:
     assert want == pytest.approx(got, rel=1e-4)
     features = add_bias(standardize(train.features, stats.mean, stats.std))
     replica = train_replica(features, train.labels, hyper)
-    np.testing.assert_allclose(report["encrypted"]["weights"], replica.weights, atol=2e-3)
+    np.testing.assert_allclose(
+        report["encrypted"]["weights"], replica.weights, atol=COLLECTIVE_BOUND
+    )
