@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tenseal as ts
+import tenseal.sealapi as sealapi
 
 from coordinator.gradient import GradientKernel
 from hefl import sealio, signed
 from hefl.algorithm import choose_hyperparameters
 from hefl.codec import AggregateStats
-from hefl.errors import PermissionDenied, ProtocolError
+from hefl.errors import InvalidArgument, PermissionDenied, ProtocolError
 from hefl.params import DEFAULT_PARAMETER_SET, PARAMETER_SETS
 from hefl.protocols.refresh import Recipient, RefreshCoordinator
 from hefl.protocols.stats import StatsProtocol, StatsRequest, StatsShare, summary_from_proto
@@ -186,6 +187,53 @@ def test_extra_refreshes_and_unagreed_reveals_are_refused(private_context, publi
         keyholder.handle(
             pb.KeyHolderTask(refresh=coordinator.request(gradients, iteration=2).to_proto())
         )
+
+
+def _uploaded_column(public_context, *, last_level: bool) -> bytes:
+    """A party's data column, as uploaded (top level) or switched down to the last level."""
+    vector = ts.ckks_vector(public_context, np.resize(_rows("h2")[:, 0], PARAMS.slots))
+    if last_level:
+        seal_context = public_context.seal_context().data
+        ciphertext = vector.ciphertext()[0]
+        sealapi.Evaluator(seal_context).mod_switch_to_inplace(
+            ciphertext, seal_context.last_parms_id()
+        )
+        return sealio.vector_bytes(ciphertext, size=PARAMS.slots, scale=ciphertext.scale)
+    return sealio.serialize(vector)
+
+
+@pytest.mark.parametrize(
+    ("last_level", "refusal"),
+    [
+        (False, r"^masked gradient is \d+ bytes; a ciphertext of the job's parameters at this "),
+        (True, r"^masked gradient has scale \[1073741824.0\], expected 10750"),
+    ],
+    ids=["as-uploaded", "switched-down"],
+)
+def test_an_uploaded_column_passed_off_as_a_gradient_is_refused(
+    private_context, public_context, keys, last_level, refusal
+):
+    """A party's column handed to the key holder as a masked gradient is refused before
+    anything is decrypted: a gradient is at the last level with the kernel's exact scale. (A
+    coordinator can relabel a switched-down column's scale, which is metadata; the key holder
+    then sees the column's slot sum plus the coordinator's mask, and returns it only inside
+    encrypted weights: README, "Trust model".)"""
+    keyholder = _keyholder(private_context, keys)
+    coordinator = _coordinator(public_context, _honest_stats(keyholder, public_context, keys))
+    keyholder.handle(pb.KeyHolderTask(setup=coordinator.setup(_label(public_context)).to_proto()))
+    honest = coordinator.request(_gradients(public_context), iteration=0)
+    forged = replace(
+        honest,
+        masked_gradients=(
+            _uploaded_column(public_context, last_level=last_level),
+            *honest.masked_gradients[1:],
+        ),
+    )
+
+    with pytest.raises(InvalidArgument, match=refusal):
+        keyholder.handle(pb.KeyHolderTask(refresh=forged.to_proto()))
+    # Nothing was stepped: the honest refresh of iteration 0 is still the next one.
+    keyholder.handle(pb.KeyHolderTask(refresh=honest.to_proto()))
 
 
 def test_a_revealed_iterate_is_not_answered(private_context, public_context, keys):
