@@ -155,3 +155,22 @@ def to_uploading(
     for party, rows in (("kh", 5), ("h2", 7)):
         stub.SubmitStats(stats_request(public_context, job_id, party, rows=rows))
     return watch_until(stub, pb.UPLOADING, job_id=job_id)
+
+
+def kernel_gradients(context: ts.Context, columns: int) -> list[ts.CKKSVector]:
+    """Gradient sums as the workers send them, for a key holder's refresh: the real kernel's
+    (logistic) on small constant columns, at the last level with the kernel's exact scale."""
+    from coordinator.gradient import GradientKernel
+    from hefl.models import get_model
+
+    slots = context.seal_context().data.key_context_data().parms().poly_modulus_degree() // 2
+    data = [
+        GradientKernel.open(ts.ckks_vector(context, np.full(slots, 0.1 * (j + 1))))
+        for j in range(columns)
+    ]
+    weights = [GradientKernel.open(ts.ckks_vector(context, [1e-3] * slots))] * columns
+    sums = GradientKernel(context).gradient_sums(weights, [data], get_model("logistic").kernel())
+    return [
+        ts.ckks_vector_from(context, sealio.vector_bytes(g, size=slots, scale=g.scale))
+        for g in sums
+    ]

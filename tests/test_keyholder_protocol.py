@@ -14,7 +14,6 @@ import pytest
 import tenseal as ts
 import tenseal.sealapi as sealapi
 
-from coordinator.gradient import GradientKernel
 from hefl import sealio, signed
 from hefl.algorithm import choose_hyperparameters
 from hefl.codec import AggregateStats
@@ -26,6 +25,7 @@ from hefl.v1 import hefl_pb2 as pb
 from parties.identity import PartyIdentity, SigningKey
 from parties.keyholder import KeyHolder
 from parties.sealing import SealingKey
+from tests.helpers import kernel_gradients
 from tools.provision import provision
 
 PARAMS = PARAMETER_SETS[DEFAULT_PARAMETER_SET]
@@ -85,20 +85,7 @@ def _label(public_context) -> ts.CKKSVector:
 
 
 def _gradients(public_context) -> list[ts.CKKSVector]:
-    """Gradient sums as the workers send them: the kernel's, at the last level and its scale."""
-    kernel = GradientKernel(public_context)
-    columns = [
-        GradientKernel.open(ts.ckks_vector(public_context, np.full(PARAMS.slots, 0.1 * (j + 1))))
-        for j in range(4)
-    ]
-    weights = [GradientKernel.open(ts.ckks_vector(public_context, [1e-3] * PARAMS.slots))] * 4
-    sums = kernel.gradient_sums(weights, [columns], choose_hyperparameters(curvature=1.0).kernel)
-    return [
-        ts.ckks_vector_from(
-            public_context, sealio.vector_bytes(g, size=PARAMS.slots, scale=g.scale)
-        )
-        for g in sums
-    ]
+    return kernel_gradients(public_context, 4)
 
 
 def _recipient(name: str, keys: dict[str, SigningKey], seal_key: bytes | None = None) -> Recipient:

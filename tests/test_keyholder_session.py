@@ -23,7 +23,7 @@ from parties.identity import SigningKey
 from parties.keyholder import KeyHolder
 from parties.session import KeyHolderSession, TaskAnswerer
 from tests.conftest import RunningCoordinator
-from tests.helpers import FEATURES, create_job
+from tests.helpers import FEATURES, create_job, kernel_gradients
 
 PARAMS = PARAMETER_SETS[DEFAULT_PARAMETER_SET]
 
@@ -62,13 +62,7 @@ def started(private_context, public_context) -> tuple[TaskAnswerer, RefreshCoord
 
 
 def _gradients(public_context: ts.Context) -> list[ts.CKKSVector]:
-    vectors = []
-    for j in range(3):
-        vector = ts.ckks_vector(public_context, np.full(PARAMS.slots, 1e-3 * (j + 1)))
-        for _ in range(PARAMS.depth):
-            vector = vector * 1.0  # down to the level the real gradient sums arrive at
-        vectors.append(vector)
-    return vectors
+    return kernel_gradients(public_context, 3)
 
 
 def test_a_repeat_of_the_latest_task_gets_the_same_answer_once_computed(started, public_context):
