@@ -46,7 +46,7 @@ level 0, 3.8 at 1, 2.2 at 2; a product 0.2-0.8 ms; a rescale 0.5-2.3 ms. So the 
 Scales are SEAL's true ones: a rescale divides the scale by the prime it drops, and constants
 are encoded at the scale of what they are added to. TenSEAL's convention, which labels every
 rescaled ciphertext with the global scale, is off by the primes' distance from 2^30 (up to
-3e-4 each on the default chain) and put every gradient sum 7e-4 off, relatively, in both trust
+3e-4 each on the default chain) and put every gradient sum 3e-4 (linear) to 7e-4 off, relatively, in both trust
 modes. Every margin and gradient of a form has one exact scale
 (:meth:`hefl.models.base.KernelForm.scales`), which whoever receives it checks
 (:meth:`hefl.validate.CiphertextRules.gradient`); :func:`hefl.sealio.vector_bytes` wraps a

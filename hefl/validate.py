@@ -9,7 +9,8 @@ data before it looks at it (a few KB can ask for gigabytes). So before TenSEAL s
 
 1. TenSEAL's ``CKKSVectorProto`` (tenseal/proto/tensors.proto): ``repeated uint32 sizes = 1;
    repeated bytes ciphertexts = 2; double scale = 3``. Exactly one ciphertext, one ``sizes``
-   entry equal to the values the caller expects, the context's scale, no other field, nothing
+   entry equal to the values the caller expects, the expected scale (the context's, or the
+   kernel's exact one for margins and gradients), no other field, nothing
    repeated, nothing trailing; the whole message within a byte cap derived from the parameters.
 2. SEAL's serialization header (native/src/seal/serialization.h, ``SEALHeader``): magic 0xA15E,
    16 bytes, SEAL 4, no compression or zstd, its size field the ciphertext's length.
@@ -29,7 +30,7 @@ data before it looks at it (a few KB can ask for gigabytes). So before TenSEAL s
 
 Only then TenSEAL loads it (SEAL checks every coefficient against its prime), and the loaded
 ciphertext must have 2 polynomials, the expected level's parms_id and number of primes, N, NTT
-form, the context's scale, and must not be transparent (a zero second polynomial encrypts
+form, the expected scale, and must not be transparent (a zero second polynomial encrypts
 nothing). Every failure is an :class:`~hefl.errors.InvalidArgument` naming ``what`` the
 ciphertext was supposed to be (the caller says job, party, block, column).
 
@@ -85,7 +86,8 @@ class Expected:
             level of the chain.
         seeded: It may come in SEAL's seeded form (secret-key encryption).
         scale: Its scale; None: the context's (collective mode encrypts what is revealed at
-            :data:`hefl.protocols.collective.keyswitch.REVEAL_SCALE_BITS`).
+            :data:`hefl.protocols.collective.keyswitch.REVEAL_SCALE_BITS`; the kernel's margins
+            and gradients have exact scales of their own, :meth:`CiphertextRules.gradient`).
     """
 
     values: int | None

@@ -96,7 +96,7 @@ class KernelForm:
         a rescale divides it by the prime it drops, and constants are encoded at the scale of
         what they are added to. (TenSEAL instead labels every rescaled ciphertext with the
         global scale; on the default chain, whose 30-bit primes sit up to 3e-4 below 2^30,
-        that put every gradient sum 7e-4 off, relatively, and shifted the polynomial's
+        that put every gradient sum 3e-4 (linear) to 7e-4 off, relatively, and shifted the polynomial's
         constants.) These are the same double operations in the same order, so the result is
         bit-identical to what SEAL computes, and every process that checks a margin or a
         gradient expects exactly this scale.

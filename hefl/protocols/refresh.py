@@ -497,6 +497,8 @@ class RefreshKeyHolder:
         Raises:
             ProtocolError: Not the next iteration, beyond the iteration count, or not one value
                 per column.
+            InvalidArgument: A masked gradient is not what the kernel sends (level, slots,
+                scale) or not a ciphertext of the job.
         """
         iterations = self._setup.iterations
         if request.iteration != self._refreshed:
