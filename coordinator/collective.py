@@ -464,6 +464,7 @@ def train(
     """
     hyper, job, context = inputs.hyper, inputs.job, inputs.context
     k, form = hyper.weight_scale, hyper.kernel
+    kernel_output = CiphertextRules(context).gradient(form)  # what the workers' sums must be
     setup = training_setup(hyper, rows=inputs.rows, columns=inputs.columns)
     columns, slots = inputs.columns, inputs.params.slots
     report = TrainingReport()
@@ -534,10 +535,7 @@ def train(
                 len(g) for worker in partials for g in worker
             )
             gradients = sealio.add_up(
-                context,
-                partials,
-                what="worker gradient",
-                expected=CiphertextRules(context).gradient(form),
+                context, partials, what="worker gradient", expected=kernel_output
             )
             serialized = [sealio.serialize(g) for g in gradients]
         report.gradient_s += time.perf_counter() - gradient_started

@@ -174,3 +174,15 @@ def kernel_gradients(context: ts.Context, columns: int) -> list[ts.CKKSVector]:
         ts.ckks_vector_from(context, sealio.vector_bytes(g, size=slots, scale=g.scale))
         for g in sums
     ]
+
+
+def at_last_level(context: ts.Context, values: list[float] | np.ndarray) -> bytes:
+    """A fresh encryption of ``values`` switched down to the last level, serialized: what a
+    coordinator can make of any upload, with the scale it was encrypted at (2^30)."""
+    import tenseal.sealapi as seal
+
+    seal_context = context.seal_context().data
+    vector = ts.ckks_vector(context, values)
+    ciphertext = vector.ciphertext()[0]
+    seal.Evaluator(seal_context).mod_switch_to_inplace(ciphertext, seal_context.last_parms_id())
+    return sealio.vector_bytes(ciphertext, size=vector.size(), scale=ciphertext.scale)

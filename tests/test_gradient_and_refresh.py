@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tenseal as ts
-import tenseal.sealapi as seal
 
 from coordinator.gradient import GradientKernel
 from coordinator.store import JobStore
@@ -36,7 +35,7 @@ from hefl.validate import CiphertextRules
 from parties.identity import SigningKey
 from parties.keyholder import KeyHolder, SecretKey, associated_data
 from parties.sealing import SealedBox, SealingKey
-from tests.helpers import KEY_HOLDER_BOUND
+from tests.helpers import KEY_HOLDER_BOUND, at_last_level
 
 
 def _blocks(context, data, slots):
@@ -112,10 +111,7 @@ def test_a_gradient_at_another_scale_is_refused(private_context):
     """A last-level ciphertext labelled with the global scale, as TenSEAL labels one, is not a
     gradient of the kernel: refused by name, before it is used."""
     rules = CiphertextRules(private_context)
-    seal_context = private_context.seal_context().data
-    ciphertext = GradientKernel.open(ts.ckks_vector(private_context, [1.0] * rules.slots))
-    seal.Evaluator(seal_context).mod_switch_to_inplace(ciphertext, seal_context.last_parms_id())
-    data = sealio.vector_bytes(ciphertext, size=rules.slots, scale=ciphertext.scale)
+    data = at_last_level(private_context, [1.0] * rules.slots)
     wanted = rules.gradient(get_model("logistic").kernel())
 
     with pytest.raises(

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tenseal as ts
-import tenseal.sealapi as sealapi
 
 from hefl import sealio, signed
 from hefl.algorithm import choose_hyperparameters
@@ -25,7 +24,7 @@ from hefl.v1 import hefl_pb2 as pb
 from parties.identity import PartyIdentity, SigningKey
 from parties.keyholder import KeyHolder
 from parties.sealing import SealingKey
-from tests.helpers import kernel_gradients
+from tests.helpers import at_last_level, kernel_gradients
 from tools.provision import provision
 
 PARAMS = PARAMETER_SETS[DEFAULT_PARAMETER_SET]
@@ -178,15 +177,10 @@ def test_extra_refreshes_and_unagreed_reveals_are_refused(private_context, publi
 
 def _uploaded_column(public_context, *, last_level: bool) -> bytes:
     """A party's data column, as uploaded (top level) or switched down to the last level."""
-    vector = ts.ckks_vector(public_context, np.resize(_rows("h2")[:, 0], PARAMS.slots))
+    values = np.resize(_rows("h2")[:, 0], PARAMS.slots)
     if last_level:
-        seal_context = public_context.seal_context().data
-        ciphertext = vector.ciphertext()[0]
-        sealapi.Evaluator(seal_context).mod_switch_to_inplace(
-            ciphertext, seal_context.last_parms_id()
-        )
-        return sealio.vector_bytes(ciphertext, size=PARAMS.slots, scale=ciphertext.scale)
-    return sealio.serialize(vector)
+        return at_last_level(public_context, values)
+    return sealio.serialize(ts.ckks_vector(public_context, values))
 
 
 @pytest.mark.parametrize(
